@@ -1,0 +1,56 @@
+//! The operator's endpoints on `FIELDCAST_ADMIN_ADDR`: `/metrics`
+//! (Prometheus text), `/healthz` (the process is alive) and `/readyz` (the
+//! broker, Redis and PostgreSQL all answer).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use crate::health::Health;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+struct AdminState {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AdminState { health, metrics })
+}
+
+async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
+    s.metrics.ready.set(i64::from(s.health.ready()));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    let h = &s.health;
+    let body = serde_json::json!({
+        "ready": h.ready(),
+        "mqtt": h.mqtt(),
+        "redis": h.redis(),
+        "postgres": h.pg(),
+    })
+    .to_string();
+    let code = if h.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, [(header::CONTENT_TYPE, "application/json")], body)
+}

@@ -1,0 +1,196 @@
+//! The bridge's one typed configuration: every option is a flag with an
+//! environment-variable fallback (PROTOCOL.md §1), parsed into durations,
+//! addresses and sizes at start, so a bad value fails there with a clear
+//! message instead of later.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fieldcast_mqtt::MqttArgs;
+
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "fieldcast-bridge",
+    version,
+    about = "MQTT -> bounded queue -> Redis hot state + pub/sub, PostgreSQL history"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
+
+    /// MQTT client id; keep it stable so the broker keeps the session (and the
+    /// QoS 1 messages queued while the bridge was away).
+    #[arg(
+        long,
+        env = "FIELDCAST_MQTT_CLIENT_ID",
+        default_value = "fieldcast-bridge"
+    )]
+    pub mqtt_client_id: String,
+
+    /// Subscribe as $share/<group>/devices/... so several bridges split the load.
+    #[arg(long, env = "FIELDCAST_MQTT_SHARED_GROUP")]
+    pub mqtt_shared_group: Option<String>,
+
+    /// Largest MQTT packet the bridge reads (bytes); bigger payloads than
+    /// --max-payload but below this are rejected as `oversize`, not by
+    /// dropping the connection.
+    #[arg(long, env = "FIELDCAST_MQTT_MAX_PACKET", default_value_t = 1024 * 1024)]
+    pub mqtt_max_packet: usize,
+
+    /// MQTT keepalive interval.
+    #[arg(long, env = "FIELDCAST_MQTT_KEEPALIVE", default_value = "30s", value_parser = parse_duration)]
+    pub mqtt_keepalive: Duration,
+
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "FIELDCAST_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "FIELDCAST_REDIS_PREFIX", default_value = "fieldcast:")]
+    pub redis_prefix: String,
+
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "FIELDCAST_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/fieldcast"
+    )]
+    pub database_url: String,
+
+    /// Location history batch interval (a full batch is written sooner).
+    #[arg(long, env = "FIELDCAST_FLUSH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+
+    /// Rows per history batch: a batch this full is written at once.
+    #[arg(long, env = "FIELDCAST_BATCH_ROWS", default_value_t = 10_000, value_parser = parse_nonzero)]
+    pub batch_rows: usize,
+
+    /// Location rows held in memory while PostgreSQL is down before they
+    /// are spilled to the spool on disk.
+    #[arg(long, env = "FIELDCAST_HISTORY_MEMORY_ROWS", default_value_t = 200_000, value_parser = parse_nonzero)]
+    pub history_memory_rows: usize,
+
+    /// History retention: older location partitions are dropped and older
+    /// timestamps rejected.
+    #[arg(long, env = "FIELDCAST_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "FIELDCAST_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
+    pub admin_addr: SocketAddr,
+
+    /// Largest accepted payload (bytes).
+    #[arg(long, env = "FIELDCAST_MAX_PAYLOAD", default_value_t = 16 * 1024, value_parser = parse_nonzero)]
+    pub max_payload: usize,
+
+    /// Capacity of the queue's reliable lane (status, events, QoS 1 acks).
+    /// Keep it above the broker's max_inflight_messages for the bridge.
+    #[arg(long, env = "FIELDCAST_QUEUE_CAPACITY", default_value_t = 10_000, value_parser = parse_nonzero)]
+    pub queue_capacity: usize,
+
+    /// Devices with a pending live location before the oldest is dropped
+    /// from the live path (history still gets it).
+    #[arg(long, env = "FIELDCAST_LIVE_CAPACITY", default_value_t = 100_000, value_parser = parse_nonzero)]
+    pub live_capacity: usize,
+
+    /// Messages written to Redis in one pipelined round trip.
+    #[arg(long, env = "FIELDCAST_SINK_BATCH", default_value_t = 1_000, value_parser = parse_nonzero)]
+    pub sink_batch: usize,
+
+    /// Directory of the durable spool (events acknowledged while PostgreSQL
+    /// is down, history spilled from memory).
+    #[arg(long, env = "FIELDCAST_SPOOL_DIR", default_value = ".fieldcast/spool")]
+    pub spool_dir: PathBuf,
+
+    /// How long shutdown may take to flush the queue and the pending batch.
+    #[arg(long, env = "FIELDCAST_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Checks what clap's types cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        fieldcast_mqtt::BrokerUrl::parse(&self.mqtt.url).map_err(|e| e.to_string())?;
+        if let Some(g) = &self.mqtt_shared_group {
+            if g.is_empty() || g.contains(['/', '+', '#']) {
+                return Err(format!(
+                    "FIELDCAST_MQTT_SHARED_GROUP {g:?} must be a non-empty name without / + #"
+                ));
+            }
+        }
+        if self.mqtt_max_packet < self.max_payload {
+            return Err("FIELDCAST_MQTT_MAX_PACKET must be at least FIELDCAST_MAX_PAYLOAD".into());
+        }
+        if self.retention < Duration::from_secs(24 * 3600) {
+            return Err("FIELDCAST_RETENTION must be at least 1d".into());
+        }
+        if self.flush_interval.is_zero() {
+            return Err("FIELDCAST_FLUSH_INTERVAL must be positive".into());
+        }
+        if !self.database_url.starts_with("postgres://")
+            && !self.database_url.starts_with("postgresql://")
+        {
+            return Err("FIELDCAST_DATABASE_URL must be a postgres:// URL".into());
+        }
+        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
+            return Err("FIELDCAST_REDIS_URL must be a redis:// URL".into());
+        }
+        Ok(())
+    }
+
+    /// The payload validation limits this configuration implies.
+    pub fn limits(&self) -> fieldcast_core::Limits {
+        fieldcast_core::Limits {
+            max_payload: self.max_payload,
+            max_future_ms: 10 * 60 * 1000,
+            max_age_ms: i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// Parses `30s`, `500ms`, `90d`, `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 30s or 90d: {e}"))
+}
+
+fn parse_nonzero(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!("{s:?} must be a positive integer")),
+        Ok(n) => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_are_protocol_defaults() {
+        let c = Config::try_parse_from(["fieldcast-bridge"]).unwrap();
+        assert_eq!(c.mqtt.url, "mqtt://127.0.0.1:1883");
+        assert_eq!(c.mqtt_client_id, "fieldcast-bridge");
+        assert_eq!(c.redis_prefix, "fieldcast:");
+        assert_eq!(c.flush_interval, Duration::from_secs(30));
+        assert_eq!(c.retention, Duration::from_secs(90 * 86400));
+        assert_eq!(c.admin_addr.to_string(), "127.0.0.1:9464");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(Config::try_parse_from(["b", "--flush-interval", "soon"]).is_err());
+        assert!(Config::try_parse_from(["b", "--admin-addr", "nowhere"]).is_err());
+        assert!(Config::try_parse_from(["b", "--queue-capacity", "0"]).is_err());
+        let c = Config::try_parse_from(["b", "--mqtt-url", "http://x"]).unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::try_parse_from(["b", "--mqtt-shared-group", "a/b"]).unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,41 @@
+//! Dependency health: one flag per dependency, set by the loops that use
+//! them and by a checker that probes each one every second, so `/readyz`
+//! turns within the 5 s PROTOCOL.md §1 allows.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Health {
+    mqtt: AtomicBool,
+    redis: AtomicBool,
+    pg: AtomicBool,
+    schema: AtomicBool,
+}
+
+impl Health {
+    pub fn set_mqtt(&self, ok: bool) {
+        self.mqtt.store(ok, Ordering::Relaxed);
+    }
+    pub fn set_redis(&self, ok: bool) {
+        self.redis.store(ok, Ordering::Relaxed);
+    }
+    pub fn set_pg(&self, ok: bool) {
+        self.pg.store(ok, Ordering::Relaxed);
+    }
+    pub fn set_schema(&self, ok: bool) {
+        self.schema.store(ok, Ordering::Relaxed);
+    }
+    pub fn mqtt(&self) -> bool {
+        self.mqtt.load(Ordering::Relaxed)
+    }
+    pub fn redis(&self) -> bool {
+        self.redis.load(Ordering::Relaxed)
+    }
+    /// PostgreSQL answers and the schema (migrations, partitions) is in place.
+    pub fn pg(&self) -> bool {
+        self.pg.load(Ordering::Relaxed) && self.schema.load(Ordering::Relaxed)
+    }
+    pub fn ready(&self) -> bool {
+        self.mqtt() && self.redis() && self.pg()
+    }
+}

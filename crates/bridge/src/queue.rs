@@ -1,0 +1,434 @@
+//! The bounded queue between the MQTT reader and the sinks.
+//!
+//! Four lanes, one lock, no `await` while it is held:
+//!
+//! - **live**: the newest pending location per device. A location for a
+//!   device that already has one pending replaces it (`coalesced`): the live
+//!   path is latest-wins. At `live_capacity` devices the oldest pending one
+//!   is dropped from the live path (`live_dropped`).
+//! - **reliable**: status, events and the acknowledgements of every QoS 1
+//!   message, FIFO, so PUBACKs leave in the order the PUBLISHes came. Never
+//!   dropped: a producer waits for room. The broker's inflight window
+//!   bounds it in practice, since nothing is acknowledged before the sink
+//!   has stored it.
+//! - **history**: every accepted location, for the PostgreSQL batcher. The
+//!   producer waits for room; the batcher drains it continuously (spilling
+//!   to disk while PostgreSQL is down), so this only fills if the disk does.
+//! - **deadletters**: rejected messages for the Redis dead-letter list; at
+//!   capacity the oldest is dropped and counted.
+//!
+//! One consumer reads live+reliable+deadletters (the Redis sink), one reads
+//! history (the PostgreSQL batcher).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use indexmap::IndexMap;
+use tokio::sync::Notify;
+
+use fieldcast_core::{DeviceId, Event, Location, Status};
+
+use crate::metrics::{LaneLabel, Metrics};
+
+/// What is needed to acknowledge one QoS 1 PUBLISH later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    pub pkid: u16,
+}
+
+/// A location on its way to the hot state.
+#[derive(Debug, Clone)]
+pub struct LiveLocation {
+    pub device: DeviceId,
+    pub loc: Location,
+    /// Bridge receive time, epoch ms.
+    pub rx: i64,
+}
+
+/// An accepted location for the history table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocationRow {
+    pub device: DeviceId,
+    pub loc: Location,
+    pub received_at: i64,
+}
+
+/// An item that must not be lost and whose acknowledgement keeps its order.
+#[derive(Debug, Clone)]
+pub enum Reliable {
+    Status {
+        device: DeviceId,
+        status: Status,
+        rx: i64,
+        ack: Option<AckToken>,
+    },
+    Event {
+        device: DeviceId,
+        event: Event,
+        rx: i64,
+        ack: Option<AckToken>,
+    },
+    /// A QoS 1 message with nothing left to store (a location, whose
+    /// history row is already queued, or a rejected message).
+    AckOnly(AckToken),
+}
+
+impl Reliable {
+    pub fn ack(&self) -> Option<AckToken> {
+        match self {
+            Reliable::Status { ack, .. } | Reliable::Event { ack, .. } => *ack,
+            Reliable::AckOnly(a) => Some(*a),
+        }
+    }
+}
+
+/// A rejected message for `<prefix>deadletter`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub reason: &'static str,
+    pub received_at: i64,
+    /// The first 1 KiB of the payload, invalid UTF-8 replaced.
+    pub payload: String,
+}
+
+impl DeadLetter {
+    pub const PAYLOAD_BYTES: usize = 1024;
+
+    pub fn new(topic: &str, reason: &'static str, received_at: i64, payload: &[u8]) -> Self {
+        let head = &payload[..payload.len().min(Self::PAYLOAD_BYTES)];
+        DeadLetter {
+            topic: topic.chars().take(1024).collect(),
+            reason,
+            received_at,
+            payload: String::from_utf8_lossy(head).into_owned(),
+        }
+    }
+}
+
+/// What the Redis sink takes in one go.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub reliable: Vec<Reliable>,
+    pub locations: Vec<LiveLocation>,
+    pub deadletters: Vec<DeadLetter>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.reliable.is_empty() && self.locations.is_empty() && self.deadletters.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.reliable.len() + self.locations.len() + self.deadletters.len()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    pub live: usize,
+    pub reliable: usize,
+    pub history: usize,
+    pub deadletters: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    live: IndexMap<DeviceId, LiveLocation>,
+    reliable: VecDeque<Reliable>,
+    history: Vec<LocationRow>,
+    deadletters: VecDeque<DeadLetter>,
+    closed: bool,
+}
+
+pub struct Queue {
+    inner: Mutex<Inner>,
+    cap: Capacity,
+    /// Wakes the Redis sink (its only waiter).
+    sink_wake: Notify,
+    /// Wakes the history batcher (its only waiter).
+    history_wake: Notify,
+    /// Wakes producers waiting for room in reliable/history.
+    room: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    pub fn new(cap: Capacity, metrics: Arc<Metrics>) -> Self {
+        Queue {
+            inner: Mutex::new(Inner::default()),
+            cap,
+            sink_wake: Notify::new(),
+            history_wake: Notify::new(),
+            room: Notify::new(),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic while holding it; the data (plain
+        // collections) is still consistent, so keep going.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn gauges(&self, g: &Inner) {
+        let set = |lane, n: usize| {
+            self.metrics
+                .queue_depth
+                .get_or_create(&LaneLabel { lane })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        set("live", g.live.len());
+        set("reliable", g.reliable.len());
+        set("history", g.history.len());
+        set("deadletters", g.deadletters.len());
+    }
+
+    /// Queues an accepted location for history and the live path. Waits
+    /// only while the history lane is full.
+    pub async fn push_location(&self, row: LocationRow) {
+        loop {
+            let room = self.room.notified();
+            {
+                let mut g = self.lock();
+                if g.history.len() < self.cap.history || g.closed {
+                    let live = LiveLocation {
+                        device: row.device.clone(),
+                        loc: row.loc.clone(),
+                        rx: row.received_at,
+                    };
+                    g.history.push(row);
+                    match g.live.get_mut(&live.device) {
+                        Some(slot) => {
+                            // Latest wins, by the device's own clock.
+                            if live.loc.ts >= slot.loc.ts {
+                                *slot = live;
+                            }
+                            self.metrics.coalesced.inc();
+                        }
+                        None => {
+                            if g.live.len() >= self.cap.live {
+                                g.live.shift_remove_index(0);
+                                self.metrics.live_dropped.inc();
+                            }
+                            g.live.insert(live.device.clone(), live);
+                        }
+                    }
+                    self.gauges(&g);
+                    drop(g);
+                    self.sink_wake.notify_one();
+                    self.history_wake.notify_one();
+                    return;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Queues a reliable item, waiting for room.
+    pub async fn push_reliable(&self, item: Reliable) {
+        loop {
+            let room = self.room.notified();
+            {
+                let mut g = self.lock();
+                if g.reliable.len() < self.cap.reliable || g.closed {
+                    if item.ack().is_some() {
+                        self.metrics.acks_pending.inc();
+                    }
+                    g.reliable.push_back(item);
+                    self.gauges(&g);
+                    drop(g);
+                    self.sink_wake.notify_one();
+                    return;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Queues a dead letter; at capacity the oldest one is dropped.
+    pub fn push_deadletter(&self, dl: DeadLetter) {
+        let mut g = self.lock();
+        if g.deadletters.len() >= self.cap.deadletters {
+            g.deadletters.pop_front();
+            self.metrics.deadletter_dropped.inc();
+        }
+        g.deadletters.push_back(dl);
+        self.gauges(&g);
+        drop(g);
+        self.sink_wake.notify_one();
+    }
+
+    /// Takes up to `max` items for the Redis sink, waiting while there are
+    /// none. `None` once the queue is closed and drained.
+    pub async fn next_batch(&self, max: usize) -> Option<Batch> {
+        loop {
+            let wake = self.sink_wake.notified();
+            {
+                let mut g = self.lock();
+                let mut b = Batch::default();
+                let n = g.reliable.len().min(max);
+                b.reliable.extend(g.reliable.drain(..n));
+                let n = g.live.len().min(max.saturating_sub(b.len()));
+                b.locations.extend(g.live.drain(..n).map(|(_, l)| l));
+                let n = g.deadletters.len().min(max.saturating_sub(b.len()).max(1));
+                b.deadletters.extend(g.deadletters.drain(..n));
+                if !b.is_empty() {
+                    self.gauges(&g);
+                    drop(g);
+                    self.room.notify_waiters();
+                    return Some(b);
+                }
+                if g.closed {
+                    return None;
+                }
+            }
+            wake.await;
+        }
+    }
+
+    /// Takes every pending history row (at most `max`), waiting while there
+    /// are none. `None` once closed and drained.
+    pub async fn next_history(&self, max: usize) -> Option<Vec<LocationRow>> {
+        loop {
+            let wake = self.history_wake.notified();
+            {
+                let mut g = self.lock();
+                if !g.history.is_empty() {
+                    let rows = if g.history.len() <= max {
+                        std::mem::take(&mut g.history)
+                    } else {
+                        g.history.drain(..max).collect()
+                    };
+                    self.gauges(&g);
+                    drop(g);
+                    self.room.notify_waiters();
+                    return Some(rows);
+                }
+                if g.closed {
+                    return None;
+                }
+            }
+            wake.await;
+        }
+    }
+
+    /// No more input: consumers drain what is left and then get `None`.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.sink_wake.notify_one();
+        self.history_wake.notify_one();
+        self.room.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(live: usize, reliable: usize) -> Queue {
+        Queue::new(
+            Capacity {
+                live,
+                reliable,
+                history: 100,
+                deadletters: 2,
+            },
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn row(dev: &str, ts: i64) -> LocationRow {
+        LocationRow {
+            device: DeviceId::parse(dev).unwrap(),
+            loc: Location {
+                ts,
+                lat: 1.0,
+                lon: 2.0,
+                alt: None,
+                speed: None,
+                heading: None,
+                accuracy: None,
+            },
+            received_at: ts,
+        }
+    }
+
+    #[tokio::test]
+    async fn live_coalesces_per_device_but_history_keeps_all() {
+        let q = q(10, 10);
+        for ts in [1, 3, 2] {
+            q.push_location(row("a", ts)).await;
+        }
+        q.push_location(row("b", 1)).await;
+        let b = q.next_batch(100).await.unwrap();
+        let got: Vec<_> = b
+            .locations
+            .iter()
+            .map(|l| (l.device.as_str().to_owned(), l.loc.ts))
+            .collect();
+        assert_eq!(got, vec![("a".to_owned(), 3), ("b".to_owned(), 1)]);
+        assert_eq!(q.metrics.coalesced.get(), 2);
+        let h = q.next_history(100).await.unwrap();
+        assert_eq!(
+            h.iter().map(|r| r.loc.ts).collect::<Vec<_>>(),
+            vec![1, 3, 2, 1]
+        );
+    }
+
+    #[tokio::test]
+    async fn full_live_lane_drops_oldest_device() {
+        let q = q(2, 10);
+        for d in ["a", "b", "c"] {
+            q.push_location(row(d, 1)).await;
+        }
+        let b = q.next_batch(100).await.unwrap();
+        let devs: Vec<_> = b.locations.iter().map(|l| l.device.as_str()).collect();
+        assert_eq!(devs, vec!["b", "c"]);
+        assert_eq!(q.metrics.live_dropped.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn reliable_is_fifo_and_waits_for_room() {
+        let q = Arc::new(q(10, 2));
+        for pkid in 1..=2 {
+            q.push_reliable(Reliable::AckOnly(AckToken { pkid })).await;
+        }
+        let q2 = q.clone();
+        let producer = tokio::spawn(async move {
+            q2.push_reliable(Reliable::AckOnly(AckToken { pkid: 3 }))
+                .await;
+        });
+        tokio::task::yield_now().await;
+        assert!(!producer.is_finished());
+        let b = q.next_batch(1).await.unwrap();
+        assert_eq!(b.reliable[0].ack(), Some(AckToken { pkid: 1 }));
+        producer.await.unwrap();
+        let b = q.next_batch(10).await.unwrap();
+        let acks: Vec<_> = b.reliable.iter().map(|r| r.ack().unwrap().pkid).collect();
+        assert_eq!(acks, vec![2, 3]);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_bounded_and_close_drains() {
+        let q = q(10, 10);
+        for i in 0..3 {
+            q.push_deadletter(DeadLetter::new("t", "bad_json", i, b"x"));
+        }
+        assert_eq!(q.metrics.deadletter_dropped.get(), 1);
+        q.close();
+        let b = q.next_batch(10).await.unwrap();
+        assert_eq!(b.deadletters.len(), 2);
+        assert!(q.next_batch(10).await.is_none());
+        assert!(q.next_history(10).await.is_none());
+    }
+
+    #[test]
+    fn dead_letter_payload_is_cut_and_lossy() {
+        let mut p = vec![0xffu8];
+        p.extend(std::iter::repeat_n(b'a', 2000));
+        let dl = DeadLetter::new("t", "bad_utf8", 1, &p);
+        assert!(dl.payload.starts_with('\u{fffd}'));
+        assert_eq!(dl.payload.chars().count(), 1024);
+    }
+}

@@ -1,0 +1,307 @@
+//! Redis sink: hot state, geo index, live publication, event log and dead
+//! letters (layout in docs/redis-layout.md). A whole batch goes out as one
+//! pipeline of Lua scripts: one network round trip, and the "only forward
+//! in `ts`" decision taken atomically on the server.
+
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::{CustomCommand, Value};
+
+use fieldcast_core::live::{self, fmt_f64};
+use fieldcast_core::Kind;
+
+use crate::metrics::{KindLabel, Metrics};
+use crate::queue::{Batch, DeadLetter, Reliable};
+
+/// How many events the live event log keeps (approximately).
+pub const EVENT_LOG_MAXLEN: u64 = 100_000;
+/// How long the event log and the live dedup keys last.
+pub const EVENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Dead-letter list length (PROTOCOL.md §2).
+pub const DEADLETTER_MAX: i64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct RedisSinkError(#[from] pub fred::error::Error);
+
+/// Key and channel names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    pub geo: String,
+    pub devices: String,
+    pub live: String,
+    pub events: String,
+    pub deadletter: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+            geo: format!("{prefix}geo"),
+            devices: format!("{prefix}devices"),
+            live: format!("{prefix}live"),
+            events: format!("{prefix}events"),
+            deadletter: format!("{prefix}deadletter"),
+        }
+    }
+
+    pub fn device(&self, id: &str) -> String {
+        format!("{}dev:{id}", self.prefix)
+    }
+
+    pub fn event_seen(&self, device: &str, event_id: &str) -> String {
+        format!("{}evseen:{device}:{event_id}", self.prefix)
+    }
+}
+
+/// Builds a fred client that reconnects by itself with backoff and jitter
+/// and fails commands fast while Redis is away (the caller retries whole
+/// batches).
+pub fn client(url: &str) -> Result<Client, fred::error::Error> {
+    let config = Config::from_url(url)?;
+    Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.internal_command_timeout = Duration::from_secs(2);
+            c.max_command_attempts = 1;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = Duration::from_secs(5);
+        })
+        // attempts 0 = forever; 100 ms .. 5 s exponential (fred adds jitter).
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .build()
+}
+
+pub struct RedisSink {
+    client: Client,
+    keys: Keys,
+    location: Script,
+    status: Script,
+    event: Script,
+}
+
+/// What one batch did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub published: usize,
+    pub stale_locations: usize,
+    pub stale_statuses: usize,
+    pub duplicate_events: usize,
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(fmt_f64).unwrap_or_default()
+}
+
+impl RedisSink {
+    pub fn new(client: Client, prefix: &str) -> Self {
+        RedisSink {
+            client,
+            keys: Keys::new(prefix),
+            location: Script::from_lua(include_str!("lua/location.lua")),
+            status: Script::from_lua(include_str!("lua/status.lua")),
+            event: Script::from_lua(include_str!("lua/event.lua")),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn load_scripts(&self) -> Result<(), RedisSinkError> {
+        for s in [&self.location, &self.status, &self.event] {
+            s.load(&self.client).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one batch. Every script is idempotent (forward-only state,
+    /// dedup key for events), so on error the caller may send the whole
+    /// batch again.
+    pub async fn apply(&self, batch: &Batch, metrics: &Metrics) -> Result<Applied, RedisSinkError> {
+        let started = Instant::now();
+        let result = match self.apply_once(batch).await {
+            Err(RedisSinkError(e)) if e.to_string().contains("NOSCRIPT") => {
+                // Redis restarted (or was flushed) and forgot the scripts.
+                self.load_scripts().await?;
+                self.apply_once(batch).await
+            }
+            r => r,
+        };
+        match &result {
+            Ok(a) => {
+                metrics
+                    .redis_write_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.duplicate_events.inc_by(a.duplicate_events as u64);
+                for (kind, n) in [
+                    (Kind::Location, a.stale_locations),
+                    (Kind::Status, a.stale_statuses),
+                ] {
+                    if n > 0 {
+                        metrics
+                            .stale
+                            .get_or_create(&KindLabel {
+                                kind: kind.as_str(),
+                            })
+                            .inc_by(n as u64);
+                    }
+                }
+            }
+            Err(_) => {
+                metrics.redis_errors.inc();
+            }
+        }
+        result
+    }
+
+    async fn apply_once(&self, batch: &Batch) -> Result<Applied, RedisSinkError> {
+        let pipe = self.client.pipeline();
+        let k = &self.keys;
+        // (kind, index into results) of each script call, to read outcomes.
+        let mut kinds = Vec::with_capacity(batch.len());
+        for l in &batch.locations {
+            let id = l.device.as_str();
+            let msg = live::location_json(id, &l.loc);
+            let args: Vec<String> = vec![
+                id.to_owned(),
+                l.loc.ts.to_string(),
+                fmt_f64(l.loc.lat),
+                fmt_f64(l.loc.lon),
+                opt(l.loc.alt),
+                opt(l.loc.speed),
+                opt(l.loc.heading),
+                opt(l.loc.accuracy),
+                live::envelope(l.rx, &msg),
+                k.live.clone(),
+            ];
+            evalsha(
+                &pipe,
+                &self.location,
+                [k.device(id), k.geo.clone(), k.devices.clone()],
+                args,
+            )
+            .await?;
+            kinds.push(Kind::Location);
+        }
+        for r in &batch.reliable {
+            match r {
+                Reliable::Status {
+                    device, status, rx, ..
+                } => {
+                    let id = device.as_str();
+                    let msg = live::status_json(id, status);
+                    let args: Vec<String> = vec![
+                        id.to_owned(),
+                        status.ts.to_string(),
+                        if status.online { "1" } else { "0" }.to_owned(),
+                        opt(status.battery),
+                        opt(status.signal),
+                        live::envelope(*rx, &msg),
+                        k.live.clone(),
+                    ];
+                    evalsha(&pipe, &self.status, [k.device(id), k.devices.clone()], args).await?;
+                    kinds.push(Kind::Status);
+                }
+                Reliable::Event {
+                    device, event, rx, ..
+                } => {
+                    let id = device.as_str();
+                    let args: Vec<String> = vec![
+                        id.to_owned(),
+                        event.ts.to_string(),
+                        live::event_json(id, event),
+                        rx.to_string(),
+                        k.live.clone(),
+                        EVENT_LOG_MAXLEN.to_string(),
+                        EVENT_WINDOW.as_secs().to_string(),
+                    ];
+                    evalsha(
+                        &pipe,
+                        &self.event,
+                        [
+                            k.device(id),
+                            k.event_seen(id, &event.id),
+                            k.events.clone(),
+                            k.devices.clone(),
+                        ],
+                        args,
+                    )
+                    .await?;
+                    kinds.push(Kind::Event);
+                }
+                Reliable::AckOnly(_) => {}
+            }
+        }
+        if !batch.deadletters.is_empty() {
+            let entries: Vec<String> = batch.deadletters.iter().map(deadletter_json).collect();
+            let _: () = pipe.lpush(&k.deadletter, entries).await?;
+            let _: () = pipe.ltrim(&k.deadletter, 0, DEADLETTER_MAX - 1).await?;
+        }
+        if kinds.is_empty() && batch.deadletters.is_empty() {
+            return Ok(Applied::default());
+        }
+        let results = pipe.try_all::<Value>().await;
+        let mut applied = Applied::default();
+        for (kind, r) in kinds.iter().zip(results) {
+            let r = r?;
+            let moved = matches!(r, Value::Integer(1));
+            match (kind, moved) {
+                (_, true) => applied.published += 1,
+                (Kind::Event, false) => applied.duplicate_events += 1,
+                (Kind::Location, false) => applied.stale_locations += 1,
+                (Kind::Status, false) => applied.stale_statuses += 1,
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Trims the event log to the retained window; run once a minute.
+    pub async fn trim_events(&self, now_ms: i64) -> Result<(), RedisSinkError> {
+        let min_id = format!("{}-0", now_ms - EVENT_WINDOW.as_millis() as i64);
+        let _: Value = self
+            .client
+            .custom(
+                fred::types::CustomCommand::new_static("XTRIM", None, false),
+                vec![self.keys.events.clone(), "MINID".into(), "~".into(), min_id],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Queues `EVALSHA` on a pipeline (fred's pipelines have no typed Lua
+/// commands, so it goes out as a custom command).
+async fn evalsha<const N: usize>(
+    pipe: &fred::clients::Pipeline<Client>,
+    script: &Script,
+    keys: [String; N],
+    args: Vec<String>,
+) -> Result<(), fred::error::Error> {
+    let mut all: Vec<Value> = Vec::with_capacity(2 + N + args.len());
+    all.push(script.sha1().clone().into());
+    all.push((N as i64).into());
+    all.extend(keys.into_iter().map(Value::from));
+    all.extend(args.into_iter().map(Value::from));
+    pipe.custom::<(), _>(CustomCommand::new_static("EVALSHA", None, false), all)
+        .await
+}
+
+fn deadletter_json(d: &DeadLetter) -> String {
+    serde_json::json!({
+        "topic": d.topic,
+        "reason": d.reason,
+        "received_at": d.received_at,
+        "payload": d.payload,
+    })
+    .to_string()
+}

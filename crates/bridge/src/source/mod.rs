@@ -1,0 +1,3 @@
+//! Where messages come from: the broker.
+
+pub mod mqtt;

@@ -1,0 +1,228 @@
+//! The MQTT source: subscribes to the device topics, parses every PUBLISH
+//! once into a typed message, and pushes it into the queue; rejected ones
+//! go to the dead-letter lane with their reason.
+//!
+//! The event loop is polled without pause, so keepalive holds whatever the
+//! sinks are doing; QoS 1 messages are acknowledged by the sink
+//! ([`Acker`]) only after they are stored, which lets the broker's inflight
+//! window hold back a burst. Reconnects back off with jitter (rumqttc by
+//! itself retries in a tight loop).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ClientError, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
+};
+use tokio_util::sync::CancellationToken;
+
+use fieldcast_core::{Kind, Limits, Message};
+
+use crate::backoff::{Backoff, LogLimiter};
+use crate::config::Config;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::queue::{AckToken, DeadLetter, LocationRow, Queue, Reliable};
+
+/// Capacity of rumqttc's request channel (subscribe and every PUBACK go
+/// through it). Far above any sane broker inflight window, so an ack never
+/// waits for room while the source is waiting on the queue.
+const REQUEST_CHANNEL: usize = 10_000;
+
+/// The topic filters and their QoS (PROTOCOL.md §2).
+pub fn filters(shared_group: Option<&str>) -> Vec<SubscribeFilter> {
+    [
+        (Kind::Location, QoS::AtMostOnce),
+        (Kind::Status, QoS::AtLeastOnce),
+        (Kind::Event, QoS::AtLeastOnce),
+    ]
+    .into_iter()
+    .map(|(kind, qos)| {
+        let base = format!("devices/+/{}", kind.topic_suffix());
+        let path = match shared_group {
+            Some(g) => format!("$share/{g}/{base}"),
+            None => base,
+        };
+        SubscribeFilter::new(path, qos)
+    })
+    .collect()
+}
+
+/// Builds the bridge's MQTT connection: persistent session under a stable
+/// client id, manual acks, TCP_NODELAY, packets up to `mqtt_max_packet`.
+pub fn connect(
+    config: &Config,
+) -> Result<(AsyncClient, EventLoop), fieldcast_mqtt::MqttConfigError> {
+    let mut opts: MqttOptions = config.mqtt.options(&config.mqtt_client_id)?;
+    opts.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(config.mqtt_keepalive)
+        .set_max_packet_size(config.mqtt_max_packet, 64 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL);
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(5);
+    eventloop.set_network_options(net);
+    Ok((client, eventloop))
+}
+
+/// Sends PUBACKs for stored messages.
+#[derive(Clone)]
+pub struct Acker {
+    client: AsyncClient,
+}
+
+impl Acker {
+    pub fn new(client: AsyncClient) -> Self {
+        Acker { client }
+    }
+
+    pub async fn ack(&self, t: AckToken) -> Result<(), ClientError> {
+        let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new());
+        p.pkid = t.pkid;
+        self.client.ack(&p).await
+    }
+}
+
+pub struct Source {
+    pub client: AsyncClient,
+    pub filters: Vec<SubscribeFilter>,
+    pub queue: Arc<Queue>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub limits: Limits,
+}
+
+impl Source {
+    /// Runs until `stop_polling`. After `stop_reading` (shutdown began)
+    /// messages are no longer taken — QoS 1 ones stay unacknowledged, so the
+    /// broker redelivers them — but the loop keeps polling so the sink's
+    /// last acknowledgements still reach the broker.
+    pub async fn run(
+        self,
+        mut eventloop: EventLoop,
+        stop_reading: CancellationToken,
+        stop_polling: CancellationToken,
+    ) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut reject_log = LogLimiter::new(10, Duration::from_secs(10));
+        loop {
+            let ev = tokio::select! {
+                biased;
+                _ = stop_polling.cancelled() => break,
+                ev = eventloop.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if stop_reading.is_cancelled() {
+                        self.metrics.unread_at_shutdown.inc();
+                        continue;
+                    }
+                    self.handle(p, &mut reject_log).await;
+                }
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    self.health.set_mqtt(true);
+                    self.metrics.mqtt_connected.set(1);
+                    backoff.reset();
+                    tracing::info!(
+                        session_present = ack.session_present,
+                        "connected to the broker"
+                    );
+                    if !ack.session_present {
+                        // A new session (first start, or the broker lost it):
+                        // the subscriptions must be made again.
+                        if let Err(e) = self.client.subscribe_many(self.filters.clone()).await {
+                            tracing::error!(error = %e, "cannot queue the subscription");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(s))) => {
+                    if s.return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    {
+                        tracing::error!(codes = ?s.return_codes, "the broker refused a subscription (check the ACL)");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if self.health.mqtt() {
+                        self.metrics.mqtt_reconnects.inc();
+                    }
+                    self.health.set_mqtt(false);
+                    self.metrics.mqtt_connected.set(0);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "broker connection lost");
+                    tokio::select! {
+                        _ = stop_polling.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        let _ = self.client.try_disconnect();
+        // Let the DISCONNECT go out; the broker keeps the session either way.
+        let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+        self.health.set_mqtt(false);
+        self.metrics.mqtt_connected.set(0);
+    }
+
+    async fn handle(&self, p: Publish, reject_log: &mut LogLimiter) {
+        let now = fieldcast_core::time::now_ms();
+        let ack = (p.qos != QoS::AtMostOnce).then_some(AckToken { pkid: p.pkid });
+        match Message::parse(&p.topic, &p.payload, &self.limits, now) {
+            Err(rej) => {
+                self.metrics.reject(rej.reason);
+                if let Some(suppressed) = reject_log.allow() {
+                    tracing::warn!(topic = %p.topic, reason = %rej.reason, detail = %rej.detail, suppressed, "rejected a message");
+                }
+                self.queue.push_deadletter(DeadLetter::new(
+                    &p.topic,
+                    rej.reason.as_str(),
+                    now,
+                    &p.payload,
+                ));
+                if let Some(a) = ack {
+                    self.queue.push_reliable(Reliable::AckOnly(a)).await;
+                }
+            }
+            Ok(msg) => {
+                self.metrics.message(msg.kind());
+                match msg {
+                    Message::Location(device, loc) => {
+                        self.queue
+                            .push_location(LocationRow {
+                                device,
+                                loc,
+                                received_at: now,
+                            })
+                            .await;
+                        if let Some(a) = ack {
+                            self.queue.push_reliable(Reliable::AckOnly(a)).await;
+                        }
+                    }
+                    Message::Status(device, status) => {
+                        self.queue
+                            .push_reliable(Reliable::Status {
+                                device,
+                                status,
+                                rx: now,
+                                ack,
+                            })
+                            .await;
+                    }
+                    Message::Event(device, event) => {
+                        self.queue
+                            .push_reliable(Reliable::Event {
+                                device,
+                                event,
+                                rx: now,
+                                ack,
+                            })
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+}

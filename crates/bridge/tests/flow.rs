@@ -1,0 +1,415 @@
+//! The bridge end to end against the shared Mosquitto, Redis and
+//! PostgreSQL: hot state, live publication, history, ordering, dedup.
+
+mod support;
+
+use fred::prelude::*;
+use rumqttc::QoS;
+use serde_json::json;
+
+use support::*;
+
+/// Pins: a location reaches the hot state, the geo index, the live channel
+/// (exact §4 shape, full double precision) and the history table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn location_reaches_state_live_and_history() {
+    let h = Harness::private().await;
+    let bridge = h.start().await;
+    let (_sub, mut live) = live_subscriber(&h.prefix).await;
+    let dev = device(&h.mqtt_url).await;
+    let id = fieldcast_testkit::unique("truck");
+    let ts = now_ms() - 1000;
+    let lat = 51.507_350_901_234_57_f64;
+    let payload = json!({"lat": lat, "lon": -0.1277583, "ts": ts, "speed": 12.5, "heading": 90, "unknown": "x"});
+    dev.publish(
+        &format!("devices/{id}/location"),
+        QoS::AtMostOnce,
+        false,
+        payload.to_string(),
+    )
+    .await;
+
+    let env = next_msg(&mut live).await;
+    assert!(env["rx"].as_i64().unwrap() >= ts);
+    assert_eq!(
+        env["msg"],
+        json!({"type":"location","device":id,"ts":ts,"lat":lat,"lon":-0.1277583,"speed":12.5,"heading":90.0})
+    );
+    assert_eq!(env["msg"]["lat"].as_f64().unwrap().to_bits(), lat.to_bits());
+
+    let state = h.state(&id).await;
+    assert_eq!(
+        state["lat"].parse::<f64>().unwrap().to_bits(),
+        lat.to_bits()
+    );
+    assert_eq!(state["ts"], ts.to_string());
+    assert_eq!(state["last_seen"], ts.to_string());
+    assert!(!state.contains_key("alt"));
+    let members: Vec<String> = h.redis.smembers(h.key("devices")).await.unwrap();
+    assert_eq!(members, vec![id.clone()]);
+    let pos: Vec<Option<fred::types::geo::GeoPosition>> =
+        h.redis.geopos(h.key("geo"), id.clone()).await.unwrap();
+    assert!(pos[0].is_some());
+
+    h.wait_count("SELECT count(*) FROM locations", 1).await;
+    let c = h.db.client().await.unwrap();
+    let row = c
+        .query_one("SELECT device_id, lat, lon, speed, alt, (extract(epoch from ts) * 1000)::int8 FROM locations", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), id);
+    assert_eq!(row.get::<_, f64>(1).to_bits(), lat.to_bits());
+    assert_eq!(row.get::<_, Option<f64>>(3), Some(12.5));
+    assert_eq!(row.get::<_, Option<f64>>(4), None);
+    assert_eq!(row.get::<_, i64>(5), ts);
+    let m = bridge.handles.metrics.encode();
+    assert_eq!(
+        metric(&m, "fieldcast_bridge_messages_total{kind=\"location\"}"),
+        1.0
+    );
+    bridge.stop().await;
+}
+
+/// Pins: the hot state only moves forward in `ts`; an older location is
+/// stored in history but neither applied nor pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_location_never_overwrites_newer() {
+    let h = Harness::private().await;
+    let bridge = h.start().await;
+    let (_sub, mut live) = live_subscriber(&h.prefix).await;
+    let dev = device(&h.mqtt_url).await;
+    let id = fieldcast_testkit::unique("van");
+    let t = now_ms() - 10_000;
+    let topic = format!("devices/{id}/location");
+    dev.publish(
+        &topic,
+        QoS::AtLeastOnce,
+        false,
+        json!({"lat": 2.0, "lon": 2.0, "ts": t + 5}).to_string(),
+    )
+    .await;
+    dev.publish(
+        &topic,
+        QoS::AtLeastOnce,
+        false,
+        json!({"lat": 1.0, "lon": 1.0, "ts": t}).to_string(),
+    )
+    .await;
+    // Equal ts is not newer either.
+    dev.publish(
+        &topic,
+        QoS::AtLeastOnce,
+        false,
+        json!({"lat": 3.0, "lon": 3.0, "ts": t + 5}).to_string(),
+    )
+    .await;
+    // A marker status tells us the three were processed.
+    dev.publish(
+        &format!("devices/{id}/status"),
+        QoS::AtLeastOnce,
+        false,
+        json!({"online": true, "ts": t}).to_string(),
+    )
+    .await;
+    let mut types = Vec::new();
+    loop {
+        let m = next_msg(&mut live).await;
+        types.push((
+            m["msg"]["type"].as_str().unwrap().to_owned(),
+            m["msg"]["lat"].as_f64(),
+        ));
+        if m["msg"]["type"] == "status" {
+            break;
+        }
+    }
+    assert_eq!(
+        types,
+        vec![("location".into(), Some(2.0)), ("status".into(), None)]
+    );
+    let state = h.state(&id).await;
+    assert_eq!(state["lat"], "2");
+    assert_eq!(state["ts"], (t + 5).to_string());
+    // History: every accepted location, once per (device, ts), first kept.
+    h.wait_count("SELECT count(*) FROM locations", 2).await;
+    assert_eq!(
+        h.count(&format!(
+            "SELECT count(*) FROM locations WHERE lat = 2 AND ts = to_timestamp({}::float8/1000)",
+            t + 5
+        ))
+        .await,
+        1
+    );
+    let m = bridge.handles.metrics.encode();
+    assert!(metric(&m, "fieldcast_bridge_stale_total{kind=\"location\"}") >= 1.0);
+    bridge.stop().await;
+}
+
+/// Pins: status and the Last Will reach the hot state and history; the
+/// LWT's missing battery keeps the last known value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_last_will() {
+    let h = Harness::private().await;
+    let bridge = h.start().await;
+    let id = fieldcast_testkit::unique("cam");
+    let topic = format!("devices/{id}/status");
+    let u = fieldcast_mqtt::BrokerUrl::parse(&h.mqtt_url).unwrap();
+    let mut opts = rumqttc::MqttOptions::new(fieldcast_testkit::unique("dev"), u.host, u.port);
+    opts.set_last_will(rumqttc::LastWill::new(
+        &topic,
+        r#"{"online":false}"#,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    opts.set_keep_alive(std::time::Duration::from_secs(5));
+    let dev = device_with(opts).await;
+    dev.publish(
+        &topic,
+        QoS::AtLeastOnce,
+        true,
+        json!({"online": true, "battery": 81, "signal": -70.5, "ts": now_ms() - 5000}).to_string(),
+    )
+    .await;
+    let hh = &h;
+    let idr = &id;
+    fieldcast_testkit::wait_until(WAIT, "online", || async move {
+        hh.state(idr).await.get("online").map(String::as_str) == Some("1")
+    })
+    .await
+    .unwrap();
+    // Die without DISCONNECT: the broker publishes the will.
+    drop(dev);
+    fieldcast_testkit::wait_until(WAIT, "offline by last will", || async move {
+        hh.state(idr).await.get("online").map(String::as_str) == Some("0")
+    })
+    .await
+    .unwrap();
+    let state = h.state(&id).await;
+    assert_eq!(state["battery"], "81");
+    assert_eq!(state["signal"], "-70.5");
+    h.wait_count("SELECT count(*) FROM device_status", 2).await;
+    assert_eq!(
+        h.count("SELECT count(*) FROM device_status WHERE NOT online")
+            .await,
+        1
+    );
+    bridge.stop().await;
+}
+
+/// Pins: an event redelivered with the same (device, id) is stored and
+/// pushed once; the live message carries the event-log cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_stored_and_pushed_once() {
+    let h = Harness::private().await;
+    let bridge = h.start().await;
+    let (_sub, mut live) = live_subscriber(&h.prefix).await;
+    let dev = device(&h.mqtt_url).await;
+    let id = fieldcast_testkit::unique("unit");
+    let topic = format!("devices/{id}/events");
+    let ev = json!({"id": "ev-1", "kind": "panic", "severity": "critical", "data": {"btn": 2, "x": 0.1}, "ts": now_ms() - 100});
+    for _ in 0..3 {
+        dev.publish(&topic, QoS::AtLeastOnce, false, ev.to_string())
+            .await;
+    }
+    dev.publish(
+        &topic,
+        QoS::AtLeastOnce,
+        false,
+        json!({"id": "ev-2", "kind": "door_open"}).to_string(),
+    )
+    .await;
+    let a = next_msg(&mut live).await;
+    let b = next_msg(&mut live).await;
+    assert_eq!(a["msg"]["id"], "ev-1");
+    assert_eq!(a["msg"]["severity"], "critical");
+    assert_eq!(a["msg"]["data"], json!({"btn": 2, "x": 0.1}));
+    assert_eq!(b["msg"]["id"], "ev-2");
+    assert_eq!(b["msg"]["severity"], "info");
+    assert!(b["msg"].get("data").is_none());
+    let cursor = a["msg"]["cursor"].as_str().unwrap().to_owned();
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = h
+        .redis
+        .xrange(h.key("events"), "-", "+", None)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0].0, cursor);
+    assert_eq!(entries[0].1["d"], id);
+    h.wait_count("SELECT count(*) FROM events", 2).await;
+    let c = h.db.client().await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT kind, severity, data FROM events WHERE event_id = 'ev-1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "panic");
+    assert_eq!(
+        row.get::<_, serde_json::Value>(2),
+        json!({"btn": 2, "x": 0.1})
+    );
+    let m = bridge.handles.metrics.encode();
+    assert_eq!(
+        metric(&m, "fieldcast_bridge_messages_total{kind=\"event\"}"),
+        4.0
+    );
+    assert_eq!(metric(&m, "fieldcast_bridge_duplicate_events_total"), 2.0);
+    bridge.stop().await;
+}
+
+/// Pins: every kind of bad input is rejected with its reason, counted,
+/// dead-lettered (newest first), and the bridge goes on — including a
+/// payload above the 16 KiB limit that must not cost the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_corpus_is_rejected_counted_and_dead_lettered() {
+    let h = Harness::private().await;
+    let bridge = h.start().await;
+    let dev = device(&h.mqtt_url).await;
+    let id = fieldcast_testkit::unique("bad");
+    let loc = format!("devices/{id}/location");
+    let corpus: Vec<(String, Vec<u8>, &str)> = vec![
+        (loc.clone(), b"{not json".to_vec(), "bad_json"),
+        (loc.clone(), b"[1,2,3]".to_vec(), "not_object"),
+        (loc.clone(), vec![0xff, 0xfe, 0x00, 0x9f], "bad_utf8"),
+        (
+            loc.clone(),
+            br#"{"lat":NaN,"lon":1}"#.to_vec(),
+            "non_finite",
+        ),
+        (loc.clone(), br#"{"lon":1}"#.to_vec(), "missing_field"),
+        (loc.clone(), br#"{"lat":"x","lon":1}"#.to_vec(), "bad_type"),
+        (
+            loc.clone(),
+            br#"{"lat":95,"lon":1}"#.to_vec(),
+            "out_of_range",
+        ),
+        (
+            loc.clone(),
+            format!(r#"{{"lat":1,"lon":1,"ts":{}}}"#, now_ms() + 3_600_000).into_bytes(),
+            "ts_future",
+        ),
+        (
+            loc.clone(),
+            br#"{"lat":1,"lon":1,"ts":1000}"#.to_vec(),
+            "ts_too_old",
+        ),
+        (
+            loc.clone(),
+            br#"{"lat":1,"lon":1,"ts":"noon"}"#.to_vec(),
+            "bad_ts",
+        ),
+        (
+            "devices/bad id!/location".into(),
+            br#"{"lat":1,"lon":1}"#.to_vec(),
+            "bad_device_id",
+        ),
+        (
+            format!("devices/{id}/status"),
+            br#"{"online":"yes"}"#.to_vec(),
+            "bad_type",
+        ),
+        (
+            format!("devices/{id}/events"),
+            br#"{"id":"","kind":"x"}"#.to_vec(),
+            "out_of_range",
+        ),
+        (
+            loc.clone(),
+            format!(r#"{{"lat":1,"lon":1,"pad":"{}"}}"#, "x".repeat(100 * 1024)).into_bytes(),
+            "oversize",
+        ),
+    ];
+    for (topic, payload, _) in &corpus {
+        dev.publish(topic, QoS::AtLeastOnce, false, payload.clone())
+            .await;
+    }
+    // Then a good one: the bridge is still there and still connected.
+    dev.publish(
+        &loc,
+        QoS::AtLeastOnce,
+        false,
+        json!({"lat": 1.5, "lon": 1.5}).to_string(),
+    )
+    .await;
+    let hh = &h;
+    let idr = &id;
+    fieldcast_testkit::wait_until(WAIT, "good message after the bad ones", || async move {
+        hh.state(idr).await.contains_key("lat")
+    })
+    .await
+    .unwrap();
+    let dl_key = h.key("deadletter");
+    fieldcast_testkit::wait_until(WAIT, "dead letters", || {
+        let r = hh.redis.llen::<i64, _>(dl_key.clone());
+        async move { r.await.unwrap_or(0) == corpus_len() }
+    })
+    .await
+    .unwrap();
+    let dls: Vec<String> = h.redis.lrange(h.key("deadletter"), 0, -1).await.unwrap();
+    let dls: Vec<serde_json::Value> = dls
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect();
+    let mut reasons: Vec<&str> = dls.iter().map(|d| d["reason"].as_str().unwrap()).collect();
+    reasons.reverse(); // newest first in the list
+    let want: Vec<&str> = corpus.iter().map(|c| c.2).collect();
+    assert_eq!(reasons, want);
+    let oversize = &dls[0];
+    assert_eq!(oversize["topic"], loc);
+    assert_eq!(oversize["payload"].as_str().unwrap().len(), 1024);
+    assert!(oversize["received_at"].as_i64().unwrap() > 0);
+    assert!(dls
+        .iter()
+        .any(|d| d["payload"].as_str().unwrap().contains('\u{fffd}')));
+
+    let (code, text) = http_get(bridge.handles.admin_addr, "/metrics").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(
+            &text,
+            "fieldcast_bridge_rejected_total{reason=\"bad_type\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "fieldcast_bridge_rejected_total{reason=\"oversize\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "fieldcast_bridge_rejected_total{reason=\"ts_future\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(&text, "fieldcast_bridge_mqtt_reconnects_total"), 0.0);
+    assert_eq!(
+        metric(&text, "fieldcast_bridge_messages_total{kind=\"location\"}"),
+        1.0
+    );
+    assert_eq!(h.count("SELECT count(*) FROM events").await, 0);
+    bridge.stop().await;
+}
+
+fn corpus_len() -> i64 {
+    14
+}
+
+/// Pins: /healthz, /readyz and --help-level basics of the admin server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_answer() {
+    let h = Harness::private().await;
+    let bridge = h.start().await;
+    let (code, _) = http_get(bridge.handles.admin_addr, "/healthz").await;
+    assert_eq!(code, 200);
+    let (code, body) = http_get(bridge.handles.admin_addr, "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["ready"],
+        true
+    );
+    bridge.stop().await;
+}

@@ -1,0 +1,22 @@
+//! Fieldcast's domain, with no I/O: what a device may send and what the rest
+//! of the system sends on.
+//!
+//! - [`id`]: [`DeviceId`], validated once at the edge.
+//! - [`topic`]: `devices/{id}/{location|status|events}` parsed into a [`Topic`].
+//! - [`payload`]: JSON payloads parsed and validated into [`Location`],
+//!   [`Status`] and [`Event`], or a [`Reject`] with the reason that the
+//!   bridge counts and dead-letters.
+//! - [`live`]: the JSON shapes of PROTOCOL.md §4 (`location`, `status`,
+//!   `event`, `DeviceState`), serialised once and shared.
+//! - [`time`]: epoch-millisecond helpers.
+
+pub mod id;
+pub mod live;
+pub mod payload;
+pub mod time;
+pub mod topic;
+
+pub use id::{DeviceId, DeviceIdError};
+pub use live::{DeviceState, LiveEnvelope, LiveHeader};
+pub use payload::{Event, Limits, Location, Message, Reject, RejectReason, Severity, Status};
+pub use topic::{Kind, Topic, TopicError};

@@ -1,0 +1,259 @@
+//! The JSON that leaves Fieldcast for dispatchers (PROTOCOL.md §4): live
+//! `location`/`status`/`event` messages and `DeviceState`. Each update is
+//! serialised here exactly once; the bridge publishes those bytes and the
+//! gateway forwards them unchanged.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::payload::{Event, Location, Status};
+
+#[derive(Serialize)]
+struct LiveLocation<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    device: &'a str,
+    ts: i64,
+    lat: f64,
+    lon: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speed: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heading: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alt: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct LiveStatus<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    device: &'a str,
+    ts: i64,
+    online: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    battery: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct LiveEvent<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    device: &'a str,
+    id: &'a str,
+    ts: i64,
+    kind: &'a str,
+    severity: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+}
+
+// Serialising these plain structs into a String cannot fail: every field is a
+// string, integer, bool, finite f64 or already-valid raw JSON.
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// `{"type":"location",...}`; optional fields the device did not send are
+/// omitted.
+pub fn location_json(device: &str, l: &Location) -> String {
+    to_json(&LiveLocation {
+        ty: "location",
+        device,
+        ts: l.ts,
+        lat: l.lat,
+        lon: l.lon,
+        speed: l.speed,
+        heading: l.heading,
+        accuracy: l.accuracy,
+        alt: l.alt,
+    })
+}
+
+/// `{"type":"status",...}`.
+pub fn status_json(device: &str, s: &Status) -> String {
+    to_json(&LiveStatus {
+        ty: "status",
+        device,
+        ts: s.ts,
+        online: s.online,
+        battery: s.battery,
+        signal: s.signal,
+    })
+}
+
+/// `{"type":"event",...}` without its `cursor`, which only exists once the
+/// event is in the event log; [`with_cursor`] adds it.
+pub fn event_json(device: &str, e: &Event) -> String {
+    to_json(&LiveEvent {
+        ty: "event",
+        device,
+        id: &e.id,
+        ts: e.ts,
+        kind: &e.kind,
+        severity: e.severity.as_str(),
+        data: e.data.as_deref(),
+    })
+}
+
+/// Appends `"cursor":"<cursor>"` to a JSON object produced by [`event_json`].
+pub fn with_cursor(json: &str, cursor: &str) -> String {
+    let body = json.strip_suffix('}').unwrap_or(json);
+    let mut out = String::with_capacity(json.len() + cursor.len() + 12);
+    out.push_str(body);
+    out.push_str(",\"cursor\":\"");
+    out.push_str(cursor);
+    out.push_str("\"}");
+    out
+}
+
+/// What the bridge publishes on the live channel: the receive time (for the
+/// gateway's broadcast-latency histogram) and the §4 message itself, whose
+/// bytes the gateway forwards untouched.
+#[derive(Deserialize)]
+pub struct LiveEnvelope<'a> {
+    /// Bridge receive time, epoch ms.
+    pub rx: i64,
+    #[serde(borrow)]
+    pub msg: &'a RawValue,
+}
+
+/// Builds the envelope text around an already serialised message.
+pub fn envelope(rx_ms: i64, msg_json: &str) -> String {
+    format!("{{\"rx\":{rx_ms},\"msg\":{msg_json}}}")
+}
+
+/// The routing fields of a live message, read by the gateway without
+/// touching the rest.
+#[derive(Debug, Deserialize)]
+pub struct LiveHeader<'a> {
+    #[serde(rename = "type")]
+    pub ty: &'a str,
+    pub device: &'a str,
+    pub ts: i64,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub cursor: Option<&'a str>,
+}
+
+/// The current state of one device (PROTOCOL.md §4). Fields unknown so far
+/// are `null`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceState {
+    pub device: String,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub ts: Option<i64>,
+    pub speed: Option<f64>,
+    pub heading: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub alt: Option<f64>,
+    pub online: Option<bool>,
+    pub battery: Option<f64>,
+    pub signal: Option<f64>,
+    pub last_seen: Option<i64>,
+}
+
+impl DeviceState {
+    /// Builds the state from the field/value pairs of the device's hot-state
+    /// hash (layout in the README). Unparseable fields read as `null`.
+    pub fn from_hash<'a>(
+        device: &str,
+        fields: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
+        let mut s = DeviceState {
+            device: device.to_owned(),
+            ..Default::default()
+        };
+        for (k, v) in fields {
+            match k {
+                "lat" => s.lat = v.parse().ok(),
+                "lon" => s.lon = v.parse().ok(),
+                "ts" => s.ts = v.parse().ok(),
+                "speed" => s.speed = v.parse().ok(),
+                "heading" => s.heading = v.parse().ok(),
+                "accuracy" => s.accuracy = v.parse().ok(),
+                "alt" => s.alt = v.parse().ok(),
+                "online" => s.online = Some(v == "1" || v == "true"),
+                "battery" => s.battery = v.parse().ok(),
+                "signal" => s.signal = v.parse().ok(),
+                "last_seen" => s.last_seen = v.parse().ok(),
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+/// Formats a double so that parsing it back gives the same bits: `f64`'s
+/// `Display` is the shortest string that round-trips.
+pub fn fmt_f64(v: f64) -> String {
+    format!("{v}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::Severity;
+
+    #[test]
+    fn location_omits_what_was_not_sent() {
+        let l = Location {
+            ts: 5,
+            lat: 51.50735090123456,
+            lon: -0.12,
+            alt: None,
+            speed: Some(1.5),
+            heading: None,
+            accuracy: None,
+        };
+        assert_eq!(
+            location_json("t", &l),
+            r#"{"type":"location","device":"t","ts":5,"lat":51.50735090123456,"lon":-0.12,"speed":1.5}"#
+        );
+    }
+
+    #[test]
+    fn event_gets_its_cursor_appended() {
+        let e = Event {
+            id: "ev\"1".into(),
+            ts: 1,
+            kind: "panic".into(),
+            severity: Severity::Critical,
+            data: Some(RawValue::from_string("{\"x\":1}".into()).unwrap()),
+        };
+        let j = with_cursor(&event_json("t", &e), "1-0");
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["id"], "ev\"1");
+        assert_eq!(v["cursor"], "1-0");
+        assert_eq!(v["data"]["x"], 1);
+    }
+
+    #[test]
+    fn envelope_round_trips_the_message_bytes() {
+        let msg = r#"{"type":"status","device":"a","ts":1,"online":true}"#;
+        let env = envelope(42, msg);
+        let e: LiveEnvelope = serde_json::from_str(&env).unwrap();
+        assert_eq!(e.rx, 42);
+        assert_eq!(e.msg.get(), msg);
+        let h: LiveHeader = serde_json::from_str(e.msg.get()).unwrap();
+        assert_eq!((h.ty, h.device, h.ts), ("status", "a", 1));
+    }
+
+    #[test]
+    fn doubles_round_trip_through_text() {
+        for v in [
+            51.50735090123456,
+            -0.1,
+            1e-300,
+            179.99999999999997,
+            0.1 + 0.2,
+        ] {
+            assert_eq!(fmt_f64(v).parse::<f64>().unwrap(), v);
+        }
+    }
+}
