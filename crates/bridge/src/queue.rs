@@ -200,8 +200,9 @@ impl Queue {
                     g.history.push(row);
                     match g.live.get_mut(&live.device) {
                         Some(slot) => {
-                            // Latest wins, by the device's own clock.
-                            if live.loc.ts >= slot.loc.ts {
+                            // Latest wins, by the device's own clock; on a
+                            // tie the first accepted stays, as in Redis.
+                            if live.loc.ts > slot.loc.ts {
                                 *slot = live;
                             }
                             self.metrics.coalesced.inc();
@@ -360,6 +361,9 @@ mod tests {
         for ts in [1, 3, 2] {
             q.push_location(row("a", ts)).await;
         }
+        let mut same_ts = row("a", 3);
+        same_ts.loc.lat = 9.0;
+        q.push_location(same_ts).await;
         q.push_location(row("b", 1)).await;
         let b = q.next_batch(100).await.unwrap();
         let got: Vec<_> = b
@@ -368,7 +372,11 @@ mod tests {
             .map(|l| (l.device.as_str().to_owned(), l.loc.ts))
             .collect();
         assert_eq!(got, vec![("a".to_owned(), 3), ("b".to_owned(), 1)]);
-        assert_eq!(q.metrics.coalesced.get(), 2);
+        assert_eq!(
+            b.locations[0].loc.lat, 1.0,
+            "a tie keeps the first accepted"
+        );
+        assert_eq!(q.metrics.coalesced.get(), 3);
         let h = q.next_history(100).await.unwrap();
         assert_eq!(
             h.iter().map(|r| r.loc.ts).collect::<Vec<_>>(),

@@ -67,7 +67,9 @@ pub enum Record {
         ts: i64,
         kind: String,
         severity: String,
-        data: Option<Box<RawValue>>,
+        /// The event's `data` as JSON text: serde cannot buffer a
+        /// `RawValue` inside an internally tagged enum.
+        data: Option<String>,
         rx: i64,
     },
 }
@@ -109,7 +111,7 @@ impl From<&EventRow> for Record {
             ts: r.event.ts,
             kind: r.event.kind.clone(),
             severity: r.event.severity.as_str().to_owned(),
-            data: r.event.data.clone(),
+            data: r.event.data.as_ref().map(|d| d.get().to_owned()),
             rx: r.received_at,
         }
     }
@@ -191,7 +193,7 @@ impl Rows {
                             ts,
                             kind,
                             severity: Severity::parse(&severity).unwrap_or_default(),
-                            data,
+                            data: data.and_then(|d| RawValue::from_string(d).ok()),
                         },
                         received_at: rx,
                     });
@@ -347,7 +349,21 @@ mod tests {
             },
             received_at: 6,
         };
-        spool.append(vec![Record::from(&row)]).await.unwrap();
+        let event = EventRow {
+            device: DeviceId::parse("d1").unwrap(),
+            event: Event {
+                id: "e1".into(),
+                ts: 7,
+                kind: "panic".into(),
+                severity: Severity::Critical,
+                data: Some(RawValue::from_string(r#"{"a":[1,{"b":0.5}]}"#.into()).unwrap()),
+            },
+            received_at: 8,
+        };
+        spool
+            .append(vec![Record::from(&row), Record::from(&event)])
+            .await
+            .unwrap();
         let segs = spool.seal().unwrap();
         assert_eq!(segs.len(), 1);
         // Simulate a crash in the middle of a later write.
@@ -355,6 +371,7 @@ mod tests {
         f.write_all(b"{\"t\":\"l\",\"d\":\"x").unwrap();
         let rows = Spool::read(&segs[0]).unwrap();
         assert_eq!(rows.locations, vec![row]);
+        assert_eq!(rows.events, vec![event], "event data survives the spool");
         assert!(spool.bytes() > 0);
         Spool::remove(&segs[0]).unwrap();
         assert!(spool.seal().unwrap().is_empty());

@@ -1,6 +1,8 @@
 //! The bridge end to end against the shared Mosquitto, Redis and
 //! PostgreSQL: hot state, live publication, history, ordering, dedup.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use fred::prelude::*;

@@ -1,1 +1,170 @@
-//! placeholder
+//! `fieldcast-gateway`: the WebSocket push gateway and HTTP API of
+//! PROTOCOL.md §4–5, fed by what `fieldcast-bridge` writes to Redis
+//! (docs/redis-layout.md).
+//!
+//! The path of a live update, by module:
+//!
+//! - [`feed`]: the instance's one Redis subscriber (`<prefix>live`,
+//!   `<prefix>push`) parses each message once into a shared frame;
+//! - [`hub`]: indexes (device, fleet, bbox R-tree, channel) find the local
+//!   connections that want it;
+//! - [`outbox`]: each connection's bounded queue (locations coalesce,
+//!   events never drop, overflow closes with 4008);
+//! - [`ws::connection`]: the socket's writer drains the outbox, several
+//!   frames per flush; its reader obeys [`ws::protocol`] commands, reading
+//!   snapshots and replays through [`store`].
+//!
+//! Around it: [`auth`] (JWT -> [`auth::Scope`]), [`routes`] (`/api/*` with
+//! [`history`] for SQL, `/healthz`, `/readyz` from [`health`], `/metrics`),
+//! [`config`]. [`serve`] wires them and owns shutdown.
+
+// Tests may unwrap: a panic there is the failure report.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod auth;
+pub mod config;
+pub mod cursor;
+pub mod error;
+pub mod feed;
+pub mod geo;
+pub mod health;
+pub mod history;
+pub mod hub;
+pub mod outbox;
+pub mod routes;
+pub mod store;
+pub mod ws;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{AuthMode, Config};
+
+/// The process-wide Prometheus recorder (installed once: `metrics` has one
+/// global recorder, and tests run several gateways in one process).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("fieldcast_gateway_broadcast_latency_seconds".into()),
+                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be global (a test process that
+            // also runs the bridge); our /metrics then renders an empty set
+            // rather than failing.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will not show the gateway's metrics");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Runs the gateway on `listener` until `shutdown` is cancelled, then
+/// closes every WebSocket with 1001 and returns.
+///
+/// Starts while Redis or PostgreSQL are down (not ready until they answer).
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let prometheus = prometheus();
+    metrics::gauge!("fieldcast_gateway_connections").increment(0.0);
+
+    let store =
+        store::Store::connect(&config.redis_url, &config.redis_prefix).context("redis client")?;
+    let pg = history::pool(&config.database_url, config.database_pool.get())
+        .context("postgresql pool")?;
+    let queue = config.ws_queue.get();
+    let hub = hub::Hub::new((queue * 16).max(65_536));
+    let health = Arc::new(health::Health::default());
+    let tracker = TaskTracker::new();
+
+    tracker.spawn({
+        let (url, keys, hub, health, shutdown) = (
+            config.redis_url.clone(),
+            store.keys.clone(),
+            hub.clone(),
+            health.clone(),
+            shutdown.clone(),
+        );
+        async move {
+            if let Err(e) = feed::run(url, keys, hub, health, shutdown).await {
+                tracing::error!(error = %e, "live feed stopped");
+            }
+        }
+    });
+    tracker.spawn(health::probe(
+        health.clone(),
+        store.clone(),
+        pg.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn({
+        let (prometheus, shutdown) = (prometheus.clone(), shutdown.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => prometheus.run_upkeep(),
+                }
+            }
+        }
+    });
+
+    let state = routes::AppState {
+        auth: auth::Authenticator::from_config(&config),
+        store: store.clone(),
+        pg,
+        hub,
+        health,
+        prometheus,
+        limits: ws::connection::Limits {
+            queue,
+            rate_per_sec: config.ws_rate_limit.get(),
+            max_subscriptions: config.ws_max_subscriptions.get(),
+            ping_interval: config.ws_ping_interval,
+        },
+        max_frame: config.ws_max_frame.get(),
+        allowed_origins: config
+            .allowed_origins
+            .iter()
+            .filter(|o| !o.is_empty())
+            .cloned()
+            .collect(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, "gateway listening");
+    axum::serve(listener, routes::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("http server")?;
+
+    // Sockets saw the same token and are sending their 1001.
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not finish within the shutdown grace period");
+    }
+    store.quit().await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -1,1 +1,87 @@
-fn main() {}
+//! The `fieldcast-sim` binary: parses the command line, sets up logging and
+//! signal handling, and runs the chosen command. Each command lives in its
+//! own module of the library (`fleet` today; `bench` and `probe` join it).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fieldcast_sim::fleet::{self, FleetArgs};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fieldcast-sim",
+    version,
+    about = "Simulated Fieldcast devices over MQTT"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run N simulated devices publishing locations, status and events until
+    /// Ctrl-C, SIGTERM or --duration; print a summary on exit.
+    Fleet(FleetArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+
+    match cli.command {
+        Command::Fleet(args) => {
+            let config = match args.into_config() {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("fieldcast-sim: error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let summary = fleet::run(config, shutdown).await;
+            println!("{summary}");
+            if summary.connects == 0 {
+                error!("never reached the broker");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        r = ctrl_c => if let Err(e) = r { error!(error = %e, "cannot listen for Ctrl-C"); return; },
+        _ = term => {}
+    }
+    info!("stopping: devices go offline, then exit");
+    shutdown.cancel();
+}

@@ -1,0 +1,292 @@
+//! Who may see what: HS256 JWTs (PROTOCOL.md §4) turned into a [`Scope`].
+//!
+//! In: the token from `?token=` or `Authorization: Bearer`. Out: a `Scope`
+//! (device globs, channel patterns, the `publish` right, the expiry) that
+//! `/ws` and `/api/*` consult before anything leaves the gateway.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::config::{AuthMode, Config};
+use crate::error::ApiError;
+
+/// Leeway on `exp` and `nbf`, seconds (PROTOCOL.md §4).
+pub const LEEWAY_SECS: u64 = 30;
+
+/// Why a token was refused. Every variant is a 401.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::Unauthorized(e.to_string())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    devices: Option<Vec<String>>,
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    publish: bool,
+}
+
+/// A `*`/`?` glob, matched over characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(Box<[char]>);
+
+impl Glob {
+    pub fn new(pattern: &str) -> Self {
+        Glob(pattern.chars().collect())
+    }
+
+    /// `*` matches any run of characters (also none), `?` exactly one.
+    pub fn matches(&self, text: &str) -> bool {
+        let p = &self.0;
+        let t: Vec<char> = text.chars().collect();
+        let (mut pi, mut ti) = (0usize, 0usize);
+        // Where the last `*` was and which text position it is trying to
+        // absorb up to: the classic linear backtracking for one-star globs.
+        let mut star: Option<(usize, usize)> = None;
+        while ti < t.len() {
+            match p.get(pi) {
+                Some('*') => {
+                    star = Some((pi, ti));
+                    pi += 1;
+                }
+                Some(&c) if c == '?' || c == t[ti] => {
+                    pi += 1;
+                    ti += 1;
+                }
+                _ => match star {
+                    Some((sp, st)) => {
+                        pi = sp + 1;
+                        ti = st + 1;
+                        star = Some((sp, st + 1));
+                    }
+                    None => return false,
+                },
+            }
+        }
+        p[pi..].iter().all(|&c| c == '*')
+    }
+
+    /// The glob as a SQL `LIKE` pattern with `\` as escape character.
+    pub fn to_like(&self) -> String {
+        let mut out = String::with_capacity(self.0.len() + 4);
+        for &c in self.0.iter() {
+            match c {
+                '*' => out.push('%'),
+                '?' => out.push('_'),
+                '%' | '_' | '\\' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+}
+
+/// What one token allows.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// The token's `sub` (for logs), `"anonymous"` under `--auth none`.
+    pub subject: String,
+    /// Device globs; `None` = every device.
+    devices: Option<Vec<Glob>>,
+    /// Channel patterns; empty = no channel.
+    channels: Vec<Glob>,
+    /// May `POST /api/publish`.
+    pub publish: bool,
+    /// When the token stops being valid (leeway included), epoch ms.
+    pub expires_at_ms: Option<i64>,
+}
+
+impl Scope {
+    /// Everything, for `--auth none`.
+    pub fn unrestricted() -> Self {
+        Scope {
+            subject: "anonymous".into(),
+            devices: None,
+            channels: vec![Glob::new("*")],
+            publish: true,
+            expires_at_ms: None,
+        }
+    }
+
+    pub fn allows_device(&self, device: &str) -> bool {
+        self.devices
+            .as_ref()
+            .is_none_or(|globs| globs.iter().any(|g| g.matches(device)))
+    }
+
+    pub fn allows_channel(&self, channel: &str) -> bool {
+        self.channels.iter().any(|g| g.matches(channel))
+    }
+
+    /// `None` when every device is in scope, else the `LIKE` patterns that
+    /// select exactly the scope in SQL.
+    pub fn device_like_patterns(&self) -> Option<Vec<String>> {
+        self.devices
+            .as_ref()
+            .map(|globs| globs.iter().map(Glob::to_like).collect())
+    }
+}
+
+/// Checks tokens; cheap to share.
+#[derive(Clone)]
+pub struct Authenticator(Arc<Mode>);
+
+enum Mode {
+    None,
+    Jwt {
+        /// `None` for an empty secret: every token is refused.
+        key: Option<DecodingKey>,
+        validation: Box<Validation>,
+    },
+}
+
+impl Authenticator {
+    /// From the configuration; `validate()` has made sure a `jwt` mode has
+    /// its secret.
+    pub fn from_config(config: &Config) -> Self {
+        match (config.auth, config.jwt_secret.as_deref()) {
+            // An empty or absent secret cannot get here through
+            // `Config::validate`; refusing every token is the safe reading.
+            (AuthMode::Jwt, secret) => match secret.filter(|s| !s.is_empty()) {
+                Some(secret) => Self::jwt(secret.as_bytes()),
+                None => Self::jwt(&rand::random::<[u8; 32]>()),
+            },
+            (AuthMode::None, _) => Authenticator(Arc::new(Mode::None)),
+        }
+    }
+
+    /// HS256 with `secret`; an empty secret refuses every token.
+    pub fn jwt(secret: &[u8]) -> Self {
+        // Pin the crypto provider: if feature unification ever turns on a
+        // second one, the crate would otherwise panic on first use.
+        let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+            &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+        );
+        // `Validation::new(HS256)` accepts HS256 only: a header naming any
+        // other algorithm, `none` included, fails before the signature.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Authenticator(Arc::new(Mode::Jwt {
+            key: DecodingKey::from_secret(secret).ok(),
+            validation: Box::new(validation),
+        }))
+    }
+
+    /// The scope of `token`, or why it is refused.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Scope, AuthError> {
+        match &*self.0 {
+            Mode::None => Ok(Scope::unrestricted()),
+            Mode::Jwt { key, validation } => {
+                let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+                let key = key.as_ref().ok_or(AuthError::Missing)?;
+                let data = jsonwebtoken::decode::<Claims>(token, key, validation)?;
+                let c = data.claims;
+                let exp_ms = i64::try_from(c.exp.saturating_add(LEEWAY_SECS))
+                    .unwrap_or(i64::MAX / 1000)
+                    .saturating_mul(1000);
+                Ok(Scope {
+                    subject: c.sub,
+                    devices: c.devices.map(|d| d.iter().map(|p| Glob::new(p)).collect()),
+                    channels: c
+                        .channels
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|p| Glob::new(p))
+                        .collect(),
+                    publish: c.publish,
+                    expires_at_ms: Some(exp_ms),
+                })
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The token of a request: `Authorization: Bearer` first, else `?token=`.
+pub fn token_of(parts: &Parts) -> Option<String> {
+    bearer(&parts.headers).or_else(|| {
+        Query::<TokenQuery>::try_from_uri(&parts.uri)
+            .ok()
+            .and_then(|q| q.0.token)
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// Extractor: the caller's scope, or a 401 before the handler runs (and,
+/// for `/ws`, before the upgrade).
+pub struct Authed(pub Scope);
+
+impl<S> FromRequestParts<S> for Authed
+where
+    Authenticator: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let auth = Authenticator::from_ref(state);
+        let token = token_of(parts);
+        Ok(Authed(auth.authenticate(token.as_deref())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let g = Glob::new("truck-*");
+        assert!(g.matches("truck-7"));
+        assert!(g.matches("truck-"));
+        assert!(!g.matches("van-1"));
+        assert!(Glob::new("a?c").matches("abc"));
+        assert!(!Glob::new("a?c").matches("ac"));
+        assert!(Glob::new("*-7").matches("truck-7"));
+        assert!(Glob::new("*a*b*").matches("xxaxxbxx"));
+        assert!(!Glob::new("*a*b").matches("xxaxxbxx"));
+        assert!(Glob::new("exact").matches("exact"));
+        assert!(!Glob::new("exact").matches("exact1"));
+        assert!(Glob::new("*").matches(""));
+    }
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(Glob::new("a_b*?").to_like(), "a\\_b%_");
+    }
+}

@@ -1,0 +1,160 @@
+//! The gateway's one typed configuration: every option a CLI flag with an
+//! environment fallback (PROTOCOL.md §1), parsed into `SocketAddr`,
+//! `Duration` and `NonZero*` at start so a bad value fails there, never later.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How `/ws` and `/api/*` authenticate their callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// HS256 JWTs signed with `FIELDCAST_JWT_SECRET` (PROTOCOL.md §4).
+    Jwt,
+    /// No authentication: every caller sees everything and may publish.
+    /// For local development only.
+    None,
+}
+
+/// `fieldcast-gateway`: WebSocket push, HTTP history API and live map page.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "fieldcast-gateway", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on for HTTP and WebSocket.
+    #[arg(long, env = "FIELDCAST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis holding the bridge's hot state, live channel and event log.
+    #[arg(
+        long,
+        env = "FIELDCAST_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key and channel (several deployments can share one Redis).
+    #[arg(long, env = "FIELDCAST_REDIS_PREFIX", default_value = "fieldcast:")]
+    pub redis_prefix: String,
+
+    /// PostgreSQL with the history tables (track and event queries).
+    #[arg(
+        long,
+        env = "FIELDCAST_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/fieldcast"
+    )]
+    pub database_url: String,
+
+    /// HS256 secret for client tokens. Required unless `--auth none`.
+    #[arg(long, env = "FIELDCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Authentication mode: `jwt` (default) or `none` (development only).
+    #[arg(long, env = "FIELDCAST_AUTH", value_enum, default_value = "jwt")]
+    pub auth: AuthMode,
+
+    /// Comma-separated list of Origins allowed to open `/ws` (exact match,
+    /// e.g. `https://dispatch.example.com`). Empty: any Origin.
+    #[arg(long, env = "FIELDCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Per-connection send queue, in messages. Locations coalesce per device
+    /// once it is full; events that still back up close the socket (4008).
+    #[arg(long, env = "FIELDCAST_WS_QUEUE", default_value = "1024")]
+    pub ws_queue: NonZeroUsize,
+
+    /// Most frames a client may send within one second; more closes with 1008.
+    #[arg(long, env = "FIELDCAST_WS_RATE_LIMIT", default_value = "200")]
+    pub ws_rate_limit: NonZeroU32,
+
+    /// Largest frame a client may send, in bytes.
+    #[arg(long, env = "FIELDCAST_WS_MAX_FRAME", default_value = "65536")]
+    pub ws_max_frame: NonZeroUsize,
+
+    /// Most device ids plus channels one connection may subscribe to.
+    #[arg(long, env = "FIELDCAST_WS_MAX_SUBSCRIPTIONS", default_value = "10000")]
+    pub ws_max_subscriptions: NonZeroUsize,
+
+    /// A connection silent this long gets a ping; silent twice as long is dropped.
+    #[arg(long, env = "FIELDCAST_WS_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ws_ping_interval: Duration,
+
+    /// How long shutdown waits for sockets to take their 1001 close.
+    #[arg(long, env = "FIELDCAST_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// PostgreSQL connections in the pool.
+    #[arg(long, env = "FIELDCAST_DATABASE_POOL", default_value = "16")]
+    pub database_pool: NonZeroUsize,
+}
+
+/// A configuration that parses but cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("FIELDCAST_JWT_SECRET is required (or pass --auth none)")]
+    MissingJwtSecret,
+    #[error("FIELDCAST_REDIS_URL is not a valid Redis URL: {0}")]
+    BadRedisUrl(String),
+    #[error("FIELDCAST_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    BadDatabaseUrl(String),
+    #[error("FIELDCAST_WS_PING_INTERVAL must be at least 1s")]
+    PingInterval,
+}
+
+impl Config {
+    /// Checks what clap cannot: the secret's presence and the URLs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth == AuthMode::Jwt && self.jwt_secret.as_deref().is_none_or(str::is_empty) {
+            return Err(ConfigError::MissingJwtSecret);
+        }
+        fred::types::config::Config::from_url(&self.redis_url)
+            .map_err(|e| ConfigError::BadRedisUrl(e.to_string()))?;
+        self.database_url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| ConfigError::BadDatabaseUrl(e.to_string()))?;
+        if self.ws_ping_interval < Duration::from_secs(1) {
+            return Err(ConfigError::PingInterval);
+        }
+        Ok(())
+    }
+
+    /// A configuration with every default, for tests and embedding; `auth`
+    /// is `none` so it validates without a secret.
+    pub fn for_tests(redis_url: &str, redis_prefix: &str, database_url: &str) -> Self {
+        let mut c = Config::parse_from(["fieldcast-gateway", "--auth", "none"]);
+        c.redis_url = redis_url.to_owned();
+        c.redis_prefix = redis_prefix.to_owned();
+        c.database_url = database_url.to_owned();
+        c
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_mode_needs_a_secret() {
+        let c = Config::try_parse_from(["g"]).unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::MissingJwtSecret)));
+        let c = Config::try_parse_from(["g", "--jwt-secret", "s"]).unwrap();
+        assert!(c.validate().is_ok());
+        let c = Config::try_parse_from(["g", "--auth", "none"]).unwrap();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(Config::try_parse_from(["g", "--listen", "nowhere"]).is_err());
+        assert!(Config::try_parse_from(["g", "--ws-ping-interval", "soon"]).is_err());
+        assert!(Config::try_parse_from(["g", "--ws-queue", "0"]).is_err());
+        let c =
+            Config::try_parse_from(["g", "--auth", "none", "--database-url", "mysql:x"]).unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,249 @@
+//! The feed: this instance's one Redis subscriber, on `<prefix>live` (the
+//! bridge's updates) and `<prefix>push` (channel messages from any backend
+//! or gateway). Each message is parsed once into a shared frame and handed
+//! to the [`Hub`].
+//!
+//! On a reconnect (or if this task ever falls behind the client's
+//! broadcast buffer) messages may have been missed, so every connection is
+//! told to resync: a fresh snapshot plus the events since the last cursor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use fieldcast_core::{LiveEnvelope, LiveHeader};
+use fred::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::cursor::StreamId;
+use crate::health::Health;
+use crate::hub::{Hub, Update};
+use crate::outbox::{Item, Kind, Out};
+use crate::store::{builder, Keys, StoreError};
+
+/// Runs until `shutdown`; reconnects by itself (fred's policy: exponential
+/// backoff with jitter).
+pub async fn run(
+    url: String,
+    keys: Keys,
+    hub: Arc<Hub>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    let client = builder(&url)?.build()?;
+    let mut messages = client.message_rx();
+    let mut reconnects = client.reconnect_rx();
+    let mut errors = client.error_rx();
+    let _task = client.connect();
+    let channels = vec![keys.live.clone(), keys.push.clone()];
+    let mut first = true;
+    let mut need_subscribe = true;
+    let mut backoff = Backoff::new();
+    loop {
+        if need_subscribe {
+            let sub = async {
+                client.wait_for_connect().await?;
+                client.subscribe(channels.clone()).await
+            };
+            let res = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = tokio::time::timeout(Duration::from_secs(5), sub) => r,
+            };
+            match res {
+                Ok(Ok(())) => {
+                    need_subscribe = false;
+                    backoff.reset();
+                    health.set_feed(true);
+                    if !first {
+                        tracing::info!("live feed resubscribed; asking every connection to resync");
+                        hub.resync_all();
+                    }
+                    first = false;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "live feed subscribe failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+                Err(_) => {}
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = messages.recv() => match m {
+                Ok(m) => route(&keys, &hub, &m),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "live feed fell behind; resyncing connections");
+                    metrics::counter!("fieldcast_gateway_feed_lagged_total").increment(n);
+                    hub.resync_all();
+                }
+                Err(RecvError::Closed) => break,
+            },
+            r = reconnects.recv() => {
+                if r.is_ok() {
+                    metrics::counter!("fieldcast_gateway_redis_reconnects_total").increment(1);
+                    need_subscribe = true;
+                }
+            }
+            e = errors.recv() => {
+                if let Ok((e, _)) = e {
+                    tracing::warn!(error = %e, "live feed connection error");
+                    health.set_feed(false);
+                    need_subscribe = true;
+                }
+            }
+        }
+    }
+    health.set_feed(false);
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+    Ok(())
+}
+
+/// Exponential backoff with full jitter, 100 ms to 5 s.
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        Backoff { attempt: 0 }
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let cap = 100u64.saturating_mul(1 << self.attempt.min(6)).min(5_000);
+        self.attempt = self.attempt.saturating_add(1);
+        Duration::from_millis(cap / 2 + rand::random_range(0..=cap / 2))
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn route(keys: &Keys, hub: &Hub, m: &fred::types::Message) {
+    let Some(text) = m.value.as_str() else {
+        return;
+    };
+    if *m.channel == *keys.live {
+        match parse_live(&text) {
+            Some(u) => hub.dispatch(u),
+            None => tracing::debug!("ignoring a malformed live message"),
+        }
+    } else if *m.channel == *keys.push {
+        match parse_push(&text) {
+            Some((channel, item)) => hub.dispatch_message(&channel, item),
+            None => tracing::debug!("ignoring a malformed push message"),
+        }
+    }
+}
+
+/// Parses the bridge's `{"rx","msg"}` envelope; the frame is `msg`'s bytes.
+pub fn parse_live(text: &str) -> Option<Update> {
+    let env: LiveEnvelope = serde_json::from_str(text).ok()?;
+    let h: LiveHeader = serde_json::from_str(env.msg.get()).ok()?;
+    let kind = match h.ty {
+        "location" => Kind::Location,
+        "status" => Kind::Status,
+        "event" => Kind::Event,
+        _ => return None,
+    };
+    let pos = match (h.lat, h.lon) {
+        (Some(lat), Some(lon)) => Some((lon, lat)),
+        _ => None,
+    };
+    if kind == Kind::Location && pos.is_none() {
+        return None;
+    }
+    let cursor = h.cursor.and_then(|c| c.parse::<StreamId>().ok());
+    Some(Update {
+        kind,
+        device: Arc::from(h.device),
+        ts: h.ts,
+        pos,
+        cursor,
+        item: Item {
+            out: Out::Text(Utf8Bytes::from(env.msg.get().to_owned())),
+            kind,
+            rx_ms: env.rx,
+        },
+    })
+}
+
+#[derive(Deserialize)]
+struct PushIn<'a> {
+    channel: String,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    channel: &'a str,
+    data: &'a RawValue,
+}
+
+/// Parses `{"channel","data"}` into the `message` frame.
+pub fn parse_push(text: &str) -> Option<(String, Item)> {
+    let p: PushIn = serde_json::from_str(text).ok()?;
+    let null = RawValue::NULL;
+    let frame = serde_json::to_string(&MessageOut {
+        ty: "message",
+        channel: &p.channel,
+        data: p.data.unwrap_or(null),
+    })
+    .ok()?;
+    Some((
+        p.channel,
+        Item {
+            out: Out::Text(frame.into()),
+            kind: Kind::Message,
+            rx_ms: 0,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_frames_are_the_message_bytes() {
+        let msg = r#"{"type":"location","device":"t","ts":5,"lat":51.50735090123456,"lon":-0.12}"#;
+        let u = parse_live(&fieldcast_core::live::envelope(42, msg)).unwrap();
+        assert_eq!(u.kind, Kind::Location);
+        assert_eq!(u.pos, Some((-0.12, 51.50735090123456)));
+        assert_eq!(u.item.rx_ms, 42);
+        match u.item.out {
+            Out::Text(t) => assert_eq!(t.as_str(), msg),
+            Out::Ping => panic!(),
+        }
+        assert!(parse_live("{}").is_none());
+    }
+
+    #[test]
+    fn push_becomes_a_message_frame() {
+        let (ch, item) = parse_push(r#"{"channel":"user:42","data":{"a":1.5}}"#).unwrap();
+        assert_eq!(ch, "user:42");
+        match item.out {
+            Out::Text(t) => assert_eq!(
+                t.as_str(),
+                r#"{"type":"message","channel":"user:42","data":{"a":1.5}}"#
+            ),
+            Out::Ping => panic!(),
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! One WebSocket connection: a reader that obeys the client's commands and
+//! a writer that drains the connection's [`Outbox`] onto the socket, several
+//! frames per flush.
+//!
+//! The writer owns the sink; everything sent (replies, snapshots, live
+//! updates, pings, the close frame) goes through the outbox, so ordering is
+//! one queue's order. The reader never blocks the hub: it awaits Redis and
+//! room in its own outbox only.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use fieldcast_core::DeviceState;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{self, Command, Ref, Since};
+use crate::auth::Scope;
+use crate::cursor::StreamId;
+use crate::hub::{Activation, ConnId, ConnSignals, Hub, Selection};
+use crate::outbox::{Close, Item, Kind, Out, Outbox};
+use crate::store::{Snap, Store, StoreError};
+
+/// Per-connection limits, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub queue: usize,
+    pub rate_per_sec: u32,
+    pub max_subscriptions: usize,
+    pub ping_interval: Duration,
+}
+
+/// What a connection needs from the rest of the gateway.
+#[derive(Clone)]
+pub struct Ctx {
+    pub hub: Arc<Hub>,
+    pub store: Store,
+    pub limits: Limits,
+    /// Cancelled on SIGTERM: the writer sends 1001 and the task ends.
+    pub shutdown: CancellationToken,
+}
+
+const BATCH: usize = 256;
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Drives one upgraded socket until either side ends it.
+pub async fn run(socket: WebSocket, scope: Scope, ctx: Ctx) {
+    metrics::gauge!("fieldcast_gateway_connections").increment(1.0);
+    let _gauge = scopeguard(|| metrics::gauge!("fieldcast_gateway_connections").decrement(1.0));
+    let outbox = Arc::new(Outbox::new(ctx.limits.queue));
+    let signals = Arc::new(ConnSignals::default());
+    let scope = Arc::new(scope);
+    let reg = ctx
+        .hub
+        .register(scope.clone(), outbox.clone(), signals.clone());
+    let (sink, stream) = socket.split();
+    let mut writer = pin!(write_loop(sink, outbox.clone(), ctx.shutdown.clone()));
+    let reader = Reader {
+        id: reg.id,
+        scope,
+        outbox: outbox.clone(),
+        signals,
+        ctx: ctx.clone(),
+    };
+    tokio::select! {
+        close = &mut writer => {
+            if close == Close::SLOW_CONSUMER {
+                tracing::info!(conn = reg.id, "closed a slow consumer (4008)");
+            }
+        }
+        () = reader.run(stream) => {
+            // The reader asked for a close (rate limit, token expiry): let
+            // the writer deliver it, briefly.
+            if outbox.is_closing() {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT * 2, writer).await;
+            }
+        }
+    }
+    drop(reg);
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+/// Sends queued frames, write-combined: every frame available is fed, then
+/// one flush. Returns the close it sent.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    outbox: Arc<Outbox>,
+    shutdown: CancellationToken,
+) -> Close {
+    let mut buf: Vec<Item> = Vec::with_capacity(BATCH);
+    loop {
+        let ready = outbox.ready();
+        let close = match outbox.drain(&mut buf, BATCH) {
+            Err(close) => close,
+            Ok(()) if buf.is_empty() => {
+                tokio::select! {
+                    () = ready => {}
+                    () = shutdown.cancelled() => outbox.close(Close::GOING_AWAY),
+                }
+                continue;
+            }
+            Ok(()) => {
+                let write = async {
+                    let now = fieldcast_core::time::now_ms();
+                    for item in buf.drain(..) {
+                        let msg = match item.out {
+                            Out::Text(t) => {
+                                metrics::counter!("fieldcast_gateway_messages_out_total", "type" => item.kind.as_str())
+                                    .increment(1);
+                                metrics::counter!("fieldcast_gateway_bytes_out_total")
+                                    .increment(t.len() as u64);
+                                if item.rx_ms > 0 {
+                                    metrics::histogram!(
+                                        "fieldcast_gateway_broadcast_latency_seconds"
+                                    )
+                                    .record((now - item.rx_ms).max(0) as f64 / 1000.0);
+                                }
+                                Message::Text(t)
+                            }
+                            Out::Ping => Message::Ping(Default::default()),
+                        };
+                        sink.feed(msg).await?;
+                    }
+                    sink.flush().await
+                };
+                tokio::select! {
+                    r = write => match r {
+                        Ok(()) => continue,
+                        Err(_) => return Close::GOING_AWAY,
+                    },
+                    () = outbox.closing_now() => {}
+                    () = shutdown.cancelled() => outbox.close(Close::GOING_AWAY),
+                }
+                buf.clear();
+                continue;
+            }
+        };
+        let frame = CloseFrame {
+            code: close.code,
+            reason: close.reason.into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            sink.send(Message::Close(Some(frame))).await?;
+            sink.close().await
+        })
+        .await;
+        return close;
+    }
+}
+
+struct Reader {
+    id: ConnId,
+    scope: Arc<Scope>,
+    outbox: Arc<Outbox>,
+    signals: Arc<ConnSignals>,
+    ctx: Ctx,
+}
+
+/// A subscribe that failed before taking effect.
+#[derive(Debug, thiserror::Error)]
+enum SubscribeError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("connection closing")]
+    Closing,
+}
+
+impl Reader {
+    async fn run(self, mut stream: SplitStream<WebSocket>) {
+        let limits = self.ctx.limits;
+        let mut last_rx = Instant::now();
+        let mut window_start = Instant::now();
+        let mut window_count: u32 = 0;
+        let mut tick = tokio::time::interval(limits.ping_interval / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let expiry = self.scope.expires_at_ms.map(|ms| {
+            let left = (ms - fieldcast_core::time::now_ms()).max(0) as u64;
+            Instant::now() + Duration::from_millis(left)
+        });
+        loop {
+            let expiry_sleep = async {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                frame = stream.next() => {
+                    let Some(Ok(frame)) = frame else { return };
+                    last_rx = Instant::now();
+                    if last_rx.duration_since(window_start) >= Duration::from_secs(1) {
+                        window_start = last_rx;
+                        window_count = 0;
+                    }
+                    window_count += 1;
+                    if window_count > limits.rate_per_sec {
+                        tracing::info!(conn = self.id, "closing a client over the frame rate limit (1008)");
+                        self.outbox.close(Close::RATE_LIMIT);
+                        return;
+                    }
+                    match frame {
+                        Message::Text(t) => self.command(t.as_str()).await,
+                        Message::Binary(_) => self.reply(protocol::error(&None, "bad_request", "frames are JSON text")).await,
+                        Message::Close(_) => return,
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
+                    if self.outbox.is_closing() {
+                        return;
+                    }
+                }
+                _ = tick.tick() => {
+                    let idle = last_rx.elapsed();
+                    if idle >= limits.ping_interval * 2 {
+                        tracing::debug!(conn = self.id, "dropping a dead connection");
+                        return;
+                    }
+                    if idle >= limits.ping_interval {
+                        self.outbox.push(Item { out: Out::Ping, kind: Kind::Reply, rx_ms: 0 }, None);
+                    }
+                }
+                () = expiry_sleep => {
+                    self.outbox.push(Item::reply(protocol::error(&None, "token_expired", "the token has expired")), None);
+                    self.outbox.close(Close::TOKEN_EXPIRED);
+                    return;
+                }
+                () = self.signals.resync.notified() => self.resync().await,
+            }
+        }
+    }
+
+    async fn reply(&self, text: String) {
+        self.outbox.push_wait(Item::reply(text)).await;
+    }
+
+    async fn command(&self, text: &str) {
+        match Command::parse(text) {
+            Err(bad) => {
+                self.reply(protocol::error(&bad.r, "bad_request", &bad.message))
+                    .await
+            }
+            Ok(Command::Ping { r }) => self.reply(protocol::pong(&r)).await,
+            Ok(Command::Unsubscribe { r, selection }) => {
+                self.ctx.hub.unsubscribe(self.id, &selection);
+                self.reply(protocol::unsubscribed(&r)).await;
+            }
+            Ok(Command::Subscribe {
+                r,
+                selection,
+                since,
+            }) => {
+                if let Some(what) = self.forbidden(&selection) {
+                    return self.reply(protocol::error(&r, "forbidden", &what)).await;
+                }
+                let count = self.ctx.hub.subscription_count(self.id)
+                    + selection.devices.len()
+                    + selection.channels.len();
+                if count > self.ctx.limits.max_subscriptions {
+                    let m = format!(
+                        "at most {} devices and channels per connection",
+                        self.ctx.limits.max_subscriptions
+                    );
+                    return self
+                        .reply(protocol::error(&r, "too_many_subscriptions", &m))
+                        .await;
+                }
+                if let Err(e) = self.subscribe(&r, selection, since, false).await {
+                    self.ctx.hub.abort(self.id);
+                    if let SubscribeError::Store(e) = e {
+                        tracing::warn!(conn = self.id, error = %e, "subscribe failed");
+                        self.reply(protocol::error(
+                            &r,
+                            "unavailable",
+                            "live state is unavailable, try again",
+                        ))
+                        .await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first explicit device or channel outside the token's scope.
+    fn forbidden(&self, sel: &Selection) -> Option<String> {
+        if let Some(d) = sel.devices.iter().find(|d| !self.scope.allows_device(d)) {
+            return Some(format!("device {d} is outside the token's scope"));
+        }
+        if let Some(c) = sel.channels.iter().find(|c| !self.scope.allows_channel(c)) {
+            return Some(format!("channel {c} is not allowed by the token"));
+        }
+        None
+    }
+
+    /// Redis came back or the feed lagged: a fresh snapshot of everything
+    /// the connection watches, plus the events it may have missed.
+    async fn resync(&self) {
+        let selection = self.ctx.hub.selection(self.id);
+        if !selection.has_device_selector() {
+            return;
+        }
+        let since = Since::Cursor(self.ctx.hub.last_event_cursor());
+        if let Err(e) = self.subscribe(&None, selection, Some(since), true).await {
+            self.ctx.hub.abort(self.id);
+            tracing::warn!(conn = self.id, error = %e, "resync failed; will retry on the next reconnect");
+        }
+    }
+
+    /// snapshot -> replay -> subscribed -> live, race-free (see `hub`).
+    async fn subscribe(
+        &self,
+        r: &Ref,
+        sel: Selection,
+        since: Option<Since>,
+        resync: bool,
+    ) -> Result<(), SubscribeError> {
+        let hub = &self.ctx.hub;
+        let store = &self.ctx.store;
+        hub.begin(self.id, sel.clone(), resync);
+
+        let mut act = Activation::default();
+        if sel.has_device_selector() {
+            let (states, in_box) = self.snapshot(&sel, &mut act).await?;
+            act.in_box = in_box;
+            let frame = protocol::snapshot(r, &states);
+            if !self.outbox.push_wait(Item::reply(frame)).await {
+                return Err(SubscribeError::Closing);
+            }
+        }
+
+        let bounds = store.stream_bounds().await?;
+        let mut floor = bounds.last;
+        match since {
+            Some(Since::Cursor(c)) if c >= bounds.max_deleted && c <= bounds.last => {
+                floor = self.replay(c, &sel, &act.in_box).await?;
+            }
+            Some(_) if !resync => {
+                let m = "the cursor is unknown or older than the retained event log; reload history over HTTP";
+                self.reply(protocol::error(r, "cursor_expired", m)).await;
+            }
+            _ => {}
+        }
+        act.cursor_floor = floor;
+        if !resync {
+            act.before.push(Item::reply(protocol::subscribed(r, floor)));
+        }
+        hub.activate(self.id, act);
+        Ok(())
+    }
+
+    /// Reads the states the selection matches, scope-filtered; fills the
+    /// activation's per-device timestamps.
+    async fn snapshot(
+        &self,
+        sel: &Selection,
+        act: &mut Activation,
+    ) -> Result<(Vec<DeviceState>, Vec<Arc<str>>), StoreError> {
+        let store = &self.ctx.store;
+        let mut ids: Vec<String> = sel.devices.iter().map(|d| d.to_string()).collect();
+        if sel.fleet {
+            ids.extend(
+                store
+                    .fleet()
+                    .await?
+                    .into_iter()
+                    .filter(|d| self.scope.allows_device(d)),
+            );
+        }
+        if let Some(b) = &sel.bbox {
+            ids.extend(
+                store
+                    .bbox_candidates(b)
+                    .await?
+                    .into_iter()
+                    .filter(|d| self.scope.allows_device(d)),
+            );
+        }
+        ids.sort();
+        ids.dedup();
+        let snaps: Vec<Snap> = store.states(&ids).await?;
+        let explicit: HashSet<&str> = sel.devices.iter().map(|d| &**d).collect();
+        let mut states = Vec::with_capacity(snaps.len());
+        let mut in_box = Vec::new();
+        let mut ts: HashMap<Arc<str>, (Option<i64>, Option<i64>)> =
+            HashMap::with_capacity(snaps.len());
+        for s in snaps {
+            let id: Arc<str> = Arc::from(s.state.device.as_str());
+            ts.insert(id.clone(), (s.state.ts, s.sts));
+            let inside = match (&sel.bbox, s.state.lon, s.state.lat) {
+                (Some(b), Some(lon), Some(lat)) => b.contains(lon, lat),
+                _ => false,
+            };
+            if inside {
+                in_box.push(id.clone());
+            }
+            let wanted =
+                inside || explicit.contains(&*id) || (sel.fleet && self.scope.allows_device(&id));
+            if wanted {
+                states.push(s.state);
+            }
+        }
+        // Explicit devices without a hot state still get an (empty) entry:
+        // the event floor applies to the devices in this map.
+        for d in &sel.devices {
+            ts.entry(d.clone()).or_insert((None, None));
+        }
+        act.snapshot_ts = ts;
+        Ok((states, in_box))
+    }
+
+    /// Sends the retained events after `since` that `sel` and the scope
+    /// match, in order. Returns the last cursor read.
+    async fn replay(
+        &self,
+        since: StreamId,
+        sel: &Selection,
+        in_box: &[Arc<str>],
+    ) -> Result<StreamId, SubscribeError> {
+        let in_box: HashSet<&str> = in_box.iter().map(|d| &**d).collect();
+        let devices: HashSet<&str> = sel.devices.iter().map(|d| &**d).collect();
+        let mut after = since;
+        loop {
+            let batch = self.ctx.store.events_after(after).await?;
+            let Some(&(last, _, _)) = batch.last() else {
+                break;
+            };
+            for (id, device, json) in batch {
+                let matches = devices.contains(device.as_str())
+                    || (self.scope.allows_device(&device)
+                        && (sel.fleet || in_box.contains(device.as_str())));
+                if matches {
+                    let frame = fieldcast_core::live::with_cursor(&json, &id.to_string());
+                    let item = Item {
+                        out: Out::Text(frame.into()),
+                        kind: Kind::Event,
+                        rx_ms: 0,
+                    };
+                    if !self.outbox.push_wait(item).await {
+                        return Err(SubscribeError::Closing);
+                    }
+                }
+            }
+            after = last;
+        }
+        Ok(after)
+    }
+}

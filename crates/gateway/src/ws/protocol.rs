@@ -1,0 +1,282 @@
+//! The `/ws` frames of PROTOCOL.md §4: client commands parsed into types,
+//! server replies built as text.
+
+use std::sync::Arc;
+
+use fieldcast_core::{DeviceId, DeviceState};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::cursor::StreamId;
+use crate::geo::BBox;
+use crate::hub::Selection;
+
+/// A client's `ref`, echoed back verbatim (a string or a number).
+pub type Ref = Option<Box<RawValue>>;
+
+/// One parsed client frame.
+#[derive(Debug)]
+pub enum Command {
+    Subscribe {
+        r: Ref,
+        selection: Selection,
+        since: Option<Since>,
+    },
+    Unsubscribe {
+        r: Ref,
+        selection: Selection,
+    },
+    Ping {
+        r: Ref,
+    },
+}
+
+/// The `since` of a subscribe: a cursor, or text that is not one (which
+/// gets `cursor_expired`, the subscription still going ahead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    Cursor(StreamId),
+    Malformed,
+}
+
+/// A frame that cannot be obeyed, with the `ref` when it could be read.
+#[derive(Debug)]
+pub struct BadFrame {
+    pub r: Ref,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    op: Option<String>,
+    #[serde(rename = "ref")]
+    r: Option<Box<RawValue>>,
+    devices: Option<Vec<String>>,
+    fleet: Option<bool>,
+    bbox: Option<serde_json::Value>,
+    channels: Option<Vec<String>>,
+    since: Option<String>,
+}
+
+const MAX_CHANNEL_LEN: usize = 256;
+
+impl Command {
+    pub fn parse(text: &str) -> Result<Command, BadFrame> {
+        let raw: Raw = serde_json::from_str(text).map_err(|e| BadFrame {
+            r: None,
+            message: format!("not a command: {e}"),
+        })?;
+        let r = raw.r.filter(|v| {
+            v.get().starts_with('"')
+                || v.get()
+                    .starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        });
+        let bad = |r: Ref, m: &str| BadFrame {
+            r,
+            message: m.to_owned(),
+        };
+        let op = raw.op.unwrap_or_default();
+        match op.as_str() {
+            "ping" => Ok(Command::Ping { r }),
+            "subscribe" | "unsubscribe" => {
+                let mut selection = Selection {
+                    fleet: raw.fleet.unwrap_or(false),
+                    ..Default::default()
+                };
+                for d in raw.devices.unwrap_or_default() {
+                    match DeviceId::parse(&d) {
+                        Ok(_) => selection.devices.push(Arc::from(d.as_str())),
+                        Err(e) => return Err(bad(r, &format!("device {d:?}: {e}"))),
+                    }
+                }
+                selection.devices.sort();
+                selection.devices.dedup();
+                for c in raw.channels.unwrap_or_default() {
+                    if c.is_empty() || c.len() > MAX_CHANNEL_LEN {
+                        return Err(bad(r, "a channel is 1..256 bytes"));
+                    }
+                    selection.channels.push(c);
+                }
+                selection.channels.sort();
+                selection.channels.dedup();
+                if let Some(b) = raw.bbox {
+                    let nums: Option<Vec<f64>> = b
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|v| v.as_f64()).collect());
+                    let parsed = nums
+                        .filter(|n| b.as_array().is_some_and(|a| a.len() == n.len()))
+                        .ok_or_else(|| "bbox must be [minLon,minLat,maxLon,maxLat]".to_owned())
+                        .and_then(|n| BBox::from_slice(&n).map_err(|e| e.to_string()));
+                    match parsed {
+                        Ok(bbox) => selection.bbox = Some(bbox),
+                        // `unsubscribe` takes any bbox value to mean "the bbox".
+                        Err(_) if op == "unsubscribe" => {
+                            selection.bbox = Some(BBox {
+                                min_lon: 0.0,
+                                min_lat: 0.0,
+                                max_lon: 0.0,
+                                max_lat: 0.0,
+                            })
+                        }
+                        Err(m) => return Err(bad(r, &m)),
+                    }
+                }
+                if selection.is_empty() {
+                    return Err(bad(r, "name devices, fleet, bbox or channels"));
+                }
+                if op == "unsubscribe" {
+                    return Ok(Command::Unsubscribe { r, selection });
+                }
+                let since = raw.since.map(|s| match s.parse::<StreamId>() {
+                    Ok(c) => Since::Cursor(c),
+                    Err(_) => Since::Malformed,
+                });
+                Ok(Command::Subscribe {
+                    r,
+                    selection,
+                    since,
+                })
+            }
+            "" => Err(bad(r, "missing op")),
+            other => Err(bad(r, &format!("unknown op {other:?}"))),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Reply<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    r: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devices: Option<&'a [DeviceState]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+}
+
+impl<'a> Reply<'a> {
+    fn new(ty: &'static str, r: &'a Ref) -> Self {
+        Reply {
+            ty,
+            r: r.as_deref(),
+            devices: None,
+            cursor: None,
+            code: None,
+            message: None,
+        }
+    }
+
+    fn text(&self) -> String {
+        // Only strings, finite numbers and valid raw JSON: cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+pub fn snapshot(r: &Ref, devices: &[DeviceState]) -> String {
+    Reply {
+        devices: Some(devices),
+        ..Reply::new("snapshot", r)
+    }
+    .text()
+}
+
+pub fn subscribed(r: &Ref, cursor: StreamId) -> String {
+    Reply {
+        cursor: Some(cursor.to_string()),
+        ..Reply::new("subscribed", r)
+    }
+    .text()
+}
+
+pub fn unsubscribed(r: &Ref) -> String {
+    Reply::new("unsubscribed", r).text()
+}
+
+pub fn pong(r: &Ref) -> String {
+    Reply::new("pong", r).text()
+}
+
+pub fn error(r: &Ref, code: &str, message: &str) -> String {
+    Reply {
+        code: Some(code),
+        message: Some(message),
+        ..Reply::new("error", r)
+    }
+    .text()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_commands() {
+        let c = Command::parse(r#"{"op":"subscribe","ref":"1","devices":["truck-7","truck-9"]}"#)
+            .unwrap();
+        let Command::Subscribe {
+            r,
+            selection,
+            since,
+        } = c
+        else {
+            panic!()
+        };
+        assert_eq!(r.unwrap().get(), "\"1\"");
+        assert_eq!(selection.devices.len(), 2);
+        assert_eq!(since, None);
+        let c =
+            Command::parse(r#"{"op":"subscribe","ref":"5","fleet":true,"since":"1-2"}"#).unwrap();
+        let Command::Subscribe { since, .. } = c else {
+            panic!()
+        };
+        assert_eq!(since, Some(Since::Cursor(StreamId { ms: 1, seq: 2 })));
+        let c = Command::parse(r#"{"op":"subscribe","ref":"3","bbox":[-1,50,1,52]}"#).unwrap();
+        let Command::Subscribe { selection, .. } = c else {
+            panic!()
+        };
+        assert!(selection.bbox.is_some());
+        assert!(matches!(
+            Command::parse(r#"{"op":"ping","ref":"7"}"#),
+            Ok(Command::Ping { .. })
+        ));
+        assert!(matches!(
+            Command::parse(r#"{"op":"unsubscribe","ref":"6","devices":["truck-9"]}"#),
+            Ok(Command::Unsubscribe { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_frames_keep_their_ref() {
+        for bad in [
+            r#"{"op":"subscribe","ref":"x"}"#,
+            r#"{"op":"subscribe","ref":"x","devices":["a b"]}"#,
+            r#"{"op":"subscribe","ref":"x","bbox":[1,2,3]}"#,
+            r#"{"op":"subscribe","ref":"x","bbox":[3,2,1,4]}"#,
+            r#"{"op":"jump","ref":"x"}"#,
+        ] {
+            let e = Command::parse(bad).unwrap_err();
+            assert_eq!(e.r.unwrap().get(), "\"x\"", "{bad}");
+        }
+        assert!(Command::parse("nope").is_err());
+        assert!(Command::parse("[]").is_err());
+    }
+
+    #[test]
+    fn replies() {
+        let r: Ref = Some(RawValue::from_string("\"2\"".into()).unwrap());
+        assert_eq!(pong(&r), r#"{"type":"pong","ref":"2"}"#);
+        assert_eq!(
+            error(&r, "forbidden", "no"),
+            r#"{"type":"error","ref":"2","code":"forbidden","message":"no"}"#
+        );
+        assert_eq!(
+            subscribed(&None, StreamId { ms: 3, seq: 4 }),
+            r#"{"type":"subscribed","cursor":"3-4"}"#
+        );
+    }
+}

@@ -1,0 +1,422 @@
+//! Shared test support: a gateway on port 0 against the shared Redis and a
+//! fresh PostgreSQL database, a Redis feeder that writes exactly what
+//! docs/redis-layout.md says the bridge writes, a WebSocket client, a tiny
+//! HTTP client and token minting.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fieldcast_gateway::{AuthMode, Config};
+use fieldcast_testkit::{shared_redis_url, unique, wait_until, PgDb};
+use fred::prelude::*;
+use futures::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret-0123456789";
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// One test's private world: key prefix, database, Redis feeder.
+pub struct Env {
+    pub prefix: String,
+    pub redis_url: String,
+    pub db: PgDb,
+    pub redis: Client,
+    pub pg: tokio_postgres::Client,
+}
+
+impl Env {
+    pub async fn new() -> Env {
+        Self::with_redis(&shared_redis_url()).await
+    }
+
+    pub async fn with_redis(redis_url: &str) -> Env {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let prefix = format!("{}:", unique("gw"));
+        let db = PgDb::create().await.unwrap();
+        let pg = db.client().await.unwrap();
+        pg.batch_execute(include_str!("../../../../migrations/0001_history.sql"))
+            .await
+            .unwrap();
+        pg.batch_execute(
+            "CREATE TABLE IF NOT EXISTS locations_default PARTITION OF locations DEFAULT",
+        )
+        .await
+        .unwrap();
+        let redis = redis_client(redis_url).await;
+        Env {
+            prefix,
+            redis_url: redis_url.to_owned(),
+            db,
+            redis,
+            pg,
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        let mut c = Config::for_tests(&self.redis_url, &self.prefix, &self.db.url);
+        c.auth = AuthMode::Jwt;
+        c.jwt_secret = Some(SECRET.into());
+        c
+    }
+
+    pub async fn gateway(&self) -> Gateway {
+        Gateway::start(self.config()).await
+    }
+
+    /// A location as the bridge writes it: hash forward-only, devices set,
+    /// geo index, one PUBLISH on `<prefix>live` when the state moved.
+    pub async fn location(&self, device: &str, ts: i64, lat: f64, lon: f64) -> bool {
+        let msg =
+            json!({"type":"location","device":device,"ts":ts,"lat":lat,"lon":lon}).to_string();
+        let n: i64 = self
+            .redis
+            .eval(
+                LOCATION_LUA,
+                vec![
+                    format!("{}dev:{device}", self.prefix),
+                    format!("{}devices", self.prefix),
+                    format!("{}geo", self.prefix),
+                    format!("{}live", self.prefix),
+                ],
+                vec![
+                    device.to_owned(),
+                    ts.to_string(),
+                    format!("{lat}"),
+                    format!("{lon}"),
+                    msg,
+                ],
+            )
+            .await
+            .unwrap();
+        n == 1
+    }
+
+    pub async fn status(&self, device: &str, ts: i64, online: bool) -> bool {
+        let msg = json!({"type":"status","device":device,"ts":ts,"online":online}).to_string();
+        let n: i64 = self
+            .redis
+            .eval(
+                STATUS_LUA,
+                vec![
+                    format!("{}dev:{device}", self.prefix),
+                    format!("{}devices", self.prefix),
+                    format!("{}live", self.prefix),
+                ],
+                vec![
+                    device.to_owned(),
+                    ts.to_string(),
+                    if online { "1" } else { "0" }.to_owned(),
+                    msg,
+                ],
+            )
+            .await
+            .unwrap();
+        n == 1
+    }
+
+    /// An event: XADD to `<prefix>events`, PUBLISH with its cursor. Returns
+    /// the cursor.
+    pub async fn event(&self, device: &str, id: &str, ts: i64, data: Value) -> String {
+        let msg = json!({"type":"event","device":device,"id":id,"ts":ts,"kind":"panic","severity":"critical","data":data})
+            .to_string();
+        self.redis
+            .eval(
+                EVENT_LUA,
+                vec![
+                    format!("{}events", self.prefix),
+                    format!("{}live", self.prefix),
+                ],
+                vec![device.to_owned(), msg],
+            )
+            .await
+            .unwrap()
+    }
+
+    pub async fn raw_publish(&self, channel: &str, payload: &str) {
+        let _: i64 = self.redis.publish(channel, payload).await.unwrap();
+    }
+}
+
+pub async fn redis_client(url: &str) -> Client {
+    let config = fred::types::config::Config::from_url(url).unwrap();
+    let c = Builder::from_config(config).build().unwrap();
+    c.init().await.unwrap();
+    c
+}
+
+const LOCATION_LUA: &str = r#"
+local ts = tonumber(ARGV[2])
+local cur = tonumber(redis.call('HGET', KEYS[1], 'ts') or '-1')
+if ts <= cur then return 0 end
+redis.call('HSET', KEYS[1], 'ts', ARGV[2], 'lat', ARGV[3], 'lon', ARGV[4])
+local seen = tonumber(redis.call('HGET', KEYS[1], 'last_seen') or '-1')
+if ts > seen then redis.call('HSET', KEYS[1], 'last_seen', ARGV[2]) end
+redis.call('SADD', KEYS[2], ARGV[1])
+local lat = tonumber(ARGV[3])
+if lat > 85.05112878 then lat = 85.05112878 end
+if lat < -85.05112878 then lat = -85.05112878 end
+redis.call('GEOADD', KEYS[3], ARGV[4], lat, ARGV[1])
+redis.call('PUBLISH', KEYS[4], '{"rx":' .. ARGV[2] .. ',"msg":' .. ARGV[5] .. '}')
+return 1
+"#;
+
+const STATUS_LUA: &str = r#"
+local ts = tonumber(ARGV[2])
+local cur = tonumber(redis.call('HGET', KEYS[1], 'sts') or '-1')
+if ts <= cur then return 0 end
+redis.call('HSET', KEYS[1], 'sts', ARGV[2], 'online', ARGV[3])
+local seen = tonumber(redis.call('HGET', KEYS[1], 'last_seen') or '-1')
+if ts > seen then redis.call('HSET', KEYS[1], 'last_seen', ARGV[2]) end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('PUBLISH', KEYS[3], '{"rx":' .. ARGV[2] .. ',"msg":' .. ARGV[4] .. '}')
+return 1
+"#;
+
+const EVENT_LUA: &str = r#"
+local id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[1], 'j', ARGV[2])
+local msg = string.sub(ARGV[2], 1, -2) .. ',"cursor":"' .. id .. '"}'
+redis.call('PUBLISH', KEYS[2], '{"rx":0,"msg":' .. msg .. '}')
+return id
+"#;
+
+/// A gateway running `serve` on a port-0 listener.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Gateway {
+    pub async fn start(config: Config) -> Gateway {
+        Self::start_unready(config).await.ready().await
+    }
+
+    pub async fn start_unready(config: Config) -> Gateway {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(fieldcast_gateway::serve(config, listener, shutdown.clone()));
+        Gateway {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn ready(self) -> Self {
+        let addr = self.addr;
+        wait_until(WAIT, "gateway ready", || async move {
+            http(addr, "GET", "/readyz", None, None).await.0 == 200
+        })
+        .await
+        .unwrap();
+        self
+    }
+
+    pub fn ws_url(&self, token: &str) -> String {
+        format!("ws://{}/ws?token={token}", self.addr)
+    }
+
+    pub async fn ws(&self, token: &str) -> Ws {
+        Ws::connect(&self.ws_url(token)).await
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, _, body) = http(self.addr, "GET", "/metrics", None, None).await;
+        body.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// A token for `SECRET` with these extra claims, valid for an hour.
+pub fn token(extra: Value) -> String {
+    token_with(SECRET, extra, 3600)
+}
+
+pub fn token_with(secret: &str, extra: Value, valid_for_secs: i64) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = json!({"sub": "tester", "exp": now + valid_for_secs});
+    if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// `{"alg":"none"}` with no signature.
+pub fn token_alg_none() -> String {
+    let now = chrono::Utc::now().timestamp();
+    let h = b64url(br#"{"alg":"none","typ":"JWT"}"#);
+    let c = b64url(json!({"sub":"x","exp": now + 3600}).to_string().as_bytes());
+    format!("{h}.{c}.")
+}
+
+fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A minimal HTTP/1.1 client: `(status, content-type/extra header, body)`.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, String) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.unwrap_or("").to_owned(),
+        )))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let next = resp
+        .headers()
+        .get("fieldcast-next")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, next, String::from_utf8(body.to_vec()).unwrap())
+}
+
+pub async fn get_json(addr: SocketAddr, path: &str, token: &str) -> (u16, Value) {
+    let (status, _, body) = http(addr, "GET", path, Some(token), None).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// A WebSocket client speaking §4.
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a socket ended.
+#[derive(Debug, PartialEq)]
+pub enum Ended {
+    Close(u16),
+    Dropped,
+}
+
+impl Ws {
+    pub async fn connect(url: &str) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Ws { stream }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.stream
+            .send(WsMessage::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON frame, or `None` if the socket ended.
+    pub async fn try_recv(&mut self) -> Result<Value, Ended> {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("timed out waiting for a frame");
+            match m {
+                Some(Ok(WsMessage::Text(t))) => {
+                    return Ok(serde_json::from_str(t.as_str()).unwrap())
+                }
+                Some(Ok(WsMessage::Close(f))) => {
+                    return Err(Ended::Close(f.map_or(1005, |f| u16::from(f.code))))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(Ended::Dropped),
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Value {
+        match self.try_recv().await {
+            Ok(v) => v,
+            Err(e) => panic!("socket ended: {e:?}"),
+        }
+    }
+
+    /// Subscribes and returns `(snapshot devices or None, subscribed cursor)`.
+    pub async fn subscribe(&mut self, mut cmd: Value) -> (Option<Vec<Value>>, String) {
+        cmd["op"] = json!("subscribe");
+        cmd["ref"] = json!("s");
+        self.send(cmd).await;
+        let mut snapshot = None;
+        loop {
+            let v = self.recv().await;
+            match v["type"].as_str() {
+                Some("snapshot") if v["ref"] == "s" => {
+                    snapshot = Some(v["devices"].as_array().cloned().unwrap_or_default())
+                }
+                Some("subscribed") if v["ref"] == "s" => {
+                    return (snapshot, v["cursor"].as_str().unwrap().to_owned())
+                }
+                Some("error") if v["ref"] == "s" => panic!("subscribe failed: {v}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// A ping round trip: everything sent before it has been processed.
+    pub async fn sync(&mut self) -> Vec<Value> {
+        self.send(json!({"op":"ping","ref":"sync"})).await;
+        let mut before = Vec::new();
+        loop {
+            let v = self.recv().await;
+            if v["type"] == "pong" && v["ref"] == "sync" {
+                return before;
+            }
+            before.push(v);
+        }
+    }
+}
