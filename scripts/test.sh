@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 # PostgreSQL must accept the trust-auth superuser the tests use.
 psql -h 127.0.0.1 -U postgres -d postgres -qAtc 'SELECT 1' >/dev/null
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets --no-fail-fast

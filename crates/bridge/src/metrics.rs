@@ -53,6 +53,7 @@ pub struct Metrics {
     pub mqtt_reconnects: Counter,
     pub redis_write_seconds: Histogram,
     pub redis_errors: Counter,
+    pub redis_messages: Counter,
     pub pg_write_seconds: Histogram,
     pub pg_errors: Counter,
     pub history_rows: Family<TableLabel, Counter>,
@@ -88,6 +89,7 @@ impl Metrics {
             mqtt_reconnects: Counter::default(),
             redis_write_seconds: latency(),
             redis_errors: Counter::default(),
+            redis_messages: Counter::default(),
             pg_write_seconds: latency(),
             pg_errors: Counter::default(),
             history_rows: Family::default(),
@@ -171,6 +173,11 @@ impl Metrics {
             "redis_write_seconds",
             "Latency of one pipelined Redis batch",
             m.redis_write_seconds.clone(),
+        );
+        r.register(
+            "redis_messages",
+            "Messages written to Redis (applied, stale or duplicate)",
+            m.redis_messages.clone(),
         );
         r.register(
             "redis_errors",

@@ -380,7 +380,7 @@ mod tests {
         let h = q.next_history(100).await.unwrap();
         assert_eq!(
             h.iter().map(|r| r.loc.ts).collect::<Vec<_>>(),
-            vec![1, 3, 2, 1]
+            vec![1, 3, 2, 3, 1]
         );
     }
 

@@ -143,6 +143,10 @@ impl RedisSink {
                     .redis_write_seconds
                     .observe(started.elapsed().as_secs_f64());
                 metrics.duplicate_events.inc_by(a.duplicate_events as u64);
+                metrics.redis_messages.inc_by(
+                    (a.published + a.stale_locations + a.stale_statuses + a.duplicate_events)
+                        as u64,
+                );
                 for (kind, n) in [
                     (Kind::Location, a.stale_locations),
                     (Kind::Status, a.stale_statuses),

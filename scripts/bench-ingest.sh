@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Ingest benchmark: a simulated fleet -> a private Mosquitto -> the bridge
+# -> Redis + PostgreSQL, on this machine, beside its floor (the same fleet
+# -> the same broker -> a plain mosquitto_sub). Prints messages/s accepted
+# by the bridge and written to Redis, and the bridge's CPU and peak RSS.
+#
+#   DEVICES=20000 CONNS=200 RATE=1 SECS=30 scripts/bench-ingest.sh
+#
+# Uses its own broker port, database and Redis prefix; removes them after.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEVICES=${DEVICES:-20000}; CONNS=${CONNS:-200}; RATE=${RATE:-1}; SECS=${SECS:-30}
+PORT=${PORT:-18830}; ADMIN=127.0.0.1:${ADMIN_PORT:-19464}
+DB=fieldcast_bench; PREFIX="bench$$:"
+scripts/services.sh >/dev/null
+cargo build --release -q -p fieldcast-bridge -p fieldcast-sim
+tmp=$(mktemp -d)
+cat > "$tmp/mosquitto.conf" <<CONF
+listener $PORT 127.0.0.1
+allow_anonymous true
+max_inflight_messages 100
+max_queued_messages 100000
+set_tcp_nodelay true
+persistence false
+CONF
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  redis-cli --scan --pattern "${PREFIX}*" | xargs -r -n 500 redis-cli del >/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+mosquitto -c "$tmp/mosquitto.conf" >/dev/null 2>&1 & pids+=($!)
+sleep 0.5
+sim() {
+  target/release/fieldcast-sim fleet --mqtt-url "mqtt://127.0.0.1:$PORT" --devices "$DEVICES" \
+    --connections "$CONNS" --rate "$RATE" --event-every 60 --duration "${SECS}s" --prefix "b$$" 2>/dev/null | tail -n 3
+}
+metric() { curl -s "http://$ADMIN/metrics" | awk -v s="$1" '$1 == s { print $2 }'; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+echo "== floor: fleet -> mosquitto -> mosquitto_sub ($DEVICES devices x $RATE/s over $CONNS connections, ${SECS}s)"
+timeout $((SECS + 5)) mosquitto_sub -h 127.0.0.1 -p "$PORT" -t 'devices/#' -F '%t' > "$tmp/floor.txt" 2>/dev/null &
+subpid=$!
+sleep 0.5
+sim
+wait $subpid || true
+floor=$(wc -l < "$tmp/floor.txt")
+echo "floor: $floor messages received, $((floor / SECS)) msg/s"
+
+echo "== bridge: fleet -> mosquitto -> fieldcast-bridge -> Redis + PostgreSQL"
+psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
+psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $DB" >/dev/null
+FIELDCAST_MQTT_URL="mqtt://127.0.0.1:$PORT" FIELDCAST_MQTT_CLIENT_ID="bench-bridge-$$" \
+FIELDCAST_REDIS_PREFIX="$PREFIX" FIELDCAST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" \
+FIELDCAST_ADMIN_ADDR="$ADMIN" FIELDCAST_SPOOL_DIR="$tmp/spool" RUST_LOG=warn \
+  target/release/fieldcast-bridge & bridge=$!; pids+=($bridge)
+for _ in $(seq 1 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.2; done
+m0=$(metric 'fieldcast_bridge_messages_total{kind="location"}'); r0=$(metric fieldcast_bridge_redis_messages_total)
+c0=$(cpu_ticks $bridge); t0=$(date +%s.%N)
+sim
+t1=$(date +%s.%N); sleep 1
+m1=$(metric 'fieldcast_bridge_messages_total{kind="location"}'); r1=$(metric fieldcast_bridge_redis_messages_total)
+c1=$(cpu_ticks $bridge)
+coal=$(metric fieldcast_bridge_coalesced_total); rej=$(curl -s "http://$ADMIN/metrics" | awk '/^fieldcast_bridge_rejected_total/ { s += $2 } END { print s }')
+hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$bridge/status")
+hz=$(getconf CLK_TCK)
+awk -v m0="$m0" -v m1="$m1" -v r0="$r0" -v r1="$r1" -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" \
+    -v hz="$hz" -v hwm="$hwm" -v coal="$coal" -v rej="$rej" -v floor="$floor" -v secs="$SECS" 'BEGIN {
+  el = t1 - t0;
+  printf "accepted locations: %d (%.0f msg/s)   floor: %.0f msg/s\n", m1 - m0, (m1 - m0) / el, floor / secs;
+  printf "written to Redis:   %d (%.0f msg/s; coalesced %d, rejected %d)\n", r1 - r0, (r1 - r0) / el, coal, rej;
+  printf "bridge CPU: %.2f s over %.1f s (%.0f%% of one core), peak RSS %.1f MiB\n", (c1 - c0) / hz, el, 100 * (c1 - c0) / hz / el, hwm / 1024;
+}'
+sleep 2
+echo "history rows: $(psql -h 127.0.0.1 -U postgres -d $DB -qAtc 'SELECT count(*) FROM locations') (flushed every 30 s; the rest on SIGTERM)"
