@@ -13,6 +13,7 @@ DEVICES=${DEVICES:-20000}; CONNS=${CONNS:-200}; RATE=${RATE:-1}; SECS=${SECS:-30
 PORT=${PORT:-18830}; ADMIN=127.0.0.1:${ADMIN_PORT:-19464}
 DB=fieldcast_bench; PREFIX="bench$$:"
 scripts/services.sh >/dev/null
+T="${CARGO_TARGET_DIR:-target}"
 cargo build --release -q -p fieldcast-bridge -p fieldcast-sim
 tmp=$(mktemp -d)
 cat > "$tmp/mosquitto.conf" <<CONF
@@ -35,7 +36,7 @@ trap cleanup EXIT
 mosquitto -c "$tmp/mosquitto.conf" >/dev/null 2>&1 & pids+=($!)
 sleep 0.5
 sim() {
-  target/release/fieldcast-sim fleet --mqtt-url "mqtt://127.0.0.1:$PORT" --devices "$DEVICES" \
+  "$T"/release/fieldcast-sim fleet --mqtt-url "mqtt://127.0.0.1:$PORT" --devices "$DEVICES" \
     --connections "$CONNS" --rate "$RATE" --event-every 60 --duration "${SECS}s" --prefix "b$$" 2>/dev/null | tail -n 3
 }
 metric() { curl -s "http://$ADMIN/metrics" | awk -v s="$1" '$1 == s { print $2 }'; }
@@ -56,7 +57,7 @@ psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $DB" >/dev/null
 FIELDCAST_MQTT_URL="mqtt://127.0.0.1:$PORT" FIELDCAST_MQTT_CLIENT_ID="bench-bridge-$$" \
 FIELDCAST_REDIS_PREFIX="$PREFIX" FIELDCAST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" \
 FIELDCAST_ADMIN_ADDR="$ADMIN" FIELDCAST_SPOOL_DIR="$tmp/spool" RUST_LOG=warn \
-  target/release/fieldcast-bridge & bridge=$!; pids+=($bridge)
+  "$T"/release/fieldcast-bridge & bridge=$!; pids+=($bridge)
 for _ in $(seq 1 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.2; done
 m0=$(metric 'fieldcast_bridge_messages_total{kind="location"}'); r0=$(metric fieldcast_bridge_redis_messages_total)
 c0=$(cpu_ticks $bridge); t0=$(date +%s.%N)

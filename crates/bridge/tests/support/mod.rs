@@ -98,7 +98,8 @@ impl Harness {
             "--flush-interval",
             "300ms",
             "--spool-dir",
-            self.spool.path().to_str().unwrap(),
+            // One spool per bridge identity: a restarted bridge finds its own.
+            &self.spool.path().join(&self.client_id).to_string_lossy(),
             "--shutdown-timeout",
             "10s",
         ]
