@@ -1,0 +1,654 @@
+//! The gateway fed by the real bridge, in this process: device -> private
+//! Mosquitto -> `fieldcast_bridge` -> Redis/PostgreSQL -> two gateway
+//! instances -> WebSocket and HTTP clients. No hand-written Redis writes:
+//! these tests pin that both sides agree on docs/redis-layout.md.
+//!
+//! The tests take turns (`SERIAL`): metrics are process-wide, and the churn
+//! test reads the connection and subscription gauges back to zero.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::{SinkExt, StreamExt};
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::sync::CancellationToken;
+
+use fieldcast_core::time::now_ms;
+use fieldcast_gateway::{AuthMode, Config};
+use fieldcast_testkit::{shared_redis_url, unique, wait_until, Mosquitto, PgDb};
+use support::*;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A private broker, a bridge on it, and two gateways sharing its prefix.
+struct World {
+    _broker: Mosquitto,
+    mqtt_url: String,
+    _db: PgDb,
+    _spool: tempfile::TempDir,
+    bridge_stop: CancellationToken,
+    bridge_done: JoinHandle<anyhow::Result<()>>,
+    a: Gateway,
+    b: Gateway,
+}
+
+impl World {
+    async fn start() -> World {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let broker = Mosquitto::start().await.expect("private mosquitto");
+        let db = PgDb::create().await.expect("test database");
+        let prefix = format!("{}:", unique("gwb"));
+        let spool = tempfile::tempdir().unwrap();
+        let redis_url = shared_redis_url();
+        let args = [
+            "fieldcast-bridge",
+            "--mqtt-url",
+            &broker.url,
+            "--mqtt-client-id",
+            &unique("bridge"),
+            "--redis-url",
+            &redis_url,
+            "--redis-prefix",
+            &prefix,
+            "--database-url",
+            &db.url,
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--flush-interval",
+            "300ms",
+            "--spool-dir",
+            spool.path().to_str().unwrap(),
+            "--shutdown-timeout",
+            "10s",
+        ];
+        let config = fieldcast_bridge::Config::try_parse_from(args).expect("bridge config");
+        let bridge_stop = CancellationToken::new();
+        let (handles, done) = fieldcast_bridge::start(config, bridge_stop.clone())
+            .await
+            .expect("bridge starts");
+        let bridge_done = tokio::spawn(done);
+        let h = &handles;
+        wait_until(WAIT, "bridge ready", || async move { h.health.ready() })
+            .await
+            .expect("bridge becomes ready");
+
+        let gateway_config = || {
+            let mut c = Config::for_tests(&redis_url, &prefix, &db.url);
+            c.auth = AuthMode::Jwt;
+            c.jwt_secret = Some(SECRET.into());
+            c
+        };
+        let a = Gateway::start(gateway_config()).await;
+        let b = Gateway::start(gateway_config()).await;
+        World {
+            mqtt_url: broker.url.clone(),
+            _broker: broker,
+            _db: db,
+            _spool: spool,
+            bridge_stop,
+            bridge_done,
+            a,
+            b,
+        }
+    }
+
+    async fn stop(self) {
+        self.a.stop().await;
+        self.b.stop().await;
+        self.bridge_stop.cancel();
+        self.bridge_done
+            .await
+            .expect("bridge task")
+            .expect("bridge shut down cleanly");
+    }
+}
+
+/// A device-side MQTT client whose event loop runs in the background.
+struct Device {
+    client: AsyncClient,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Device {
+    async fn connect(mqtt_url: &str) -> Device {
+        let u = fieldcast_mqtt::BrokerUrl::parse(mqtt_url).unwrap();
+        let mut opts = MqttOptions::new(unique("dev"), u.host, u.port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        let (client, eventloop) = AsyncClient::new(opts, 1000);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(drive(eventloop, tx));
+        tokio::time::timeout(WAIT, rx)
+            .await
+            .expect("device connects")
+            .ok();
+        Device { client, task }
+    }
+
+    async fn publish(&self, topic: String, retain: bool, payload: &Value) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload.to_string())
+            .await
+            .unwrap();
+    }
+}
+
+async fn drive(mut el: EventLoop, connected: tokio::sync::oneshot::Sender<()>) {
+    let mut connected = Some(connected);
+    loop {
+        match el.poll().await {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                if let Some(tx) = connected.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// JSON equality where numbers compare as `f64` (`81` == `81.0`): exact for
+/// the doubles the device sent, indifferent to integer-vs-float spelling.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same(v, w))
+        }
+        _ => a == b,
+    }
+}
+
+#[track_caller]
+fn assert_same(got: &Value, want: &Value) {
+    assert!(same(got, want), "got  {got}\nwant {want}");
+}
+
+/// Pins: one device's location, status and event travel MQTT -> bridge ->
+/// Redis -> both gateway instances in the exact §4 shapes, with full double
+/// precision, and reach the HTTP history after the bridge's flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_updates_reach_both_gateways_and_history() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let w = World::start().await;
+    let dev_id = unique("truck");
+    let device = Device::connect(&w.mqtt_url).await;
+    let tok = token(json!({}));
+    let t0 = now_ms() - 60_000;
+    // Doubles whose shortest round-trip form has 16-17 significant digits.
+    let lat0 = 51.507_350_912_345_68_f64;
+    let lon0 = -0.127_758_312_345_678_9_f64;
+    let lat1 = 51.507_351_234_567_89_f64;
+    let lon1 = -0.127_759_876_543_210_9_f64;
+
+    // A first fix, so the snapshot has something to show.
+    device
+        .publish(
+            format!("devices/{dev_id}/location"),
+            false,
+            &json!({"ts": t0, "lat": lat0, "lon": lon0, "speed": 3.25, "heading": 45.5, "accuracy": 4.0, "alt": 12.75}),
+        )
+        .await;
+    let path = format!("/api/devices/{dev_id}");
+    let (addr, tk) = (w.a.addr, tok.clone());
+    wait_until(WAIT, "the first fix in the hot state", || {
+        let (path, tk) = (path.clone(), tk.clone());
+        async move { get_json(addr, &path, &tk).await.0 == 200 }
+    })
+    .await
+    .unwrap();
+
+    let mut clients = [w.a.ws(&tok).await, w.b.ws(&tok).await];
+    for ws in &mut clients {
+        let (snapshot, cursor) = ws.subscribe(json!({"fleet": true})).await;
+        assert!(!cursor.is_empty());
+        let snapshot = snapshot.expect("a fleet subscribe has a snapshot");
+        assert_eq!(snapshot.len(), 1, "{snapshot:?}");
+        assert_same(
+            &snapshot[0],
+            &json!({"device": dev_id, "lat": lat0, "lon": lon0, "ts": t0,
+                    "speed": 3.25, "heading": 45.5, "accuracy": 4.0, "alt": 12.75,
+                    "online": null, "battery": null, "signal": null, "last_seen": t0}),
+        );
+        // Exact bits, not just `==` through a lossy path.
+        assert_eq!(
+            snapshot[0]["lat"].as_f64().unwrap().to_bits(),
+            lat0.to_bits()
+        );
+    }
+
+    let (t1, t2, t3) = (t0 + 1_000, t0 + 2_000, t0 + 3_000);
+    device
+        .publish(
+            format!("devices/{dev_id}/location"),
+            false,
+            &json!({"ts": t1, "lat": lat1, "lon": lon1, "speed": 12.5, "heading": 90, "accuracy": 5, "alt": 30}),
+        )
+        .await;
+    device
+        .publish(
+            format!("devices/{dev_id}/status"),
+            true,
+            &json!({"ts": t2, "online": true, "battery": 81, "signal": -70}),
+        )
+        .await;
+    device
+        .publish(
+            format!("devices/{dev_id}/events"),
+            false,
+            &json!({"id": "ev-1", "ts": t3, "kind": "panic", "severity": "critical",
+                    "data": {"note": "help", "n": 1.000_000_000_000_000_2}}),
+        )
+        .await;
+
+    let want_location = json!({"type": "location", "device": dev_id, "ts": t1, "lat": lat1,
+        "lon": lon1, "speed": 12.5, "heading": 90, "accuracy": 5, "alt": 30});
+    let want_status = json!({"type": "status", "device": dev_id, "ts": t2, "online": true,
+        "battery": 81, "signal": -70});
+    let want_event = json!({"type": "event", "device": dev_id, "id": "ev-1", "ts": t3,
+        "kind": "panic", "severity": "critical",
+        "data": {"note": "help", "n": 1.000_000_000_000_000_2}});
+    let mut cursors = Vec::new();
+    for ws in &mut clients {
+        // Locations ride the bridge's live lane, status and events its
+        // reliable lane: their relative order is not promised.
+        let mut got: Vec<Value> = Vec::new();
+        for _ in 0..3 {
+            got.push(ws.recv().await);
+        }
+        got.sort_by_key(|v| v["ts"].as_i64());
+        assert_same(&got[0], &want_location);
+        assert_eq!(got[0]["lat"].as_f64().unwrap().to_bits(), lat1.to_bits());
+        assert_eq!(got[0]["lon"].as_f64().unwrap().to_bits(), lon1.to_bits());
+        assert_same(&got[1], &want_status);
+        let mut event = got[2].clone();
+        let cursor = event
+            .as_object_mut()
+            .unwrap()
+            .remove("cursor")
+            .and_then(|c| c.as_str().map(str::to_owned))
+            .expect("an event carries a string cursor");
+        assert!(!cursor.is_empty());
+        cursors.push(cursor);
+        assert_same(&event, &want_event);
+        // Nothing else (no duplicate) is queued.
+        let rest = ws.sync().await;
+        assert!(rest.is_empty(), "unexpected frames: {rest:?}");
+    }
+    assert_eq!(
+        cursors[0], cursors[1],
+        "both instances carry the same cursor"
+    );
+
+    // History, after the bridge's 300 ms flush.
+    let track_path = format!("/api/devices/{dev_id}/track");
+    let track = {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (code, v) = get_json(w.b.addr, &track_path, &tok).await;
+            if code == 200 && v["points"].as_array().is_some_and(|p| p.len() == 2) {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "track: {code} {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert_same(
+        &track,
+        &json!({"device": dev_id, "next": null, "points": [
+            {"ts": t0, "lat": lat0, "lon": lon0, "alt": 12.75, "speed": 3.25, "heading": 45.5, "accuracy": 4.0},
+            {"ts": t1, "lat": lat1, "lon": lon1, "alt": 30, "speed": 12.5, "heading": 90, "accuracy": 5},
+        ]}),
+    );
+    assert_eq!(
+        track["points"][1]["lat"].as_f64().unwrap().to_bits(),
+        lat1.to_bits()
+    );
+
+    let (code, events) = get_json(w.a.addr, &format!("/api/events?device={dev_id}"), &tok).await;
+    assert_eq!(code, 200, "{events}");
+    assert_same(
+        &events,
+        &json!({"next": null, "events": [
+            {"device": dev_id, "id": "ev-1", "ts": t3, "kind": "panic", "severity": "critical",
+             "data": {"note": "help", "n": 1.000_000_000_000_000_2}},
+        ]}),
+    );
+
+    let (code, state) = get_json(w.a.addr, &format!("/api/devices/{dev_id}"), &tok).await;
+    assert_eq!(code, 200);
+    assert_same(
+        &state,
+        &json!({"device": dev_id, "lat": lat1, "lon": lon1, "ts": t1,
+                "speed": 12.5, "heading": 90, "accuracy": 5, "alt": 30,
+                "online": true, "battery": 81, "signal": -70, "last_seen": t3}),
+    );
+
+    drop(clients);
+    drop(device);
+    w.stop().await;
+    eprintln!(
+        "device_updates_reach_both_gateways_and_history took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Pins: a client that resumes with its cursor gets exactly the events it
+/// missed, in order, then `subscribed`, then live ones, with no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_replays_exactly_the_missed_events() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let w = World::start().await;
+    let dev_id = unique("van");
+    let device = Device::connect(&w.mqtt_url).await;
+    let tok = token(json!({}));
+    let t0 = now_ms() - 60_000;
+    let event =
+        |i: i64| json!({"id": format!("ev-{i}"), "ts": t0 + i, "kind": "door", "data": {"i": i}});
+
+    // One event before the client's first visit.
+    let mut observer = w.b.ws(&tok).await;
+    observer.subscribe(json!({"fleet": true})).await;
+    device
+        .publish(format!("devices/{dev_id}/events"), false, &event(0))
+        .await;
+    assert_eq!(observer.recv().await["id"], "ev-0");
+
+    let mut client = w.a.ws(&tok).await;
+    let (_, cursor) = client.subscribe(json!({"fleet": true})).await;
+    client.stream.close(None).await.unwrap();
+    drop(client);
+
+    // Five events while the client is away; the observer shows when the
+    // bridge has put them in the event log.
+    for i in 1..=5 {
+        device
+            .publish(format!("devices/{dev_id}/events"), false, &event(i))
+            .await;
+    }
+    let mut seen = Vec::new();
+    for i in 1..=5 {
+        let v = observer.recv().await;
+        assert_eq!(v["id"], format!("ev-{i}"), "{v}");
+        seen.push(v);
+    }
+
+    let mut client = w.a.ws(&tok).await;
+    client
+        .send(json!({"op": "subscribe", "ref": "r", "fleet": true, "since": cursor}))
+        .await;
+    let snapshot = client.recv().await;
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    assert_eq!(snapshot["ref"], "r");
+    let mut replayed = Vec::new();
+    let subscribed = loop {
+        let v = client.recv().await;
+        match v["type"].as_str() {
+            Some("event") => replayed.push(v),
+            Some("subscribed") => break v,
+            _ => panic!("unexpected frame during replay: {v}"),
+        }
+    };
+    assert_eq!(subscribed["ref"], "r");
+    let ids: Vec<&str> = replayed.iter().map(|v| v["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["ev-1", "ev-2", "ev-3", "ev-4", "ev-5"]);
+    // The replay is the very frames the live path carried, cursors included.
+    for (r, s) in replayed.iter().zip(&seen) {
+        assert_same(r, s);
+    }
+    assert_eq!(
+        subscribed["cursor"], seen[4]["cursor"],
+        "subscribed carries the last replayed cursor"
+    );
+
+    device
+        .publish(format!("devices/{dev_id}/events"), false, &event(6))
+        .await;
+    let v = client.recv().await;
+    assert_eq!(v["type"], "event");
+    assert_eq!(v["id"], "ev-6", "{v}");
+    let rest = client.sync().await;
+    assert!(rest.is_empty(), "unexpected frames: {rest:?}");
+
+    drop((client, observer, device));
+    w.stop().await;
+    eprintln!(
+        "resume_replays_exactly_the_missed_events took {:?}",
+        started.elapsed()
+    );
+}
+
+/// How many connect/subscribe/close cycles the churn test runs, and how
+/// many at once. Debug build, 2 cores: about 25 s for 10 000 cycles on a
+/// quiet machine, 37-55 s with other builds running (about 3 ms of CPU a
+/// cycle, client and server together).
+const CHURN_CYCLES: usize = 10_000;
+const CHURN_CONCURRENCY: usize = 50;
+
+/// One churn cycle; `mode` picks how the client leaves.
+async fn churn_cycle(url: &str, mode: usize, bbox: [f64; 4]) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let sub = json!({"op": "subscribe", "ref": "c", "fleet": true, "devices": ["churn-x"],
+                     "bbox": bbox, "channels": ["user:churn"]});
+    ws.send(WsMessage::Text(sub.to_string().into()))
+        .await
+        .unwrap();
+    if mode == 2 {
+        // Leave mid-subscribe, without a close frame.
+        drop(ws);
+        return;
+    }
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a reply to subscribe");
+        match m {
+            Some(Ok(WsMessage::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "subscribed" {
+                    break;
+                }
+                assert_ne!(v["type"], "error", "{v}");
+            }
+            Some(Ok(_)) => {}
+            other => panic!("socket ended before subscribed: {other:?}"),
+        }
+    }
+    if mode == 0 {
+        // A clean close handshake.
+        ws.close(None).await.unwrap();
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, ws.next()).await {}
+    }
+    // mode 1: drop the TCP connection without a close frame.
+}
+
+async fn gauges(gw: &Gateway) -> Vec<(String, f64)> {
+    let mut out = vec![(
+        "connections".to_owned(),
+        gw.metric("fieldcast_gateway_connections").await,
+    )];
+    for kind in ["device", "fleet", "bbox", "channel"] {
+        let series = format!("fieldcast_gateway_subscriptions{{kind=\"{kind}\"}}");
+        out.push((kind.to_owned(), gw.metric(&series).await));
+    }
+    out
+}
+
+/// Pins: thousands of connect/subscribe/close cycles (clean closes, dropped
+/// sockets, sockets dropped mid-subscribe) while updates flow leave no
+/// connection and no subscription behind, and the gateway still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_disconnect_churn_leaves_nothing_behind() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let w = World::start().await;
+    let dev_id = unique("churn");
+    let device = Device::connect(&w.mqtt_url).await;
+    let tok = token(json!({"channels": ["user:*"]}));
+    let t0 = now_ms() - 120_000;
+    let (lat, lon) = (48.858_37, 2.294_48);
+    let bbox = [lon - 0.01, lat - 0.01, lon + 0.01, lat + 0.01];
+    device
+        .publish(
+            format!("devices/{dev_id}/location"),
+            false,
+            &json!({"ts": t0, "lat": lat, "lon": lon}),
+        )
+        .await;
+    let path = format!("/api/devices/{dev_id}");
+    let (addr, tk) = (w.a.addr, tok.clone());
+    wait_until(WAIT, "the first fix in the hot state", || {
+        let (path, tk) = (path.clone(), tk.clone());
+        async move { get_json(addr, &path, &tk).await.0 == 200 }
+    })
+    .await
+    .unwrap();
+    let baseline = gauges(&w.a).await;
+    assert!(
+        baseline.iter().all(|(_, v)| *v == 0.0),
+        "gauges before the churn: {baseline:?}"
+    );
+    // One client stays through the churn: its subscriptions must survive,
+    // and it shows the gauges are really reported (an absent series reads 0).
+    let mut held = w.a.ws(&tok).await;
+    held.subscribe(json!({"fleet": true, "devices": ["churn-x"], "bbox": bbox,
+                          "channels": ["user:churn"]}))
+        .await;
+    let one = gauges(&w.a).await;
+    assert!(
+        one.iter().all(|(_, v)| *v == 1.0),
+        "gauges with one client: {one:?}"
+    );
+
+    // Updates keep flowing through the bridge while clients come and go.
+    let stop_moving = CancellationToken::new();
+    let mover = {
+        let (client, stop, dev_id) = (device.client.clone(), stop_moving.clone(), dev_id.clone());
+        tokio::spawn(async move {
+            let mut i = 0_i64;
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                i += 1;
+                let p = json!({"ts": t0 + i, "lat": lat + (i % 100) as f64 * 1e-5, "lon": lon});
+                let _ = client
+                    .publish(
+                        format!("devices/{dev_id}/location"),
+                        QoS::AtMostOnce,
+                        false,
+                        p.to_string(),
+                    )
+                    .await;
+            }
+            i
+        })
+    };
+
+    let url = w.a.ws_url(&tok);
+    let churn_started = Instant::now();
+    futures::stream::iter(0..CHURN_CYCLES)
+        .for_each_concurrent(CHURN_CONCURRENCY, |i| {
+            let url = url.clone();
+            async move { churn_cycle(&url, i % 3, bbox).await }
+        })
+        .await;
+    let churn_took = churn_started.elapsed();
+    stop_moving.cancel();
+    let moved = mover.await.unwrap();
+    assert!(moved > 0);
+
+    let settle = |want: f64, what: &'static str| {
+        let gw = &w.a;
+        async move {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let now = gauges(gw).await;
+                if now.iter().all(|(_, v)| *v == want) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{what}: {now:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    settle(1.0, "after the churn, only the held client").await;
+    // The held client was not disturbed: it still gets channel messages.
+    let (code, _, body) = http(
+        w.a.addr,
+        "POST",
+        "/api/publish",
+        Some(&token(json!({"publish": true}))),
+        Some(r#"{"channel":"user:churn","data":{"k":1}}"#),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    loop {
+        let v = held.recv().await;
+        if v["type"] == "message" {
+            assert_same(
+                &v,
+                &json!({"type":"message","channel":"user:churn","data":{"k":1}}),
+            );
+            break;
+        }
+        assert_eq!(v["type"], "location", "{v}");
+    }
+    held.stream.close(None).await.unwrap();
+    drop(held);
+    settle(0.0, "after every client left").await;
+    assert_eq!(
+        w.a.metric("fieldcast_gateway_slow_consumer_closes_total")
+            .await,
+        0.0
+    );
+
+    // Still serving: a new client gets a snapshot and live updates.
+    let mut ws = w.a.ws(&tok).await;
+    let (snapshot, _) = ws.subscribe(json!({"devices": [dev_id.clone()]})).await;
+    let snapshot = snapshot.unwrap();
+    assert_eq!(snapshot.len(), 1);
+    assert!(snapshot[0]["ts"].as_i64().unwrap() > t0);
+    let ts = now_ms();
+    device
+        .publish(
+            format!("devices/{dev_id}/location"),
+            false,
+            &json!({"ts": ts, "lat": lat, "lon": lon}),
+        )
+        .await;
+    let v = ws.recv().await;
+    assert_eq!(v["type"], "location");
+    assert_eq!(v["ts"].as_i64().unwrap(), ts);
+    drop(ws);
+
+    drop(device);
+    w.stop().await;
+    eprintln!(
+        "connect_disconnect_churn_leaves_nothing_behind: {CHURN_CYCLES} cycles in {churn_took:?} ({moved} locations published meanwhile); test took {:?}",
+        started.elapsed()
+    );
+}
