@@ -2,10 +2,10 @@
 //! history out.
 //!
 //! ```text
-//!  broker ──> source::mqtt ──> queue ──┬─> sink::live ──> PostgreSQL (events, status) | spool
-//!  (QoS 0/1,   parse+validate   live    │                 Redis (Lua: state, geo, live, event log)
-//!   manual     reject -> DLQ    reliable│                 PUBACK, in order
-//!   acks)                       history └─> sink::history ──> PostgreSQL COPY (locations) | spool
+//!  broker ──> source::mqtt ──> queue ──┬─ live ─────> sink::live (run_live) ──> Redis (Lua: state, geo, live)
+//!  (QoS 0/1,   parse+validate           ├─ reliable ─> sink::live (run_reliable) ──> PostgreSQL (events,
+//!   manual     reject -> DLQ            │              status) | spool, then Redis, then PUBACK in order
+//!   acks)                               └─ history ──> sink::history ──> PostgreSQL COPY (locations) | spool
 //! ```
 //!
 //! - [`config`]: flags and environment ([`Config`]).
@@ -165,19 +165,18 @@ pub async fn start(
         }
         .run(eventloop, stop_reading.clone(), stop_polling.clone()),
     );
-    let live = tracker.spawn(
-        LiveSink {
-            queue: queue.clone(),
-            redis,
-            pg: pg.clone(),
-            spool: spool.clone(),
-            acker: Acker::new(client),
-            health: health.clone(),
-            metrics: metrics.clone(),
-            batch_size: config.sink_batch,
-        }
-        .run(abandon.clone()),
-    );
+    let sink = LiveSink {
+        queue: queue.clone(),
+        redis: Arc::new(redis),
+        pg: pg.clone(),
+        spool: spool.clone(),
+        acker: Acker::new(client),
+        health: health.clone(),
+        metrics: metrics.clone(),
+        batch_size: config.sink_batch,
+    };
+    let live = tracker.spawn(sink.clone().run_live(abandon.clone()));
+    let reliable = tracker.spawn(sink.run_reliable(abandon.clone()));
     let history = tracker.spawn(
         Batcher {
             queue: queue.clone(),
@@ -208,6 +207,7 @@ pub async fn start(
         tokio::pin!(deadline);
         let drained = async {
             let _ = live.await;
+            let _ = reliable.await;
             let _ = history.await;
         };
         tokio::select! {

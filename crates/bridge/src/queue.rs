@@ -17,8 +17,9 @@
 //! - **deadletters**: rejected messages for the Redis dead-letter list; at
 //!   capacity the oldest is dropped and counted.
 //!
-//! One consumer reads live+reliable+deadletters (the Redis sink), one reads
-//! history (the PostgreSQL batcher).
+//! Three consumers: the live sink reads live + deadletters (Redis only, so
+//! locations never wait for a PostgreSQL commit), the reliable sink reads
+//! reliable (PostgreSQL, then Redis, then acks), the batcher reads history.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -144,8 +145,10 @@ struct Inner {
 pub struct Queue {
     inner: Mutex<Inner>,
     cap: Capacity,
-    /// Wakes the Redis sink (its only waiter).
-    sink_wake: Notify,
+    /// Wakes the live sink (its only waiter).
+    live_wake: Notify,
+    /// Wakes the reliable sink (its only waiter).
+    reliable_wake: Notify,
     /// Wakes the history batcher (its only waiter).
     history_wake: Notify,
     /// Wakes producers waiting for room in reliable/history.
@@ -158,7 +161,8 @@ impl Queue {
         Queue {
             inner: Mutex::new(Inner::default()),
             cap,
-            sink_wake: Notify::new(),
+            live_wake: Notify::new(),
+            reliable_wake: Notify::new(),
             history_wake: Notify::new(),
             room: Notify::new(),
             metrics,
@@ -217,7 +221,7 @@ impl Queue {
                     }
                     self.gauges(&g);
                     drop(g);
-                    self.sink_wake.notify_one();
+                    self.live_wake.notify_one();
                     self.history_wake.notify_one();
                     return;
                 }
@@ -239,7 +243,7 @@ impl Queue {
                     g.reliable.push_back(item);
                     self.gauges(&g);
                     drop(g);
-                    self.sink_wake.notify_one();
+                    self.reliable_wake.notify_one();
                     return;
                 }
             }
@@ -257,23 +261,43 @@ impl Queue {
         g.deadletters.push_back(dl);
         self.gauges(&g);
         drop(g);
-        self.sink_wake.notify_one();
+        self.live_wake.notify_one();
     }
 
-    /// Takes up to `max` items for the Redis sink, waiting while there are
-    /// none. `None` once the queue is closed and drained.
-    pub async fn next_batch(&self, max: usize) -> Option<Batch> {
+    /// Takes up to `max` live locations and dead letters, waiting while
+    /// there are none. `None` once the queue is closed and they are drained.
+    pub async fn next_live(&self, max: usize) -> Option<Batch> {
+        self.next(max, &self.live_wake, |g, b, max| {
+            let n = g.live.len().min(max);
+            b.locations.extend(g.live.drain(..n).map(|(_, l)| l));
+            let n = g.deadletters.len().min(max.saturating_sub(b.len()).max(1));
+            b.deadletters.extend(g.deadletters.drain(..n));
+        })
+        .await
+    }
+
+    /// Takes up to `max` reliable items, in order, waiting while there are
+    /// none. `None` once the queue is closed and they are drained.
+    pub async fn next_reliable(&self, max: usize) -> Option<Batch> {
+        self.next(max, &self.reliable_wake, |g, b, max| {
+            let n = g.reliable.len().min(max);
+            b.reliable.extend(g.reliable.drain(..n));
+        })
+        .await
+    }
+
+    async fn next(
+        &self,
+        max: usize,
+        wake: &Notify,
+        take: impl Fn(&mut Inner, &mut Batch, usize),
+    ) -> Option<Batch> {
         loop {
-            let wake = self.sink_wake.notified();
+            let woken = wake.notified();
             {
                 let mut g = self.lock();
                 let mut b = Batch::default();
-                let n = g.reliable.len().min(max);
-                b.reliable.extend(g.reliable.drain(..n));
-                let n = g.live.len().min(max.saturating_sub(b.len()));
-                b.locations.extend(g.live.drain(..n).map(|(_, l)| l));
-                let n = g.deadletters.len().min(max.saturating_sub(b.len()).max(1));
-                b.deadletters.extend(g.deadletters.drain(..n));
+                take(&mut g, &mut b, max);
                 if !b.is_empty() {
                     self.gauges(&g);
                     drop(g);
@@ -284,7 +308,7 @@ impl Queue {
                     return None;
                 }
             }
-            wake.await;
+            woken.await;
         }
     }
 
@@ -317,7 +341,8 @@ impl Queue {
     /// No more input: consumers drain what is left and then get `None`.
     pub fn close(&self) {
         self.lock().closed = true;
-        self.sink_wake.notify_one();
+        self.live_wake.notify_one();
+        self.reliable_wake.notify_one();
         self.history_wake.notify_one();
         self.room.notify_waiters();
     }
@@ -365,7 +390,7 @@ mod tests {
         same_ts.loc.lat = 9.0;
         q.push_location(same_ts).await;
         q.push_location(row("b", 1)).await;
-        let b = q.next_batch(100).await.unwrap();
+        let b = q.next_live(100).await.unwrap();
         let got: Vec<_> = b
             .locations
             .iter()
@@ -390,7 +415,7 @@ mod tests {
         for d in ["a", "b", "c"] {
             q.push_location(row(d, 1)).await;
         }
-        let b = q.next_batch(100).await.unwrap();
+        let b = q.next_live(100).await.unwrap();
         let devs: Vec<_> = b.locations.iter().map(|l| l.device.as_str()).collect();
         assert_eq!(devs, vec!["b", "c"]);
         assert_eq!(q.metrics.live_dropped.get(), 1);
@@ -409,10 +434,10 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!producer.is_finished());
-        let b = q.next_batch(1).await.unwrap();
+        let b = q.next_reliable(1).await.unwrap();
         assert_eq!(b.reliable[0].ack(), Some(AckToken { pkid: 1 }));
         producer.await.unwrap();
-        let b = q.next_batch(10).await.unwrap();
+        let b = q.next_reliable(10).await.unwrap();
         let acks: Vec<_> = b.reliable.iter().map(|r| r.ack().unwrap().pkid).collect();
         assert_eq!(acks, vec![2, 3]);
     }
@@ -425,9 +450,10 @@ mod tests {
         }
         assert_eq!(q.metrics.deadletter_dropped.get(), 1);
         q.close();
-        let b = q.next_batch(10).await.unwrap();
+        let b = q.next_live(10).await.unwrap();
         assert_eq!(b.deadletters.len(), 2);
-        assert!(q.next_batch(10).await.is_none());
+        assert!(q.next_live(10).await.is_none());
+        assert!(q.next_reliable(10).await.is_none());
         assert!(q.next_history(10).await.is_none());
     }
 

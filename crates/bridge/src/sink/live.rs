@@ -1,5 +1,7 @@
-//! The live sink loop: durable first, then Redis, then acks. See
-//! [`crate::sink`].
+//! The two sink loops. Live: locations and dead letters straight to Redis.
+//! Reliable: events and status durably first, then Redis, then the acks in
+//! order. Separate loops, so a PostgreSQL commit never delays a location.
+//! See [`crate::sink`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +17,10 @@ use crate::sink::redis::RedisSink;
 use crate::source::mqtt::Acker;
 use crate::spool::{Record, Spool};
 
+#[derive(Clone)]
 pub struct LiveSink {
     pub queue: Arc<Queue>,
-    pub redis: RedisSink,
+    pub redis: Arc<RedisSink>,
     pub pg: Arc<Pg>,
     pub spool: Spool,
     pub acker: Acker,
@@ -27,17 +30,28 @@ pub struct LiveSink {
 }
 
 impl LiveSink {
-    /// Drains the queue until it is closed and empty. `abandon` is the
-    /// shutdown deadline: past it a batch that cannot be written is left
-    /// unacknowledged (the broker redelivers it) instead of retried.
-    pub async fn run(self, abandon: CancellationToken) {
+    /// Drains the live lanes until the queue is closed and empty. `abandon`
+    /// is the shutdown deadline: past it a batch that cannot be written is
+    /// dropped from the live path (history has its locations).
+    pub async fn run_live(self, abandon: CancellationToken) {
         let mut log = LogLimiter::new(5, Duration::from_secs(10));
-        while let Some(batch) = self.queue.next_batch(self.batch_size).await {
-            if !self.store_durably(&batch, &abandon, &mut log).await {
-                continue;
-            }
+        while let Some(batch) = self.queue.next_live(self.batch_size).await {
             if !self.write_redis(&batch, &abandon, &mut log).await {
-                continue;
+                break;
+            }
+        }
+    }
+
+    /// Drains the reliable lane until the queue is closed and empty. Past
+    /// `abandon` nothing more is written: what is left stays unacknowledged
+    /// and the broker redelivers it.
+    pub async fn run_reliable(self, abandon: CancellationToken) {
+        let mut log = LogLimiter::new(5, Duration::from_secs(10));
+        while let Some(batch) = self.queue.next_reliable(self.batch_size).await {
+            if !self.store_durably(&batch, &abandon, &mut log).await
+                || !self.write_redis(&batch, &abandon, &mut log).await
+            {
+                break;
             }
             for item in &batch.reliable {
                 if let Some(t) = item.ack() {

@@ -3,27 +3,38 @@
 -- ARGV: 1 device id, 2 ts, 3 lat, 4 lon, 5 alt, 6 speed, 7 heading,
 --       8 accuracy ('' = not sent), 9 live envelope, 10 live channel
 -- Returns 1 when applied and published, 0 when not newer than the stored one.
+-- Hot path: four Redis calls for an update (HMGET, HSET, GEOADD, PUBLISH).
 local k = KEYS[1]
 local ts = tonumber(ARGV[2])
 local cur = redis.call('HMGET', k, 'ts', 'last_seen')
-local seen = tonumber(cur[2])
-if not seen or ts > seen then
-  redis.call('HSET', k, 'last_seen', ARGV[2])
-end
-redis.call('SADD', KEYS[3], ARGV[1])
 local old = tonumber(cur[1])
+local seen = tonumber(cur[2])
+if not seen then
+  redis.call('SADD', KEYS[3], ARGV[1])
+end
+-- last_seen >= the stored ts, so a stale location cannot move it either.
 if old and ts <= old then
   return 0
 end
-redis.call('HSET', k, 'ts', ARGV[2], 'lat', ARGV[3], 'lon', ARGV[4])
+local set = { 'ts', ARGV[2], 'lat', ARGV[3], 'lon', ARGV[4] }
+if not seen or ts > seen then
+  set[#set + 1] = 'last_seen'
+  set[#set + 1] = ARGV[2]
+end
 local names = { 'alt', 'speed', 'heading', 'accuracy' }
+local del = {}
 for i = 1, 4 do
   local v = ARGV[4 + i]
   if v == '' then
-    redis.call('HDEL', k, names[i])
+    del[#del + 1] = names[i]
   else
-    redis.call('HSET', k, names[i], v)
+    set[#set + 1] = names[i]
+    set[#set + 1] = v
   end
+end
+redis.call('HSET', k, unpack(set))
+if #del > 0 then
+  redis.call('HDEL', k, unpack(del))
 end
 -- Redis geo cannot hold the poles; the exact position stays in the hash.
 local lat = ARGV[3]

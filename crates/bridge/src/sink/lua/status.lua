@@ -7,21 +7,28 @@
 local k = KEYS[1]
 local ts = tonumber(ARGV[2])
 local cur = redis.call('HMGET', k, 'sts', 'last_seen')
-local seen = tonumber(cur[2])
-if not seen or ts > seen then
-  redis.call('HSET', k, 'last_seen', ARGV[2])
-end
-redis.call('SADD', KEYS[2], ARGV[1])
 local old = tonumber(cur[1])
+local seen = tonumber(cur[2])
+if not seen then
+  redis.call('SADD', KEYS[2], ARGV[1])
+end
+-- last_seen >= the stored sts, so a stale status cannot move it either.
 if old and ts <= old then
   return 0
 end
-redis.call('HSET', k, 'sts', ARGV[2], 'online', ARGV[3])
+local set = { 'sts', ARGV[2], 'online', ARGV[3] }
+if not seen or ts > seen then
+  set[#set + 1] = 'last_seen'
+  set[#set + 1] = ARGV[2]
+end
 if ARGV[4] ~= '' then
-  redis.call('HSET', k, 'battery', ARGV[4])
+  set[#set + 1] = 'battery'
+  set[#set + 1] = ARGV[4]
 end
 if ARGV[5] ~= '' then
-  redis.call('HSET', k, 'signal', ARGV[5])
+  set[#set + 1] = 'signal'
+  set[#set + 1] = ARGV[5]
 end
+redis.call('HSET', k, unpack(set))
 redis.call('PUBLISH', ARGV[7], ARGV[6])
 return 1
