@@ -1,5 +1,5 @@
-//! `fieldcast-sim`: simulated devices over MQTT, for demos, tests and
-//! (later) the end-to-end benchmark and the probe.
+//! `fieldcast-sim`: simulated devices over MQTT, for demos and tests, the
+//! end-to-end benchmark, and the synthetic probe.
 //!
 //! The path of a simulated message:
 //!
@@ -9,9 +9,22 @@
 //! - [`fleet`]: the `fleet` command, which schedules every device's sends
 //!   and publishes them over MQTT connections that reconnect with
 //!   [`backoff`], until stopped, then brings each device offline cleanly.
+//!
+//! Around it:
+//!
+//! - [`bench`]: the `bench` command: devices -> broker -> bridge -> gateway
+//!   -> [`ws`] clients (or a plain MQTT subscriber: the floor), every
+//!   message matched to its send; a table and a JSON line;
+//! - [`probe`]: the `probe` service: one synthetic device, a round every
+//!   interval, end-to-end latency and success on its own `/metrics`;
+//! - [`token`]: gateway tokens, given or minted from the shared secret.
 
 pub mod backoff;
+pub mod bench;
 pub mod device;
 pub mod fleet;
 pub mod payload;
+pub mod probe;
 pub mod route;
+pub mod token;
+pub mod ws;

@@ -1,11 +1,13 @@
 //! The `fieldcast-sim` binary: parses the command line, sets up logging and
 //! signal handling, and runs the chosen command. Each command lives in its
-//! own module of the library (`fleet` today; `bench` and `probe` join it).
+//! own module of the library: `fleet`, `bench`, `probe`.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use fieldcast_sim::bench::{self, BenchArgs};
 use fieldcast_sim::fleet::{self, FleetArgs};
+use fieldcast_sim::probe::{self, ProbeArgs};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -25,6 +27,13 @@ enum Command {
     /// Run N simulated devices publishing locations, status and events until
     /// Ctrl-C, SIGTERM or --duration; print a summary on exit.
     Fleet(FleetArgs),
+    /// Measure throughput, delivery and latency from simulated devices to
+    /// WebSocket clients of the gateway (or, with --floor, to plain MQTT
+    /// subscribers); print a table and one JSON line.
+    Bench(BenchArgs),
+    /// Run as a service: publish as a synthetic device every --interval,
+    /// watch it arrive through the gateway, export the outcome on /metrics.
+    Probe(ProbeArgs),
 }
 
 #[tokio::main]
@@ -58,6 +67,52 @@ async fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Bench(args) => {
+            let config = match args.into_config() {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("fieldcast-sim: error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match bench::run(config, shutdown).await {
+                Ok(report) => {
+                    println!("{report}");
+                    println!("{}", report.json_line());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    error!(error = %e, "benchmark failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Probe(args) => {
+            let config = match args.into_config() {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("fieldcast-sim: error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let listener = match tokio::net::TcpListener::bind(config.listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!(
+                        "fieldcast-sim: error: cannot listen on {}: {e}",
+                        config.listen
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            match probe::run(config, listener, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!(error = %e, "probe failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
@@ -82,6 +137,6 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         r = ctrl_c => if let Err(e) = r { error!(error = %e, "cannot listen for Ctrl-C"); return; },
         _ = term => {}
     }
-    info!("stopping: devices go offline, then exit");
+    info!("stopping");
     shutdown.cancel();
 }

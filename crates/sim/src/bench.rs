@@ -1,0 +1,308 @@
+//! `fieldcast-sim bench`: the end-to-end benchmark. Simulated devices
+//! publish locations to the broker; C clients receive them through the
+//! gateway (or, with `--floor`, straight from the broker); every received
+//! location is matched to its send, and the run ends in a [`Report`].
+//!
+//! The run, in order:
+//!
+//! 1. [`receiver`]s connect and subscribe; the load waits for all of them.
+//! 2. [`load`] starts; every send goes into the [`SendLog`] first.
+//! 3. After `--warmup`, the measured window (`--duration`) begins: it is a
+//!    range of location `ts`, so a message belongs to it by when it was sent.
+//!    The watched processes are read at its start and end ([`procstat`]).
+//! 4. After the window, `--drain` lets messages in flight arrive.
+//! 5. Everything stops; each client's [`Tally`] is accounted against the
+//!    send log ([`tally`]) and the totals become the report ([`report`]).
+
+pub mod args;
+pub mod load;
+pub mod log;
+pub mod procstat;
+pub mod receiver;
+pub mod report;
+pub mod tally;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::sleep;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use args::{BenchArgs, BenchConfig, Watch};
+pub use report::Report;
+
+use fieldcast_core::time::now_ms;
+use log::{SendLog, Window};
+use receiver::Common;
+use report::{Latency, ProcessUse};
+use tally::{latency_histogram, Accounting, Tally};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("only {ready} of {total} clients subscribed within the connect timeout; first error: {first}")]
+    ClientsNotReady {
+        ready: usize,
+        total: usize,
+        first: String,
+    },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Runs one benchmark; `shutdown` (Ctrl-C) interrupts it.
+pub async fn run(config: BenchConfig, shutdown: CancellationToken) -> Result<Report, BenchError> {
+    let stop = shutdown.child_token();
+    let log = Arc::new(SendLog::new(&config.fleet.prefix, config.fleet.devices));
+    let tracker = TaskTracker::new();
+
+    info!(
+        clients = config.clients,
+        floor = config.floor,
+        "connecting clients"
+    );
+    let (ready_tx, mut ready_rx) = mpsc::channel(config.clients);
+    let common = Common {
+        log: Arc::clone(&log),
+        ready: ready_tx,
+        connect_timeout: config.connect_timeout,
+        stop: stop.clone(),
+    };
+    let clients: Vec<_> = (0..config.clients)
+        .map(|c| tracker.spawn(receiver_task(&config, c, common.clone())))
+        .collect();
+    drop(common);
+    let outcome = wait_ready(
+        &mut ready_rx,
+        config.clients,
+        config.connect_timeout + Duration::from_secs(5),
+        &stop,
+    )
+    .await;
+    if let Err(e) = outcome {
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+        return Err(e);
+    }
+
+    let start_ms = now_ms() + millis(config.warmup);
+    let window = Window {
+        start_ms,
+        end_ms: start_ms + millis(config.duration),
+    };
+    log.set_window(window);
+    let stats = Arc::new(load::LoadStats::default());
+    load::spawn(&tracker, &config.fleet, &log, &stats, &stop);
+    tracker.close();
+    info!(warmup = ?config.warmup, duration = ?config.duration, "load started");
+
+    let mut pids = vec![std::process::id()];
+    pids.extend(config.watch_pids.iter().copied());
+    let interrupted = async {
+        sleep_until_ms(window.start_ms, &stop).await?;
+        let before = sample_all(&pids);
+        info!("measuring");
+        sleep_until_ms(window.end_ms, &stop).await?;
+        let after = sample_all(&pids);
+        info!(drain = ?config.drain, "window over, draining");
+        tokio::select! {
+            _ = stop.cancelled() => return Err(BenchError::Interrupted),
+            _ = sleep(config.drain) => {}
+        }
+        Ok((before, after))
+    }
+    .await;
+    stop.cancel();
+    let mut tallies = Vec::with_capacity(clients.len());
+    for c in clients {
+        if let Ok(t) = c.await {
+            tallies.push(t);
+        }
+    }
+    tracker.wait().await;
+    let (before, after) = interrupted?;
+
+    let window_s = config.duration.as_secs_f64();
+    let processes = before
+        .iter()
+        .filter_map(|a| {
+            let b = after.iter().find(|b| b.pid == a.pid)?;
+            Some(ProcessUse::between(a, b, window_s))
+        })
+        .collect();
+    Ok(build_report(&config, &log, &stats, &tallies, processes))
+}
+
+fn receiver_task(
+    config: &BenchConfig,
+    c: usize,
+    common: Common,
+) -> impl std::future::Future<Output = Tally> + Send + 'static {
+    let bbox = match config.watch {
+        Watch::Bbox(b) => Some(b),
+        _ => None,
+    };
+    let range = config.range_of(c);
+    let tally = Tally::new(range, bbox);
+    let floor = config.floor.then(|| {
+        let filters = match config.watch {
+            Watch::Subset(_) => range
+                .iter()
+                .map(|d| format!("devices/{}/location", config.fleet.device_id(d)))
+                .collect(),
+            Watch::Fleet | Watch::Bbox(_) => vec!["devices/+/location".to_owned()],
+        };
+        let mut options = config.fleet.mqtt_options.clone();
+        options.set_client_id(format!(
+            "{}-floor-{c}-{}",
+            config.fleet.prefix,
+            std::process::id()
+        ));
+        (options, filters)
+    });
+    let url = config.gateway_of(c).to_owned();
+    let token = config.token.clone();
+    let selector = config.selector(c);
+    async move {
+        match floor {
+            Some((options, filters)) => receiver::floor(options, filters, tally, common).await,
+            None => receiver::gateway(url, token, selector, tally, common).await,
+        }
+    }
+}
+
+/// Waits for one readiness report per client.
+async fn wait_ready(
+    ready: &mut mpsc::Receiver<Result<(), String>>,
+    total: usize,
+    timeout: Duration,
+    stop: &CancellationToken,
+) -> Result<(), BenchError> {
+    let (mut ok, mut first) = (0, None);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while ok < total {
+        let r = tokio::select! {
+            _ = stop.cancelled() => return Err(BenchError::Interrupted),
+            _ = tokio::time::sleep_until(deadline) => break,
+            r = ready.recv() => r,
+        };
+        match r {
+            Some(Ok(())) => ok += 1,
+            Some(Err(e)) => {
+                warn!(error = %e, "client failed");
+                first.get_or_insert(e);
+            }
+            None => break,
+        }
+        if first.is_some() {
+            break;
+        }
+    }
+    if ok == total {
+        return Ok(());
+    }
+    Err(BenchError::ClientsNotReady {
+        ready: ok,
+        total,
+        first: first.unwrap_or_else(|| "timed out".into()),
+    })
+}
+
+async fn sleep_until_ms(at_ms: i64, stop: &CancellationToken) -> Result<(), BenchError> {
+    let wait = Duration::from_millis(u64::try_from(at_ms - now_ms()).unwrap_or(0));
+    tokio::select! {
+        _ = stop.cancelled() => Err(BenchError::Interrupted),
+        _ = sleep(wait) => Ok(()),
+    }
+}
+
+fn sample_all(pids: &[u32]) -> Vec<procstat::Sample> {
+    pids.iter()
+        .filter_map(|&pid| match procstat::sample(pid) {
+            Ok(s) => Some(s),
+            Err(error) => {
+                warn!(pid, %error, "cannot read the watched process");
+                None
+            }
+        })
+        .collect()
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+fn build_report(
+    config: &BenchConfig,
+    log: &SendLog,
+    stats: &load::LoadStats,
+    tallies: &[Tally],
+    processes: Vec<ProcessUse>,
+) -> Report {
+    let window = log.window();
+    let sent: u64 = (0..log.len())
+        .filter_map(|d| log.sends(d))
+        .map(|s| s.iter().filter(|x| window.contains(x.ts)).count() as u64)
+        .sum();
+    let mut accounting = Accounting::default();
+    let mut latency = latency_histogram();
+    let (mut out_of_order, mut unmatched, mut outside) = (0, 0, 0);
+    let mut client_errors = Vec::new();
+    let mut clients_failed = 0;
+    for t in tallies {
+        accounting += t.account(log);
+        // Same bounds everywhere, so adding cannot fail.
+        let _ = latency.add(&t.latency);
+        out_of_order += t.out_of_order;
+        unmatched += t.unmatched;
+        outside += t.outside;
+        if let Some(e) = &t.error {
+            clients_failed += 1;
+            if client_errors.len() < 5 {
+                client_errors.push(e.clone());
+            }
+        }
+    }
+    clients_failed += config.clients.saturating_sub(tallies.len());
+    let secs = config.duration.as_secs_f64().max(1e-9);
+    Report {
+        label: config.label.clone(),
+        mode: if config.floor { "floor" } else { "gateway" },
+        devices: config.fleet.devices,
+        rate: config.fleet.rate,
+        connections: config.fleet.connections(),
+        clients: config.clients,
+        selection: match config.watch {
+            Watch::Fleet => "fleet".into(),
+            Watch::Subset(k) => format!("watch:{k}"),
+            Watch::Bbox(b) => format!("bbox:{},{},{},{}", b[0], b[1], b[2], b[3]),
+        },
+        gateways: if config.floor {
+            Vec::new()
+        } else {
+            config.gateways.clone()
+        },
+        warmup_s: config.warmup.as_secs_f64(),
+        duration_s: config.duration.as_secs_f64(),
+        sent,
+        sent_per_s: report::round(sent as f64 / secs, 10.0),
+        load_skipped: stats.skipped.load(Relaxed),
+        load_connection_errors: stats.connection_errors.load(Relaxed),
+        delivery_ratio: (accounting.expected > 0)
+            .then(|| accounting.delivered as f64 / accounting.expected as f64),
+        delivered_per_s: report::round(accounting.delivered as f64 / secs, 10.0),
+        expected_per_s: report::round(accounting.expected as f64 / secs, 10.0),
+        accounting,
+        out_of_order,
+        unmatched,
+        outside,
+        clients_failed,
+        client_errors,
+        latency_ms: Latency::from_us(&latency),
+        processes,
+    }
+}

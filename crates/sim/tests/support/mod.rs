@@ -1,0 +1,154 @@
+//! The whole chain in this process for the bench and probe tests: a private
+//! Mosquitto, the bridge on it (own database, Redis prefix, spool), and a
+//! gateway on a free port that takes HS256 tokens signed with [`SECRET`].
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use fieldcast_gateway::{AuthMode, Config};
+use fieldcast_testkit::{shared_redis_url, unique, wait_until, Mosquitto, PgDb};
+
+pub const SECRET: &str = "sim-test-secret";
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct World {
+    pub broker: Mosquitto,
+    pub db: PgDb,
+    pub spool: tempfile::TempDir,
+    pub bridge_stop: CancellationToken,
+    pub bridge_done: JoinHandle<anyhow::Result<()>>,
+    pub gateway: SocketAddr,
+    pub gateway_stop: CancellationToken,
+    pub gateway_done: JoinHandle<anyhow::Result<()>>,
+}
+
+impl World {
+    pub async fn start() -> World {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let broker = Mosquitto::start().await.expect("private mosquitto");
+        let db = PgDb::create().await.expect("test database");
+        let prefix = format!("{}:", unique("sim"));
+        let spool = tempfile::tempdir().unwrap();
+        let redis_url = shared_redis_url();
+        let bridge_id = unique("bridge");
+        let args = [
+            "fieldcast-bridge",
+            "--mqtt-url",
+            &broker.url,
+            "--mqtt-client-id",
+            &bridge_id,
+            "--redis-url",
+            &redis_url,
+            "--redis-prefix",
+            &prefix,
+            "--database-url",
+            &db.url,
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--flush-interval",
+            "300ms",
+            "--spool-dir",
+            spool.path().to_str().unwrap(),
+            "--shutdown-timeout",
+            "10s",
+        ];
+        let config = fieldcast_bridge::Config::try_parse_from(args).expect("bridge config");
+        let bridge_stop = CancellationToken::new();
+        let (handles, done) = fieldcast_bridge::start(config, bridge_stop.clone())
+            .await
+            .expect("bridge starts");
+        let bridge_done = tokio::spawn(done);
+        let h = &handles;
+        wait_until(WAIT, "bridge ready", || async move { h.health.ready() })
+            .await
+            .expect("bridge becomes ready");
+
+        let mut config = Config::for_tests(&redis_url, &prefix, &db.url);
+        config.auth = AuthMode::Jwt;
+        config.jwt_secret = Some(SECRET.into());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gateway = listener.local_addr().unwrap();
+        let gateway_stop = CancellationToken::new();
+        let gateway_done = tokio::spawn(fieldcast_gateway::serve(
+            config,
+            listener,
+            gateway_stop.clone(),
+        ));
+        wait_until(WAIT, "gateway ready", || async move {
+            http_get(gateway, "/readyz").await.0 == 200
+        })
+        .await
+        .expect("gateway becomes ready");
+        World {
+            broker,
+            db,
+            spool,
+            bridge_stop,
+            bridge_done,
+            gateway,
+            gateway_stop,
+            gateway_done,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.gateway)
+    }
+
+    pub async fn stop(self) {
+        self.gateway_stop.cancel();
+        self.gateway_done
+            .await
+            .expect("gateway task")
+            .expect("gateway shut down cleanly");
+        self.bridge_stop.cancel();
+        self.bridge_done
+            .await
+            .expect("bridge task")
+            .expect("bridge shut down cleanly");
+    }
+}
+
+/// `GET path` over HTTP/1.0: (status, body); (0, "") when nothing answers.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the series `name{labels}` exactly as written in `text`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}

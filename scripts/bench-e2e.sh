@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# End-to-end benchmark (docs/benchmarks.md): a private Mosquitto, one
+# fieldcast-bridge and GATEWAYS fieldcast-gateway instances from
+# target/$PROFILE, then `fieldcast-sim bench` against them with the flags
+# given here, beside its floor (the same load to plain MQTT subscribers,
+# run first, before the bridge and gateway start).
+#
+#   scripts/bench-e2e.sh --label a --devices 600 --rate 2 --clients 120
+#   GATEWAYS=2 FLOOR=0 scripts/bench-e2e.sh --label d --devices 2000 --rate 10 --clients 50 --watch 100
+#
+# Env: PROFILE (release), GATEWAYS (1), FLOOR (1: run the floor first),
+# NO_BUILD (0), RSS_EVERY (seconds between RSS samples of bridge and
+# gateways into the results CSV; 0 = off), OUT (target/bench). The table goes
+# to stdout; each run's JSON line is appended to $OUT/results.jsonl.
+# Uses its own broker port, database, Redis prefix, spool and JWT secret;
+# removes them afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROFILE=${PROFILE:-release}; GATEWAYS=${GATEWAYS:-1}; FLOOR=${FLOOR:-1}
+RSS_EVERY=${RSS_EVERY:-0}; OUT=${OUT:-target/bench}
+PORT=${PORT:-18831}; ADMIN=127.0.0.1:${ADMIN_PORT:-19465}; GW_PORT=${GW_PORT:-18090}
+DB=fieldcast_bench_e2e; PREFIX="benche2e$$:"
+T="${CARGO_TARGET_DIR:-target}/$PROFILE"
+scripts/services.sh >/dev/null
+if [ "${NO_BUILD:-0}" != 1 ]; then
+  flag=(); [ "$PROFILE" = release ] && flag=(--release)
+  cargo build "${flag[@]}" -q -p fieldcast-bridge -p fieldcast-gateway -p fieldcast-sim
+fi
+mkdir -p "$OUT"
+tmp=$(mktemp -d)
+cat > "$tmp/mosquitto.conf" <<CONF
+listener $PORT 127.0.0.1
+allow_anonymous true
+max_inflight_messages 100
+max_queued_messages 100000
+set_tcp_nodelay true
+persistence false
+CONF
+pids=()
+cleanup() {
+  # Newest first, each to its end: the bridge drains before the broker goes.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  redis-cli --scan --pattern "${PREFIX}*" | xargs -r -n 500 redis-cli del >/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+mosquitto -c "$tmp/mosquitto.conf" >/dev/null 2>&1 & broker=$!; pids+=($broker)
+export FIELDCAST_MQTT_URL="mqtt://127.0.0.1:$PORT"
+sleep 0.5
+label=$(printf '%s\n' "$@" | awk 'f { print; exit } $0 == "--label" { f = 1 }')
+stamp=$(date -u +%Y%m%dT%H%M%SZ); base="$OUT/${label:-bench}-$stamp"
+run() {
+  "$T/fieldcast-sim" bench "$@" | tee "$tmp/out"
+  tail -n 1 "$tmp/out" >> "$OUT/results.jsonl"
+}
+# The floor first, with nothing else running: fleet -> broker -> plain subscribers.
+if [ "$FLOOR" = 1 ]; then
+  echo "== floor" >&2
+  run --floor --watch-pid "$broker" --prefix "f$$" "$@" > "$base-floor.txt"
+  cat "$base-floor.txt"
+fi
+
+psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
+psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $DB" >/dev/null
+export FIELDCAST_REDIS_PREFIX="$PREFIX"
+export FIELDCAST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
+export FIELDCAST_JWT_SECRET="bench-$$-$RANDOM$RANDOM"
+export RUST_LOG=${RUST_LOG:-warn}
+
+FIELDCAST_MQTT_CLIENT_ID="bench-bridge-$$" FIELDCAST_ADMIN_ADDR="$ADMIN" FIELDCAST_SPOOL_DIR="$tmp/spool" \
+  "$T/fieldcast-bridge" & bridge=$!; pids+=($bridge)
+for _ in $(seq 1 150); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.2; done
+watch=(--watch-pid "$bridge")
+gateways=(); gw_pids=()
+for i in $(seq 0 $((GATEWAYS - 1))); do
+  addr=127.0.0.1:$((GW_PORT + i))
+  FIELDCAST_LISTEN="$addr" "$T/fieldcast-gateway" & p=$!; pids+=($p); gw_pids+=($p)
+  for _ in $(seq 1 150); do curl -sf "http://$addr/readyz" >/dev/null && break; sleep 0.2; done
+  gateways+=(--gateway "ws://$addr/ws"); watch+=(--watch-pid "$p")
+done
+echo "broker pid $broker, bridge pid $bridge, gateway pids ${gw_pids[*]}" >&2
+for p in "${gw_pids[@]}"; do
+  echo "gateway pid $p RSS before any client: $(awk '/VmRSS/ { print $2 }' "/proc/$p/status") KiB" >&2
+done
+
+if [ "$RSS_EVERY" != 0 ]; then
+  (echo "unix_s,bridge_rss_kib$(printf ',gateway%s_rss_kib' "${!gw_pids[@]}")"
+   while sleep "$RSS_EVERY"; do
+     row="$(date +%s),$(awk '/VmRSS/ { print $2 }' "/proc/$bridge/status")"
+     for p in "${gw_pids[@]}"; do row="$row,$(awk '/VmRSS/ { print $2 }' "/proc/$p/status")"; done
+     echo "$row"
+   done) > "$base-rss.csv" 2>/dev/null & pids+=($!)
+fi
+
+echo "== gateway" >&2
+run "${gateways[@]}" "${watch[@]}" --watch-pid "$broker" --prefix "g$$" "$@" > "$base.txt"
+cat "$base.txt"
