@@ -102,6 +102,11 @@ pub struct Config {
     #[arg(long, env = "FIELDCAST_SINK_BATCH", default_value_t = 1_000, value_parser = parse_nonzero)]
     pub sink_batch: usize,
 
+    /// Live-path batches in flight to Redis at once (locations only; the
+    /// reliable lane keeps one, for ack order).
+    #[arg(long, env = "FIELDCAST_SINK_WORKERS", default_value_t = 4, value_parser = parse_nonzero)]
+    pub sink_workers: usize,
+
     /// Directory of the durable spool (events acknowledged while PostgreSQL
     /// is down, history spilled from memory).
     #[arg(long, env = "FIELDCAST_SPOOL_DIR", default_value = ".fieldcast/spool")]

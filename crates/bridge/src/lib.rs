@@ -175,7 +175,9 @@ pub async fn start(
         metrics: metrics.clone(),
         batch_size: config.sink_batch,
     };
-    let live = tracker.spawn(sink.clone().run_live(abandon.clone()));
+    let live: Vec<_> = (0..config.sink_workers)
+        .map(|_| tracker.spawn(sink.clone().run_live(abandon.clone())))
+        .collect();
     let reliable = tracker.spawn(sink.run_reliable(abandon.clone()));
     let history = tracker.spawn(
         Batcher {
@@ -206,7 +208,9 @@ pub async fn start(
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let drained = async {
-            let _ = live.await;
+            for worker in live {
+                let _ = worker.await;
+            }
             let _ = reliable.await;
             let _ = history.await;
         };

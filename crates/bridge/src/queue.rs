@@ -302,6 +302,10 @@ impl Queue {
                     self.gauges(&g);
                     drop(g);
                     self.room.notify_waiters();
+                    // Several live workers may wait on one lane: pass the
+                    // wake on in case more is pending (a spurious wake
+                    // costs one empty look).
+                    wake.notify_one();
                     return Some(b);
                 }
                 if g.closed {
@@ -341,10 +345,15 @@ impl Queue {
     /// No more input: consumers drain what is left and then get `None`.
     pub fn close(&self) {
         self.lock().closed = true;
-        self.live_wake.notify_one();
-        self.reliable_wake.notify_one();
-        self.history_wake.notify_one();
-        self.room.notify_waiters();
+        for wake in [
+            &self.live_wake,
+            &self.reliable_wake,
+            &self.history_wake,
+            &self.room,
+        ] {
+            wake.notify_waiters();
+            wake.notify_one();
+        }
     }
 }
 
