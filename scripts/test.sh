@@ -7,3 +7,5 @@ scripts/services.sh
 # PostgreSQL must accept the trust-auth superuser the tests use.
 psql -h 127.0.0.1 -U postgres -d postgres -qAtc 'SELECT 1' >/dev/null
 cargo test --workspace --all-targets --no-fail-fast
+# The map page in headless Chromium against private real services.
+scripts/browser-test.sh

@@ -59,6 +59,19 @@ pub struct Config {
     #[arg(long, env = "FIELDCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Map page: XYZ tile URL template (`https://tiles.example/{z}/{x}/{y}.png`);
+    /// none = a plain background with a graticule.
+    #[arg(long, env = "FIELDCAST_MAP_TILES")]
+    pub map_tiles: Option<String>,
+
+    /// Map page: attribution text shown with the tiles.
+    #[arg(long, env = "FIELDCAST_MAP_ATTRIBUTION")]
+    pub map_attribution: Option<String>,
+
+    /// Map page: a device silent this long is drawn as stale.
+    #[arg(long, env = "FIELDCAST_MAP_STALE", default_value = "2m", value_parser = parse_duration)]
+    pub map_stale: Duration,
+
     /// Per-connection send queue, in messages. Locations coalesce per device
     /// once it is full; events that still back up close the socket (4008).
     #[arg(long, env = "FIELDCAST_WS_QUEUE", default_value = "1024")]

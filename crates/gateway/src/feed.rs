@@ -33,7 +33,15 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
-    let client = builder(&url)?.build()?;
+    let client = builder(&url)?
+        .with_performance_config(|p| {
+            // Pub/sub messages reach the feed through a broadcast channel
+            // of this capacity (about 0.4 s at 20 000 updates/s); a lag
+            // there is detected and repaired by a resync, but should stay
+            // rare.
+            p.broadcast_channel_capacity = 8_192;
+        })
+        .build()?;
     let mut messages = client.message_rx();
     let mut reconnects = client.reconnect_rx();
     let mut errors = client.error_rx();

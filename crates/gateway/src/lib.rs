@@ -127,6 +127,7 @@ pub async fn serve(
     });
 
     let state = routes::AppState {
+        page_config: Arc::new(routes::assets::page_config(&config)),
         auth: auth::Authenticator::from_config(&config),
         store: store.clone(),
         pg,

@@ -81,10 +81,10 @@ pub fn builder(url: &str) -> Result<Builder, StoreError> {
         })
         .with_performance_config(|p| {
             p.default_command_timeout = Duration::from_secs(3);
-            // Pub/sub messages reach us through a broadcast channel of
-            // this capacity; a lag there is detected and repaired by a
-            // resync, but should stay rare.
-            p.broadcast_channel_capacity = 65_536;
+            // Command connections receive no pub/sub messages; fred
+            // preallocates every broadcast channel at full capacity, so a
+            // large default here costs tens of MB per pooled client.
+            p.broadcast_channel_capacity = 32;
         });
     Ok(b)
 }

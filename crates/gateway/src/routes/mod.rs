@@ -1,8 +1,9 @@
 //! The HTTP surface: `/ws` (upgrade, in [`crate::ws`]), `/api/*`
-//! ([`api`]) and the unauthenticated `/`, `/healthz`, `/readyz`, `/metrics`
-//! ([`ops`]).
+//! ([`api`]), the unauthenticated `/healthz`, `/readyz`, `/metrics`
+//! ([`ops`]) and the map page `/`, `/assets/*`, `/config.json` ([`assets`]).
 
 pub mod api;
+pub mod assets;
 pub mod ops;
 
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Cancelled on SIGTERM/SIGINT.
     pub shutdown: CancellationToken,
+    /// The map page's `/config.json`.
+    pub page_config: Arc<serde_json::Value>,
 }
 
 impl FromRef<AppState> for Authenticator {
@@ -47,7 +50,9 @@ impl FromRef<AppState> for Authenticator {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(ops::index))
+        .route("/", get(assets::index))
+        .route("/assets/{file}", get(assets::asset))
+        .route("/config.json", get(assets::config))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -1,8 +1,8 @@
-//! Operator endpoints and the map page: no token needed.
+//! Operator endpoints: no token needed.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::AppState;
@@ -29,11 +29,6 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         s.prometheus.render(),
     )
         .into_response()
-}
-
-/// The live map page is a later issue; this placeholder says where things are.
-pub async fn index() -> Html<&'static str> {
-    Html(include_str!("index.html"))
 }
 
 pub async fn not_found() -> ApiError {
