@@ -59,6 +59,12 @@ pub struct Config {
     #[arg(long, env = "FIELDCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Live updates buffered between Redis and the hub (fred preallocates
+    /// it: about 600 bytes a slot). A burst longer than this forces a
+    /// resync of every client.
+    #[arg(long, env = "FIELDCAST_FEED_BUFFER", default_value = "65536")]
+    pub feed_buffer: NonZeroUsize,
+
     /// Map page: XYZ tile URL template (`https://tiles.example/{z}/{x}/{y}.png`);
     /// none = a plain background with a graticule.
     #[arg(long, env = "FIELDCAST_MAP_TILES")]

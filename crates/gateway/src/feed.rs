@@ -28,6 +28,7 @@ use crate::store::{builder, Keys, StoreError};
 /// backoff with jitter).
 pub async fn run(
     url: String,
+    buffer: usize,
     keys: Keys,
     hub: Arc<Hub>,
     health: Arc<Health>,
@@ -36,10 +37,9 @@ pub async fn run(
     let client = builder(&url)?
         .with_performance_config(|p| {
             // Pub/sub messages reach the feed through a broadcast channel
-            // of this capacity (about 0.4 s at 20 000 updates/s); a lag
-            // there is detected and repaired by a resync, but should stay
-            // rare.
-            p.broadcast_channel_capacity = 8_192;
+            // of this capacity (--feed-buffer); a lag there is detected and
+            // repaired by a resync of every client, which is expensive.
+            p.broadcast_channel_capacity = buffer;
         })
         .build()?;
     let mut messages = client.message_rx();

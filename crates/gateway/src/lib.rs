@@ -94,6 +94,7 @@ pub async fn serve(
     let tracker = TaskTracker::new();
 
     tracker.spawn({
+        let feed_buffer = config.feed_buffer.get();
         let (url, keys, hub, health, shutdown) = (
             config.redis_url.clone(),
             store.keys.clone(),
@@ -102,7 +103,7 @@ pub async fn serve(
             shutdown.clone(),
         );
         async move {
-            if let Err(e) = feed::run(url, keys, hub, health, shutdown).await {
+            if let Err(e) = feed::run(url, feed_buffer, keys, hub, health, shutdown).await {
                 tracing::error!(error = %e, "live feed stopped");
             }
         }
