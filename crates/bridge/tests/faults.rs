@@ -18,8 +18,32 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldcast-bridge");
 
+/// The bridge process, killed when dropped, so a failing test leaves none
+/// behind.
+struct Bridge(Child);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Bridge {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Bridge {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// Runs the real binary with the harness's flags; `set` overrides some.
-fn spawn_bridge(h: &Harness, admin_port: u16, set: &[(&str, &str)]) -> Child {
+fn spawn_bridge(h: &Harness, admin_port: u16, set: &[(&str, &str)]) -> Bridge {
     let mut args = h.args(&h.db.url);
     args.remove(0);
     let admin = format!("127.0.0.1:{admin_port}");
@@ -27,7 +51,7 @@ fn spawn_bridge(h: &Harness, admin_port: u16, set: &[(&str, &str)]) -> Child {
         let i = args.iter().position(|a| a == flag).unwrap() + 1;
         args[i] = value.to_string();
     }
-    Command::new(BIN)
+    let child = Command::new(BIN)
         .args(&args)
         .env(
             "RUST_LOG",
@@ -35,7 +59,8 @@ fn spawn_bridge(h: &Harness, admin_port: u16, set: &[(&str, &str)]) -> Child {
         )
         .stdin(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Bridge(child)
 }
 
 async fn wait_ready(admin_port: u16) {
@@ -350,7 +375,7 @@ async fn tls_device_cannot_publish_as_another() {
 async fn sigterm_flushes_pending_batch_and_exits_zero() {
     let h = Harness::private().await;
     let admin = free_port();
-    let mut bridge = spawn_bridge(&h, admin, &[("--flush-interval", "1h")]);
+    let bridge = spawn_bridge(&h, admin, &[("--flush-interval", "1h")]);
     wait_ready(admin).await;
     let dev = device(&h.mqtt_url).await;
     let id = unique("term");
@@ -382,10 +407,13 @@ async fn sigterm_flushes_pending_batch_and_exits_zero() {
         .status()
         .unwrap();
     assert!(st.success());
-    let status = tokio::task::spawn_blocking(move || bridge.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut bridge = bridge;
+        bridge.wait()
+    })
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(status.code(), Some(0));
     assert_eq!(h.count("SELECT count(*) FROM locations").await, 100);
 }
