@@ -60,12 +60,13 @@ FIELDCAST_REDIS_PREFIX="$PREFIX" FIELDCAST_DATABASE_URL="postgres://postgres@127
 FIELDCAST_ADMIN_ADDR="$ADMIN" FIELDCAST_SPOOL_DIR="$tmp/spool" RUST_LOG=warn \
   "$T"/release/fieldcast-bridge & bridge=$!; pids+=($bridge)
 for _ in $(seq 1 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.2; done
-m0=$(metric 'fieldcast_bridge_messages_total{kind="location"}'); r0=$(metric fieldcast_bridge_redis_messages_total)
+accepted() { curl -s "http://$ADMIN/metrics" | awk '/^fieldcast_bridge_messages_total/ { s += $2 } END { print s }'; }
+m0=$(accepted); r0=$(metric fieldcast_bridge_redis_messages_total)
 redis_cpu() { redis-cli info cpu | awk -F: '/^used_cpu_(user|sys):/ { s += $2 } END { print s }'; }
 c0=$(cpu_ticks $bridge); rc0=$(redis_cpu); t0=$(date +%s.%N)
 sim
 t1=$(date +%s.%N); sleep 1
-m1=$(metric 'fieldcast_bridge_messages_total{kind="location"}'); r1=$(metric fieldcast_bridge_redis_messages_total)
+m1=$(accepted); r1=$(metric fieldcast_bridge_redis_messages_total)
 c1=$(cpu_ticks $bridge); rc1=$(redis_cpu)
 coal=$(metric fieldcast_bridge_coalesced_total); rej=$(curl -s "http://$ADMIN/metrics" | awk '/^fieldcast_bridge_rejected_total/ { s += $2 } END { print s }')
 hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$bridge/status")
@@ -73,8 +74,10 @@ hz=$(getconf CLK_TCK)
 awk -v m0="$m0" -v m1="$m1" -v r0="$r0" -v r1="$r1" -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" \
     -v hz="$hz" -v rc0="$rc0" -v rc1="$rc1" -v hwm="$hwm" -v coal="$coal" -v rej="$rej" -v floor="$floor" -v secs="$SECS" 'BEGIN {
   el = t1 - t0;
-  printf "accepted locations: %d (%.0f msg/s)   floor: %.0f msg/s\n", m1 - m0, (m1 - m0) / el, floor / secs;
-  printf "written to Redis:   %d (%.0f msg/s; coalesced %d, rejected %d)\n", r1 - r0, (r1 - r0) / el, coal, rej;
+  # Both sides count every message of the same fleet run (locations,
+  # status, events) over the same nominal duration.
+  printf "accepted by bridge: %d messages (%.0f msg/s)   floor: %d messages (%.0f msg/s)\n", m1 - m0, (m1 - m0) / secs, floor, floor / secs;
+  printf "written to Redis:   %d (%.0f msg/s; coalesced %d, rejected %d)\n", r1 - r0, (r1 - r0) / secs, coal, rej;
   printf "bridge CPU: %.2f s over %.1f s (%.0f%% of one core), peak RSS %.1f MiB\n", (c1 - c0) / hz, el, 100 * (c1 - c0) / hz / el, hwm / 1024;
   printf "redis CPU:  %.2f s (%.0f%% of one core; every client of this Redis counts)\n", rc1 - rc0, 100 * (rc1 - rc0) / el;
 }'

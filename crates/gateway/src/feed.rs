@@ -145,9 +145,24 @@ fn route(keys: &Keys, hub: &Hub, m: &fred::types::Message) {
         return;
     };
     if *m.channel == *keys.live {
-        match parse_live(&text) {
-            Some(u) => hub.dispatch(u),
-            None => tracing::debug!("ignoring a malformed live message"),
+        // The bridge publishes one update, or a batch of them as a JSON array.
+        if text.trim_start().starts_with('[') {
+            match serde_json::from_str::<Vec<&RawValue>>(&text) {
+                Ok(batch) => {
+                    for one in batch {
+                        match parse_live(one.get()) {
+                            Some(u) => hub.dispatch(u),
+                            None => tracing::debug!("ignoring a malformed live message"),
+                        }
+                    }
+                }
+                Err(_) => tracing::debug!("ignoring a malformed live batch"),
+            }
+        } else {
+            match parse_live(&text) {
+                Some(u) => hub.dispatch(u),
+                None => tracing::debug!("ignoring a malformed live message"),
+            }
         }
     } else if *m.channel == *keys.push {
         match parse_push(&text) {

@@ -19,6 +19,9 @@ use crate::queue::{Batch, DeadLetter, Reliable};
 pub const EVENT_LOG_MAXLEN: u64 = 100_000;
 /// How long the event log and the live dedup keys last.
 pub const EVENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Locations per script call: one EVALSHA and one PUBLISH (a JSON array)
+/// for this many updates, instead of one each.
+pub const LOCATIONS_PER_SCRIPT: usize = 100;
 /// Dead-letter list length (PROTOCOL.md §2).
 pub const DEADLETTER_MAX: i64 = 10_000;
 
@@ -173,28 +176,29 @@ impl RedisSink {
         let k = &self.keys;
         // (kind, index into results) of each script call, to read outcomes.
         let mut kinds = Vec::with_capacity(batch.len());
-        for l in &batch.locations {
-            let id = l.device.as_str();
-            let msg = live::location_json(id, &l.loc);
-            let args: Vec<String> = vec![
-                id.to_owned(),
-                l.loc.ts.to_string(),
-                fmt_f64(l.loc.lat),
-                fmt_f64(l.loc.lon),
-                opt(l.loc.alt),
-                opt(l.loc.speed),
-                opt(l.loc.heading),
-                opt(l.loc.accuracy),
-                live::envelope(l.rx, &msg),
-                k.live.clone(),
-            ];
-            evalsha(
-                &pipe,
-                &self.location,
-                [k.device(id), k.geo.clone(), k.devices.clone()],
-                args,
-            )
-            .await?;
+        for chunk in batch.locations.chunks(LOCATIONS_PER_SCRIPT) {
+            let mut keys = Vec::with_capacity(2 + chunk.len());
+            keys.push(k.geo.clone());
+            keys.push(k.devices.clone());
+            let mut args = Vec::with_capacity(1 + 9 * chunk.len());
+            args.push(k.live.clone());
+            for l in chunk {
+                let id = l.device.as_str();
+                keys.push(k.device(id));
+                let msg = live::location_json(id, &l.loc);
+                args.extend([
+                    id.to_owned(),
+                    l.loc.ts.to_string(),
+                    fmt_f64(l.loc.lat),
+                    fmt_f64(l.loc.lon),
+                    opt(l.loc.alt),
+                    opt(l.loc.speed),
+                    opt(l.loc.heading),
+                    opt(l.loc.accuracy),
+                    live::envelope(l.rx, &msg),
+                ]);
+            }
+            evalsha(&pipe, &self.location, keys, args).await?;
             kinds.push(Kind::Location);
         }
         for r in &batch.reliable {
@@ -213,7 +217,13 @@ impl RedisSink {
                         live::envelope(*rx, &msg),
                         k.live.clone(),
                     ];
-                    evalsha(&pipe, &self.status, [k.device(id), k.devices.clone()], args).await?;
+                    evalsha(
+                        &pipe,
+                        &self.status,
+                        vec![k.device(id), k.devices.clone()],
+                        args,
+                    )
+                    .await?;
                     kinds.push(Kind::Status);
                 }
                 Reliable::Event {
@@ -232,7 +242,7 @@ impl RedisSink {
                     evalsha(
                         &pipe,
                         &self.event,
-                        [
+                        vec![
                             k.device(id),
                             k.event_seen(id, &event.id),
                             k.events.clone(),
@@ -257,13 +267,21 @@ impl RedisSink {
         let results = pipe.try_all::<Value>().await;
         let mut applied = Applied::default();
         for (kind, r) in kinds.iter().zip(results) {
-            let r = r?;
-            let moved = matches!(r, Value::Integer(1));
-            match (kind, moved) {
-                (_, true) => applied.published += 1,
-                (Kind::Event, false) => applied.duplicate_events += 1,
-                (Kind::Location, false) => applied.stale_locations += 1,
-                (Kind::Status, false) => applied.stale_statuses += 1,
+            match (kind, r?) {
+                // One script call per chunk of locations: one flag each.
+                (Kind::Location, Value::Array(flags)) => {
+                    for f in flags {
+                        if matches!(f, Value::Integer(1)) {
+                            applied.published += 1;
+                        } else {
+                            applied.stale_locations += 1;
+                        }
+                    }
+                }
+                (_, Value::Integer(1)) => applied.published += 1,
+                (Kind::Event, _) => applied.duplicate_events += 1,
+                (Kind::Status, _) => applied.stale_statuses += 1,
+                (Kind::Location, _) => {}
             }
         }
         Ok(applied)
@@ -285,15 +303,15 @@ impl RedisSink {
 
 /// Queues `EVALSHA` on a pipeline (fred's pipelines have no typed Lua
 /// commands, so it goes out as a custom command).
-async fn evalsha<const N: usize>(
+async fn evalsha(
     pipe: &fred::clients::Pipeline<Client>,
     script: &Script,
-    keys: [String; N],
+    keys: Vec<String>,
     args: Vec<String>,
 ) -> Result<(), fred::error::Error> {
-    let mut all: Vec<Value> = Vec::with_capacity(2 + N + args.len());
+    let mut all: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
     all.push(script.sha1().clone().into());
-    all.push((N as i64).into());
+    all.push((keys.len() as i64).into());
     all.extend(keys.into_iter().map(Value::from));
     all.extend(args.into_iter().map(Value::from));
     pipe.custom::<(), _>(CustomCommand::new_static("EVALSHA", None, false), all)

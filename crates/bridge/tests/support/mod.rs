@@ -227,9 +227,17 @@ pub async fn live_subscriber(
     let mut stream = sub.message_rx();
     tokio::spawn(async move {
         while let Ok(m) = stream.recv().await {
-            if let Some(s) = m.value.as_string() {
-                if tx.send(s).await.is_err() {
-                    break;
+            let Some(s) = m.value.as_string() else {
+                continue;
+            };
+            // One update, or a batch of them as a JSON array.
+            let items = match serde_json::from_str::<Vec<Box<serde_json::value::RawValue>>>(&s) {
+                Ok(batch) => batch.into_iter().map(|r| r.get().to_owned()).collect(),
+                Err(_) => vec![s],
+            };
+            for item in items {
+                if tx.send(item).await.is_err() {
+                    return;
                 }
             }
         }
