@@ -5,12 +5,18 @@ pub mod connection;
 pub mod protocol;
 
 use axum::extract::{State, WebSocketUpgrade};
+
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::Authed;
 use crate::error::ApiError;
 use crate::routes::AppState;
+
+/// Initial read buffer of a socket (bytes); it grows for larger frames.
+const READ_BUFFER: usize = 4 * 1024;
+/// Bytes buffered before tungstenite writes to the socket.
+const WRITE_BUFFER: usize = 16 * 1024;
 
 pub async fn upgrade(
     State(s): State<AppState>,
@@ -31,7 +37,13 @@ pub async fn upgrade(
         shutdown: s.shutdown.clone(),
     };
     let tracker = s.tracker.clone();
+    // tungstenite allocates its read buffer (128 KiB by default) and write
+    // buffer per socket up front: ~150 KiB for each idle connection. Client
+    // frames are small; outgoing frames are batched by our writer and grow
+    // the write buffer on demand.
     Ok(ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(s.max_frame)
         .max_frame_size(s.max_frame)
         .on_upgrade(move |socket| tracker.track_future(connection::run(socket, scope, ctx)))
