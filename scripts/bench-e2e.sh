@@ -9,6 +9,7 @@
 #   GATEWAYS=2 FLOOR=0 scripts/bench-e2e.sh --label d --devices 2000 --rate 10 --clients 50 --watch 100
 #
 # Env: PROFILE (release), GATEWAYS (1), FLOOR (1: run the floor first),
+# ROUNDS (1: bench runs against the same gateways, RSS printed after each),
 # NO_BUILD (0), RSS_EVERY (seconds between RSS samples of bridge and
 # gateways into the results CSV; 0 = off), OUT (target/bench). The table goes
 # to stdout; each run's JSON line is appended to $OUT/results.jsonl.
@@ -98,5 +99,14 @@ if [ "$RSS_EVERY" != 0 ]; then
 fi
 
 echo "== gateway" >&2
-run "${gateways[@]}" "${watch[@]}" --watch-pid "$broker" --prefix "g$$" "$@" > "$base.txt"
-cat "$base.txt"
+# ROUNDS > 1 runs the bench again against the same bridge and gateways
+# (every client connects and leaves each round) and prints the gateways'
+# RSS after each: memory over connection churn.
+for round in $(seq 1 "${ROUNDS:-1}"); do
+  run "${gateways[@]}" "${watch[@]}" --watch-pid "$broker" --prefix "g$$" "$@" > "$base.txt"
+  cat "$base.txt"
+  sleep 1
+  for p in "${gw_pids[@]}"; do
+    echo "round $round: gateway pid $p RSS after its clients left: $(awk '/VmRSS/ { print $2 }' "/proc/$p/status") KiB" >&2
+  done
+done
