@@ -14,25 +14,25 @@ export FIELDCAST_DATABASE_URL="${FIELDCAST_DATABASE_URL:-postgres://postgres@127
 export FIELDCAST_SPOOL_DIR="${FIELDCAST_SPOOL_DIR:-.fieldcast/spool}"
 export RUST_LOG="${RUST_LOG:-info}"
 
-cargo build --release --workspace --bins
+T="${CARGO_TARGET_DIR:-target}/release"
+cargo build --release -p fieldcast-bridge -p fieldcast-gateway -p fieldcast-sim
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  # Newest first: the fleet says goodbye before the bridge stops.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
 
-target/release/fieldcast-bridge & pids+=($!)
-if [ -x target/release/fieldcast-gateway ] && target/release/fieldcast-gateway --help >/dev/null 2>&1; then
-  export FIELDCAST_JWT_SECRET="${FIELDCAST_JWT_SECRET:-}"
-  if [ -z "$FIELDCAST_JWT_SECRET" ]; then
-    target/release/fieldcast-gateway --auth none & pids+=($!)
-  else
-    target/release/fieldcast-gateway & pids+=($!)
-  fi
-  echo "live map: http://${FIELDCAST_LISTEN:-127.0.0.1:8080}/"
+"$T"/fieldcast-bridge & pids+=($!)
+# Without FIELDCAST_JWT_SECRET the demo gateway needs no token (loopback only).
+if [ -z "${FIELDCAST_JWT_SECRET:-}" ]; then
+  "$T"/fieldcast-gateway --auth none & pids+=($!)
+else
+  "$T"/fieldcast-gateway & pids+=($!)
 fi
-target/release/fieldcast-sim fleet --devices "${FLEET_DEVICES:-200}" & pids+=($!)
+"$T"/fieldcast-sim fleet --devices "${FLEET_DEVICES:-200}" & pids+=($!)
+echo "live map:       http://${FIELDCAST_LISTEN:-127.0.0.1:8080}/"
 echo "bridge metrics: http://${FIELDCAST_ADMIN_ADDR:-127.0.0.1:9464}/metrics"
 echo "hot state:      redis-cli --scan --pattern 'fieldcast:dev:*' | head"
 echo "history:        psql -h 127.0.0.1 -U postgres $DB -c 'SELECT count(*) FROM locations'"
