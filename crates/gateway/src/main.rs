@@ -8,6 +8,12 @@ use clap::Parser;
 use fieldcast_gateway::Config;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc returns memory freed by closed connections to the system, where
+/// glibc's arenas kept growing RSS over connection churn
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let config = match Config::try_parse() {
         Ok(c) => c,
