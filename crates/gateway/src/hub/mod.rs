@@ -15,19 +15,25 @@
 //! then the buffered updates that are newer than the snapshot (per device
 //! and kind) or than the replay's last cursor, and makes the selection live.
 
-use std::collections::{HashMap, HashSet};
+mod index;
+mod pending;
+#[cfg(test)]
+mod tests;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rstar::primitives::{GeomWithData, Rectangle};
-use rstar::RTree;
 use tokio::sync::Notify;
 
 use crate::auth::Scope;
 use crate::cursor::StreamId;
 use crate::geo::BBox;
 use crate::outbox::{Close, Item, Kind, Outbox, Push};
+
+use index::{add_selection, remove_selection, set_in_box, wants, Conn, State};
+pub use pending::Activation;
+use pending::{Buffered, Floors, Pending, FLOOR_TTL};
 
 /// A connection's id, unique within the process.
 pub type ConnId = u64;
@@ -65,94 +71,10 @@ impl Selection {
     }
 }
 
-/// What a connection learnt from its snapshot and replay, handed to
-/// [`Hub::activate`] to filter the buffered updates.
-#[derive(Debug, Default)]
-pub struct Activation {
-    /// Frames to queue before the buffered updates (`subscribed`).
-    pub before: Vec<Item>,
-    /// Device -> (location `ts`, status `ts`) as the snapshot read them.
-    pub snapshot_ts: HashMap<Arc<str>, (Option<i64>, Option<i64>)>,
-    /// Devices inside the bbox at snapshot time.
-    pub in_box: Vec<Arc<str>>,
-    /// Buffered events at or before this cursor were replayed or precede
-    /// the subscription; they are not sent again.
-    pub cursor_floor: StreamId,
-}
-
-/// Signals from the hub to one connection task.
 #[derive(Default)]
 pub struct ConnSignals {
     /// Redis came back (or the feed lagged): read a fresh snapshot.
     pub resync: Notify,
-}
-
-enum Buffered {
-    Update(Update),
-    Message(Item),
-}
-
-struct Pending {
-    selection: Selection,
-    devices: HashSet<Arc<str>>,
-    /// Buffer every update this connection would get (a resync).
-    all: bool,
-    buffer: Vec<Buffered>,
-}
-
-/// What the latest snapshot showed, for a while after it: the feed reads
-/// the live channel on another Redis connection than the snapshot, so an
-/// update the snapshot already holds can still be dispatched *after*
-/// activation. Such updates are dropped here; after [`FLOOR_TTL`] the feed
-/// has long passed them and the map is freed.
-struct Floors {
-    ts: HashMap<Arc<str>, (Option<i64>, Option<i64>)>,
-    cursor: StreamId,
-    until: Instant,
-}
-
-/// How long a snapshot's floors filter live updates.
-const FLOOR_TTL: Duration = Duration::from_secs(30);
-
-impl Floors {
-    fn stale(&self, u: &Update) -> bool {
-        let (loc_ts, sts) = self.ts.get(&u.device).copied().unwrap_or((None, None));
-        match u.kind {
-            Kind::Location => loc_ts.is_some_and(|t| u.ts <= t),
-            Kind::Status => sts.is_some_and(|t| u.ts <= t),
-            Kind::Event => {
-                self.ts.contains_key(&u.device) && u.cursor.is_some_and(|c| c <= self.cursor)
-            }
-            _ => false,
-        }
-    }
-}
-
-struct Conn {
-    scope: Arc<Scope>,
-    floors: Option<Floors>,
-    outbox: Arc<Outbox>,
-    signals: Arc<ConnSignals>,
-    devices: HashSet<Arc<str>>,
-    fleet: bool,
-    bbox: Option<BBox>,
-    in_box: HashSet<Arc<str>>,
-    channels: HashSet<String>,
-    pending: Option<Pending>,
-}
-
-type BoxEntry = GeomWithData<Rectangle<[f64; 2]>, ConnId>;
-
-#[derive(Default)]
-struct State {
-    conns: HashMap<ConnId, Conn>,
-    by_device: HashMap<Arc<str>, HashSet<ConnId>>,
-    fleet: HashSet<ConnId>,
-    boxes: RTree<BoxEntry>,
-    in_box: HashMap<Arc<str>, HashSet<ConnId>>,
-    by_channel: HashMap<String, HashSet<ConnId>>,
-    pending: HashSet<ConnId>,
-    last_event: StreamId,
 }
 
 /// See the module docs.
@@ -177,14 +99,6 @@ impl Drop for Registration {
     }
 }
 
-fn rect(b: &BBox) -> Rectangle<[f64; 2]> {
-    Rectangle::from_corners([b.min_lon, b.min_lat], [b.max_lon, b.max_lat])
-}
-
-fn gauge(kind: &'static str, delta: f64) {
-    metrics::gauge!("fieldcast_gateway_subscriptions", "kind" => kind).increment(delta);
-}
-
 impl Hub {
     pub fn new(pending_cap: usize) -> Arc<Self> {
         Arc::new(Hub {
@@ -207,21 +121,9 @@ impl Hub {
         signals: Arc<ConnSignals>,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().conns.insert(
-            id,
-            Conn {
-                scope,
-                floors: None,
-                outbox,
-                signals,
-                devices: HashSet::new(),
-                fleet: false,
-                bbox: None,
-                in_box: HashSet::new(),
-                channels: HashSet::new(),
-                pending: None,
-            },
-        );
+        self.lock()
+            .conns
+            .insert(id, Conn::new(scope, outbox, signals));
         Registration {
             hub: self.clone(),
             id,
@@ -538,254 +440,5 @@ fn offer(outbox: &Outbox, u: &Update) {
     let device = (u.kind == Kind::Location).then_some(&u.device);
     if outbox.push(u.item.clone(), device) == Push::Overflow {
         metrics::counter!("fieldcast_gateway_slow_consumer_closes_total").increment(1);
-    }
-}
-
-/// Whether connection `id`'s live selection wants `u` now, updating its
-/// viewport membership for locations.
-fn wants(st: &mut State, id: ConnId, u: &Update) -> bool {
-    let Some(c) = st.conns.get(&id) else {
-        return false;
-    };
-    if c.devices.contains(&u.device) || (c.fleet && c.scope.allows_device(&u.device)) {
-        if let (Some(b), Some((lon, lat))) = (c.bbox, u.pos) {
-            let inside = b.contains(lon, lat) && c.scope.allows_device(&u.device);
-            set_in_box(st, id, &u.device, inside);
-        }
-        return true;
-    }
-    let Some(b) = c.bbox else { return false };
-    if !c.scope.allows_device(&u.device) {
-        return false;
-    }
-    let was = c.in_box.contains(&u.device);
-    match u.pos {
-        Some((lon, lat)) => {
-            let inside = b.contains(lon, lat);
-            set_in_box(st, id, &u.device, inside);
-            inside || was
-        }
-        None => was,
-    }
-}
-
-fn set_in_box(st: &mut State, id: ConnId, device: &Arc<str>, inside: bool) {
-    let Some(c) = st.conns.get_mut(&id) else {
-        return;
-    };
-    if inside {
-        if c.in_box.insert(device.clone()) {
-            st.in_box.entry(device.clone()).or_default().insert(id);
-        }
-    } else if c.in_box.remove(device) {
-        if let Some(s) = st.in_box.get_mut(device) {
-            s.remove(&id);
-            if s.is_empty() {
-                st.in_box.remove(device);
-            }
-        }
-    }
-}
-
-fn add_selection(st: &mut State, id: ConnId, sel: &Selection) {
-    let Some(c) = st.conns.get_mut(&id) else {
-        return;
-    };
-    let mut new_devices = Vec::new();
-    for d in &sel.devices {
-        if c.devices.insert(d.clone()) {
-            new_devices.push(d.clone());
-        }
-    }
-    let mut new_channels = Vec::new();
-    for ch in &sel.channels {
-        if c.channels.insert(ch.clone()) {
-            new_channels.push(ch.clone());
-        }
-    }
-    let new_fleet = sel.fleet && !c.fleet;
-    c.fleet |= sel.fleet;
-    let old_box = match sel.bbox {
-        Some(b) => c.bbox.replace(b).map(Some),
-        None => None,
-    };
-    let new_box = sel.bbox;
-    for d in new_devices {
-        st.by_device.entry(d).or_default().insert(id);
-        gauge("device", 1.0);
-    }
-    for ch in new_channels {
-        st.by_channel.entry(ch).or_default().insert(id);
-        gauge("channel", 1.0);
-    }
-    if new_fleet {
-        st.fleet.insert(id);
-        gauge("fleet", 1.0);
-    }
-    if let Some(b) = new_box {
-        match old_box {
-            Some(Some(old)) => {
-                st.boxes.remove(&GeomWithData::new(rect(&old), id));
-            }
-            _ => gauge("bbox", 1.0),
-        }
-        st.boxes.insert(GeomWithData::new(rect(&b), id));
-        // Devices of the old viewport that the new one does not hold are
-        // forgotten; the new snapshot says what is inside now.
-        let old: Vec<Arc<str>> = st
-            .conns
-            .get(&id)
-            .map(|c| c.in_box.iter().cloned().collect())
-            .unwrap_or_default();
-        for d in old {
-            set_in_box(st, id, &d, false);
-        }
-    }
-}
-
-fn remove_selection(st: &mut State, id: ConnId, sel: &Selection) {
-    let Some(c) = st.conns.get_mut(&id) else {
-        return;
-    };
-    let mut gone_devices = Vec::new();
-    for d in &sel.devices {
-        if c.devices.remove(d) {
-            gone_devices.push(d.clone());
-        }
-    }
-    let mut gone_channels = Vec::new();
-    for ch in &sel.channels {
-        if c.channels.remove(ch) {
-            gone_channels.push(ch.clone());
-        }
-    }
-    let gone_fleet = sel.fleet && c.fleet;
-    if sel.fleet {
-        c.fleet = false;
-    }
-    let gone_box = if sel.bbox.is_some() {
-        c.bbox.take()
-    } else {
-        None
-    };
-    let in_box: Vec<Arc<str>> = if gone_box.is_some() {
-        c.in_box.iter().cloned().collect()
-    } else {
-        Vec::new()
-    };
-    for d in gone_devices {
-        if let Some(s) = st.by_device.get_mut(&d) {
-            s.remove(&id);
-            if s.is_empty() {
-                st.by_device.remove(&d);
-            }
-        }
-        gauge("device", -1.0);
-    }
-    for ch in gone_channels {
-        if let Some(s) = st.by_channel.get_mut(&ch) {
-            s.remove(&id);
-            if s.is_empty() {
-                st.by_channel.remove(&ch);
-            }
-        }
-        gauge("channel", -1.0);
-    }
-    if gone_fleet {
-        st.fleet.remove(&id);
-        gauge("fleet", -1.0);
-    }
-    if let Some(b) = gone_box {
-        st.boxes.remove(&GeomWithData::new(rect(&b), id));
-        for d in in_box {
-            set_in_box(st, id, &d, false);
-        }
-        gauge("bbox", -1.0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::outbox::Out;
-
-    fn loc(device: &str, ts: i64, lon: f64, lat: f64) -> Update {
-        Update {
-            kind: Kind::Location,
-            device: Arc::from(device),
-            ts,
-            pos: Some((lon, lat)),
-            cursor: None,
-            item: Item {
-                out: Out::Text(format!("{device}@{ts}").into()),
-                kind: Kind::Location,
-                rx_ms: 0,
-            },
-        }
-    }
-
-    fn texts(o: &Outbox) -> Vec<String> {
-        let mut buf = Vec::new();
-        let _ = o.drain(&mut buf, usize::MAX);
-        buf.into_iter()
-            .filter_map(|i| match i.out {
-                Out::Text(t) => Some(t.as_str().to_owned()),
-                Out::Ping => None,
-            })
-            .collect()
-    }
-
-    fn conn(hub: &Arc<Hub>) -> (Registration, Arc<Outbox>) {
-        let o = Arc::new(Outbox::new(100));
-        let r = hub.register(Arc::new(Scope::unrestricted()), o.clone(), Arc::default());
-        (r, o)
-    }
-
-    #[test]
-    fn buffered_updates_older_than_the_snapshot_are_dropped() {
-        let hub = Hub::new(1000);
-        let (r, o) = conn(&hub);
-        let sel = Selection {
-            devices: vec![Arc::from("a")],
-            ..Default::default()
-        };
-        hub.begin(r.id, sel, false);
-        hub.dispatch(loc("a", 1, 0.0, 0.0));
-        hub.dispatch(loc("a", 2, 0.0, 0.0));
-        hub.dispatch(loc("b", 2, 0.0, 0.0));
-        let mut snapshot_ts = HashMap::new();
-        snapshot_ts.insert(Arc::from("a"), (Some(1), None));
-        hub.activate(
-            r.id,
-            Activation {
-                before: vec![Item::reply("subscribed".to_owned())],
-                snapshot_ts,
-                ..Default::default()
-            },
-        );
-        hub.dispatch(loc("a", 3, 0.0, 0.0));
-        assert_eq!(texts(&o), ["subscribed", "a@2", "a@3"]);
-    }
-
-    #[test]
-    fn bbox_enter_and_leave() {
-        let hub = Hub::new(1000);
-        let (r, o) = conn(&hub);
-        let sel = Selection {
-            bbox: Some(BBox::new([0.0, 0.0, 1.0, 1.0]).unwrap()),
-            ..Default::default()
-        };
-        hub.begin(r.id, sel, false);
-        hub.activate(r.id, Activation::default());
-        hub.dispatch(loc("a", 1, 5.0, 5.0)); // outside: not sent
-        hub.dispatch(loc("a", 2, 0.5, 0.5)); // enters
-        hub.dispatch(loc("a", 3, 0.6, 0.5)); // moves inside
-        hub.dispatch(loc("a", 4, 5.0, 5.0)); // leaves: sent once
-        hub.dispatch(loc("a", 5, 6.0, 5.0)); // outside: not sent
-        assert_eq!(texts(&o), ["a@2", "a@3", "a@4"]);
-        drop(r);
-        assert_eq!(hub.connections(), 0);
-        assert!(hub.lock().in_box.is_empty());
-        assert_eq!(hub.lock().boxes.size(), 0);
     }
 }

@@ -1,0 +1,230 @@
+//! The hub's indexes and the bookkeeping that keeps them consistent with
+//! each connection's own view of its selection.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use rstar::primitives::{GeomWithData, Rectangle};
+use rstar::RTree;
+
+use super::pending::{Floors, Pending};
+use super::{ConnId, ConnSignals, Selection, Update};
+use crate::auth::Scope;
+use crate::cursor::StreamId;
+use crate::geo::BBox;
+use crate::outbox::Outbox;
+
+pub(super) struct Conn {
+    pub(super) scope: Arc<Scope>,
+    pub(super) floors: Option<Floors>,
+    pub(super) outbox: Arc<Outbox>,
+    pub(super) signals: Arc<ConnSignals>,
+    pub(super) devices: HashSet<Arc<str>>,
+    pub(super) fleet: bool,
+    pub(super) bbox: Option<BBox>,
+    pub(super) in_box: HashSet<Arc<str>>,
+    pub(super) channels: HashSet<String>,
+    pub(super) pending: Option<Pending>,
+}
+
+impl Conn {
+    pub(super) fn new(scope: Arc<Scope>, outbox: Arc<Outbox>, signals: Arc<ConnSignals>) -> Self {
+        Conn {
+            scope,
+            floors: None,
+            outbox,
+            signals,
+            devices: HashSet::new(),
+            fleet: false,
+            bbox: None,
+            in_box: HashSet::new(),
+            channels: HashSet::new(),
+            pending: None,
+        }
+    }
+}
+
+pub(super) type BoxEntry = GeomWithData<Rectangle<[f64; 2]>, ConnId>;
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) conns: HashMap<ConnId, Conn>,
+    pub(super) by_device: HashMap<Arc<str>, HashSet<ConnId>>,
+    pub(super) fleet: HashSet<ConnId>,
+    pub(super) boxes: RTree<BoxEntry>,
+    pub(super) in_box: HashMap<Arc<str>, HashSet<ConnId>>,
+    pub(super) by_channel: HashMap<String, HashSet<ConnId>>,
+    pub(super) pending: HashSet<ConnId>,
+    pub(super) last_event: StreamId,
+}
+
+fn rect(b: &BBox) -> Rectangle<[f64; 2]> {
+    Rectangle::from_corners([b.min_lon, b.min_lat], [b.max_lon, b.max_lat])
+}
+
+fn gauge(kind: &'static str, delta: f64) {
+    metrics::gauge!("fieldcast_gateway_subscriptions", "kind" => kind).increment(delta);
+}
+
+/// Whether connection `id`'s live selection wants `u` now, updating its
+/// viewport membership for locations.
+pub(super) fn wants(st: &mut State, id: ConnId, u: &Update) -> bool {
+    let Some(c) = st.conns.get(&id) else {
+        return false;
+    };
+    if c.devices.contains(&u.device) || (c.fleet && c.scope.allows_device(&u.device)) {
+        if let (Some(b), Some((lon, lat))) = (c.bbox, u.pos) {
+            let inside = b.contains(lon, lat) && c.scope.allows_device(&u.device);
+            set_in_box(st, id, &u.device, inside);
+        }
+        return true;
+    }
+    let Some(b) = c.bbox else { return false };
+    if !c.scope.allows_device(&u.device) {
+        return false;
+    }
+    let was = c.in_box.contains(&u.device);
+    match u.pos {
+        Some((lon, lat)) => {
+            let inside = b.contains(lon, lat);
+            set_in_box(st, id, &u.device, inside);
+            inside || was
+        }
+        None => was,
+    }
+}
+
+pub(super) fn set_in_box(st: &mut State, id: ConnId, device: &Arc<str>, inside: bool) {
+    let Some(c) = st.conns.get_mut(&id) else {
+        return;
+    };
+    if inside {
+        if c.in_box.insert(device.clone()) {
+            st.in_box.entry(device.clone()).or_default().insert(id);
+        }
+    } else if c.in_box.remove(device) {
+        if let Some(s) = st.in_box.get_mut(device) {
+            s.remove(&id);
+            if s.is_empty() {
+                st.in_box.remove(device);
+            }
+        }
+    }
+}
+
+pub(super) fn add_selection(st: &mut State, id: ConnId, sel: &Selection) {
+    let Some(c) = st.conns.get_mut(&id) else {
+        return;
+    };
+    let mut new_devices = Vec::new();
+    for d in &sel.devices {
+        if c.devices.insert(d.clone()) {
+            new_devices.push(d.clone());
+        }
+    }
+    let mut new_channels = Vec::new();
+    for ch in &sel.channels {
+        if c.channels.insert(ch.clone()) {
+            new_channels.push(ch.clone());
+        }
+    }
+    let new_fleet = sel.fleet && !c.fleet;
+    c.fleet |= sel.fleet;
+    let old_box = match sel.bbox {
+        Some(b) => c.bbox.replace(b).map(Some),
+        None => None,
+    };
+    let new_box = sel.bbox;
+    for d in new_devices {
+        st.by_device.entry(d).or_default().insert(id);
+        gauge("device", 1.0);
+    }
+    for ch in new_channels {
+        st.by_channel.entry(ch).or_default().insert(id);
+        gauge("channel", 1.0);
+    }
+    if new_fleet {
+        st.fleet.insert(id);
+        gauge("fleet", 1.0);
+    }
+    if let Some(b) = new_box {
+        match old_box {
+            Some(Some(old)) => {
+                st.boxes.remove(&GeomWithData::new(rect(&old), id));
+            }
+            _ => gauge("bbox", 1.0),
+        }
+        st.boxes.insert(GeomWithData::new(rect(&b), id));
+        // Devices of the old viewport that the new one does not hold are
+        // forgotten; the new snapshot says what is inside now.
+        let old: Vec<Arc<str>> = st
+            .conns
+            .get(&id)
+            .map(|c| c.in_box.iter().cloned().collect())
+            .unwrap_or_default();
+        for d in old {
+            set_in_box(st, id, &d, false);
+        }
+    }
+}
+
+pub(super) fn remove_selection(st: &mut State, id: ConnId, sel: &Selection) {
+    let Some(c) = st.conns.get_mut(&id) else {
+        return;
+    };
+    let mut gone_devices = Vec::new();
+    for d in &sel.devices {
+        if c.devices.remove(d) {
+            gone_devices.push(d.clone());
+        }
+    }
+    let mut gone_channels = Vec::new();
+    for ch in &sel.channels {
+        if c.channels.remove(ch) {
+            gone_channels.push(ch.clone());
+        }
+    }
+    let gone_fleet = sel.fleet && c.fleet;
+    if sel.fleet {
+        c.fleet = false;
+    }
+    let gone_box = if sel.bbox.is_some() {
+        c.bbox.take()
+    } else {
+        None
+    };
+    let in_box: Vec<Arc<str>> = if gone_box.is_some() {
+        c.in_box.iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    for d in gone_devices {
+        if let Some(s) = st.by_device.get_mut(&d) {
+            s.remove(&id);
+            if s.is_empty() {
+                st.by_device.remove(&d);
+            }
+        }
+        gauge("device", -1.0);
+    }
+    for ch in gone_channels {
+        if let Some(s) = st.by_channel.get_mut(&ch) {
+            s.remove(&id);
+            if s.is_empty() {
+                st.by_channel.remove(&ch);
+            }
+        }
+        gauge("channel", -1.0);
+    }
+    if gone_fleet {
+        st.fleet.remove(&id);
+        gauge("fleet", -1.0);
+    }
+    if let Some(b) = gone_box {
+        st.boxes.remove(&GeomWithData::new(rect(&b), id));
+        for d in in_box {
+            set_in_box(st, id, &d, false);
+        }
+        gauge("bbox", -1.0);
+    }
+}

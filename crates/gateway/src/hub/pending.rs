@@ -1,0 +1,66 @@
+//! A subscribe between [`super::Hub::begin`] and [`super::Hub::activate`]:
+//! what it buffers, and the snapshot "floors" that filter what arrives late.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Selection, Update};
+use crate::cursor::StreamId;
+use crate::outbox::{Item, Kind};
+
+/// What a connection learnt from its snapshot and replay, handed to
+/// [`Hub::activate`] to filter the buffered updates.
+#[derive(Debug, Default)]
+pub struct Activation {
+    /// Frames to queue before the buffered updates (`subscribed`).
+    pub before: Vec<Item>,
+    /// Device -> (location `ts`, status `ts`) as the snapshot read them.
+    pub snapshot_ts: HashMap<Arc<str>, (Option<i64>, Option<i64>)>,
+    /// Devices inside the bbox at snapshot time.
+    pub in_box: Vec<Arc<str>>,
+    /// Buffered events at or before this cursor were replayed or precede
+    /// the subscription; they are not sent again.
+    pub cursor_floor: StreamId,
+}
+
+pub(super) enum Buffered {
+    Update(Update),
+    Message(Item),
+}
+
+pub(super) struct Pending {
+    pub(super) selection: Selection,
+    pub(super) devices: HashSet<Arc<str>>,
+    /// Buffer every update this connection would get (a resync).
+    pub(super) all: bool,
+    pub(super) buffer: Vec<Buffered>,
+}
+
+/// What the latest snapshot showed, for a while after it: the feed reads
+/// the live channel on another Redis connection than the snapshot, so an
+/// update the snapshot already holds can still be dispatched *after*
+/// activation. Such updates are dropped here; after [`FLOOR_TTL`] the feed
+/// has long passed them and the map is freed.
+pub(super) struct Floors {
+    pub(super) ts: HashMap<Arc<str>, (Option<i64>, Option<i64>)>,
+    pub(super) cursor: StreamId,
+    pub(super) until: Instant,
+}
+
+/// How long a snapshot's floors filter live updates.
+pub(super) const FLOOR_TTL: Duration = Duration::from_secs(30);
+
+impl Floors {
+    pub(super) fn stale(&self, u: &Update) -> bool {
+        let (loc_ts, sts) = self.ts.get(&u.device).copied().unwrap_or((None, None));
+        match u.kind {
+            Kind::Location => loc_ts.is_some_and(|t| u.ts <= t),
+            Kind::Status => sts.is_some_and(|t| u.ts <= t),
+            Kind::Event => {
+                self.ts.contains_key(&u.device) && u.cursor.is_some_and(|c| c <= self.cursor)
+            }
+            _ => false,
+        }
+    }
+}

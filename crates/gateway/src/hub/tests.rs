@@ -1,0 +1,84 @@
+use std::collections::HashMap;
+
+use super::*;
+use crate::outbox::Out;
+
+fn loc(device: &str, ts: i64, lon: f64, lat: f64) -> Update {
+    Update {
+        kind: Kind::Location,
+        device: Arc::from(device),
+        ts,
+        pos: Some((lon, lat)),
+        cursor: None,
+        item: Item {
+            out: Out::Text(format!("{device}@{ts}").into()),
+            kind: Kind::Location,
+            rx_ms: 0,
+        },
+    }
+}
+
+fn texts(o: &Outbox) -> Vec<String> {
+    let mut buf = Vec::new();
+    let _ = o.drain(&mut buf, usize::MAX);
+    buf.into_iter()
+        .filter_map(|i| match i.out {
+            Out::Text(t) => Some(t.as_str().to_owned()),
+            Out::Ping => None,
+        })
+        .collect()
+}
+
+fn conn(hub: &Arc<Hub>) -> (Registration, Arc<Outbox>) {
+    let o = Arc::new(Outbox::new(100));
+    let r = hub.register(Arc::new(Scope::unrestricted()), o.clone(), Arc::default());
+    (r, o)
+}
+
+#[test]
+fn buffered_updates_older_than_the_snapshot_are_dropped() {
+    let hub = Hub::new(1000);
+    let (r, o) = conn(&hub);
+    let sel = Selection {
+        devices: vec![Arc::from("a")],
+        ..Default::default()
+    };
+    hub.begin(r.id, sel, false);
+    hub.dispatch(loc("a", 1, 0.0, 0.0));
+    hub.dispatch(loc("a", 2, 0.0, 0.0));
+    hub.dispatch(loc("b", 2, 0.0, 0.0));
+    let mut snapshot_ts = HashMap::new();
+    snapshot_ts.insert(Arc::from("a"), (Some(1), None));
+    hub.activate(
+        r.id,
+        Activation {
+            before: vec![Item::reply("subscribed".to_owned())],
+            snapshot_ts,
+            ..Default::default()
+        },
+    );
+    hub.dispatch(loc("a", 3, 0.0, 0.0));
+    assert_eq!(texts(&o), ["subscribed", "a@2", "a@3"]);
+}
+
+#[test]
+fn bbox_enter_and_leave() {
+    let hub = Hub::new(1000);
+    let (r, o) = conn(&hub);
+    let sel = Selection {
+        bbox: Some(BBox::new([0.0, 0.0, 1.0, 1.0]).unwrap()),
+        ..Default::default()
+    };
+    hub.begin(r.id, sel, false);
+    hub.activate(r.id, Activation::default());
+    hub.dispatch(loc("a", 1, 5.0, 5.0)); // outside: not sent
+    hub.dispatch(loc("a", 2, 0.5, 0.5)); // enters
+    hub.dispatch(loc("a", 3, 0.6, 0.5)); // moves inside
+    hub.dispatch(loc("a", 4, 5.0, 5.0)); // leaves: sent once
+    hub.dispatch(loc("a", 5, 6.0, 5.0)); // outside: not sent
+    assert_eq!(texts(&o), ["a@2", "a@3", "a@4"]);
+    drop(r);
+    assert_eq!(hub.connections(), 0);
+    assert!(hub.lock().in_box.is_empty());
+    assert_eq!(hub.lock().boxes.size(), 0);
+}
