@@ -39,6 +39,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +70,20 @@ pub fn prometheus() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Every accepted socket: no Nagle delay (a live update is small and must
+/// leave now; the writer already combines queued frames into one flush),
+/// and a bounded kernel send buffer (see `Config::ws_send_buffer`).
+fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set");
+    }
+    if send_buffer > 0 {
+        if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
+            tracing::debug!(error = %e, "SO_SNDBUF not set");
+        }
+    }
 }
 
 /// Runs the gateway on `listener` until `shutdown` is cancelled, then
@@ -153,6 +168,8 @@ pub async fn serve(
     };
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, "gateway listening");
+    let send_buffer = config.ws_send_buffer;
+    let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
     axum::serve(listener, routes::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await

@@ -31,6 +31,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 struct World {
     _broker: Mosquitto,
     mqtt_url: String,
+    prefix: String,
     _db: PgDb,
     _spool: tempfile::TempDir,
     bridge_stop: CancellationToken,
@@ -95,6 +96,7 @@ impl World {
         let b = Gateway::start(gateway_config()).await;
         World {
             mqtt_url: broker.url.clone(),
+            prefix,
             _broker: broker,
             _db: db,
             _spool: spool,
@@ -660,4 +662,198 @@ async fn connect_disconnect_churn_leaves_nothing_behind() {
         "connect_disconnect_churn_leaves_nothing_behind: {CHURN_CYCLES} cycles in {churn_took:?} ({moved} locations published meanwhile); test took {:?}",
         started.elapsed()
     );
+}
+
+/// A WebSocket client whose socket takes almost nothing into the kernel's
+/// receive buffer, so that a client that stops reading backs up into the
+/// gateway's queue after a few kilobytes rather than megabytes.
+async fn tight_client(gw: &Gateway, token: &str) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gw.addr).await.unwrap();
+    let (stream, _) = tokio_tungstenite::client_async(
+        gw.ws_url(token),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    Ws { stream }
+}
+
+/// Reads locations until every device's `last` ts has arrived; returns how
+/// many arrived and the receive-minus-send latencies in ms. Fails on a
+/// location that does not move its device forward.
+async fn read_until_last(ws: &mut Ws, devices: &[String], last: i64) -> (usize, Vec<i64>) {
+    let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let mut done = 0;
+    let mut n = 0;
+    let mut lat = Vec::new();
+    while done < devices.len() {
+        let v = ws.recv().await;
+        if v["type"] != "location" {
+            continue;
+        }
+        n += 1;
+        let (d, ts) = (v["device"].as_str().unwrap(), v["ts"].as_i64().unwrap());
+        if ts != last {
+            lat.push(now_ms() - ts);
+        }
+        let prev = seen.insert(d.to_owned(), ts);
+        assert!(prev.is_none_or(|p| p < ts), "{d}: {ts} after {prev:?}");
+        if ts == last {
+            done += 1;
+        }
+    }
+    (n, lat)
+}
+
+fn percentile(v: &mut [i64], p: f64) -> i64 {
+    v.sort_unstable();
+    v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Pins (issue 3, "slow consumers"): 20 000 locations flow through the
+/// bridge while one fleet client reads nothing. Its queue stays bounded:
+/// every location published for it was either sent or coalesced into a
+/// newer one of the same device (latest wins), and after the flow it gets
+/// each device's last position. A second client on the same gateway
+/// receives every single location the bridge published, in order — the
+/// stalled one never held it back. Its latency is printed, not asserted
+/// (benchmarks measure speed; `fieldcast-sim bench`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_stays_bounded_and_does_not_hold_back_others() {
+    let _serial = SERIAL.lock().await;
+    let w = World::start().await;
+    let tok = token(json!({}));
+    const DEVICES: usize = 100;
+    const PER_DEVICE: usize = 200;
+    let run = unique("stall");
+    let devices: Vec<String> = (0..DEVICES).map(|i| format!("{run}-{i:03}")).collect();
+
+    // What the bridge publishes is the reference: a plain Redis subscriber
+    // counts the locations of this run on the live channel.
+    let redis_url = shared_redis_url();
+    let sub =
+        fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis_url).unwrap())
+            .build_subscriber_client()
+            .unwrap();
+    fred::prelude::ClientLike::init(&sub).await.unwrap();
+    let mut live_rx = fred::prelude::EventInterface::message_rx(&sub);
+    fred::prelude::PubsubInterface::subscribe(&sub, format!("{}live", w.prefix))
+        .await
+        .unwrap();
+
+    let mut stalled = tight_client(&w.a, &tok).await;
+    stalled.subscribe(json!({"fleet": true})).await;
+    let mut fast = w.a.ws(&tok).await;
+    fast.subscribe(json!({"fleet": true})).await;
+    let coalesced_before = w.a.metric("fieldcast_gateway_coalesced_total").await;
+
+    // Each device's ts is its send time (strictly increasing), so the
+    // fast client's receive time minus ts is the device-to-client latency.
+    let device = Device::connect(&w.mqtt_url).await;
+    // The last round carries a ts known in advance (5 min ahead, within
+    // the bridge's allowed skew) so that readers know when they are done.
+    let last = now_ms() + 300_000;
+    let publisher = {
+        let (client, devices) = (device.client.clone(), devices.clone());
+        tokio::spawn(async move {
+            let mut prev = 0;
+            for k in 1..=PER_DEVICE {
+                let round = if k == PER_DEVICE {
+                    last
+                } else {
+                    now_ms().max(prev + 1)
+                };
+                prev = round;
+                for d in &devices {
+                    let ts = round;
+                    let p = json!({"ts": ts, "lat": 10.0 + k as f64 * 1e-4, "lon": 20.0});
+                    client
+                        .publish(
+                            format!("devices/{d}/location"),
+                            QoS::AtLeastOnce,
+                            false,
+                            p.to_string(),
+                        )
+                        .await
+                        .unwrap();
+                }
+                // ~5 000 locations/s: a steady flow, not one burst.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let published = async {
+        let (mut n, mut done) = (0usize, 0usize);
+        while done < DEVICES {
+            let m = tokio::time::timeout(Duration::from_secs(60), live_rx.recv())
+                .await
+                .expect("live channel went quiet")
+                .unwrap();
+            let body: Value = serde_json::from_str(&m.value.as_string().unwrap()).unwrap();
+            let envelopes = match body {
+                Value::Array(a) => a,
+                one => vec![one],
+            };
+            for e in envelopes {
+                if e["msg"]["type"] == "location"
+                    && e["msg"]["device"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with(&run))
+                {
+                    n += 1;
+                    if e["msg"]["ts"] == last {
+                        done += 1;
+                    }
+                }
+            }
+        }
+        n
+    };
+    let (published, (fast_n, mut fast_lat)) =
+        tokio::join!(published, read_until_last(&mut fast, &devices, last));
+    publisher.await.unwrap();
+    assert!(
+        published >= DEVICES * PER_DEVICE / 2,
+        "only {published} published"
+    );
+    assert_eq!(
+        fast_n, published,
+        "the reading client must get every location the bridge published"
+    );
+
+    // Now the stalled client reads what its bounded queue kept.
+    let (stalled_n, _) = read_until_last(&mut stalled, &devices, last).await;
+    let coalesced = w.a.metric("fieldcast_gateway_coalesced_total").await - coalesced_before;
+    eprintln!(
+        "published {published}; fast client got {fast_n}, latency p50 {} ms, p99 {} ms, max {} ms; \
+         stalled client got {stalled_n}, {coalesced} coalesced",
+        percentile(&mut fast_lat, 0.5),
+        percentile(&mut fast_lat, 0.99),
+        percentile(&mut fast_lat, 1.0),
+    );
+    assert!(
+        coalesced > 0.0,
+        "the stalled client's queue never coalesced"
+    );
+    assert!(
+        stalled_n < published / 2,
+        "the stalled client got {stalled_n}"
+    );
+    assert_eq!(
+        stalled_n + coalesced as usize,
+        published,
+        "every location for the stalled client was either sent or superseded"
+    );
+    assert_eq!(
+        w.a.metric("fieldcast_gateway_slow_consumer_closes_total")
+            .await,
+        0.0,
+        "locations alone never close a client"
+    );
+    drop(device);
+    w.stop().await;
 }

@@ -230,7 +230,7 @@ async fn resume_with_since_delivers_exactly_the_missed_events() {
 async fn slow_consumer_is_closed_and_others_keep_receiving() {
     let env = Env::new().await;
     let mut config = env.config();
-    config.ws_queue = std::num::NonZeroUsize::new(32).unwrap();
+    config.ws_queue = std::num::NonZeroUsize::new(256).unwrap();
     let gw = Gateway::start(config).await;
     let t = token(json!({}));
     let mut slow = gw.ws(&t).await;
