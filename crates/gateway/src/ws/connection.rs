@@ -97,6 +97,46 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
     Guard(Some(f))
 }
 
+/// The writer's metric handles, looked up once: the macros hash their key
+/// into the registry on every call, three times per frame sent.
+struct OutMetrics {
+    by_kind: [metrics::Counter; 5],
+    bytes: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl OutMetrics {
+    fn messages(&self, kind: Kind) -> &metrics::Counter {
+        let i = match kind {
+            Kind::Location => 0,
+            Kind::Status => 1,
+            Kind::Event => 2,
+            Kind::Message => 3,
+            Kind::Reply => 4,
+        };
+        &self.by_kind[i]
+    }
+}
+
+/// Built on first use, i.e. after [`crate::serve`] installed the recorder.
+fn out_metrics() -> &'static OutMetrics {
+    static M: std::sync::OnceLock<OutMetrics> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let kind = |k: Kind| metrics::counter!("fieldcast_gateway_messages_out_total", "type" => k.as_str());
+        OutMetrics {
+            by_kind: [
+                kind(Kind::Location),
+                kind(Kind::Status),
+                kind(Kind::Event),
+                kind(Kind::Message),
+                kind(Kind::Reply),
+            ],
+            bytes: metrics::counter!("fieldcast_gateway_bytes_out_total"),
+            latency: metrics::histogram!("fieldcast_gateway_broadcast_latency_seconds"),
+        }
+    })
+}
+
 /// Sends queued frames, write-combined: every frame available is fed, then
 /// one flush. Returns the close it sent.
 async fn write_loop(
@@ -104,7 +144,9 @@ async fn write_loop(
     outbox: Arc<Outbox>,
     shutdown: CancellationToken,
 ) -> Close {
-    let mut buf: Vec<Item> = Vec::with_capacity(BATCH);
+    // Grows with the batches this connection actually gets: reserving
+    // BATCH items up front cost 12 KiB on every idle connection.
+    let mut buf: Vec<Item> = Vec::new();
     loop {
         let ready = outbox.ready();
         let close = match outbox.drain(&mut buf, BATCH) {
@@ -122,15 +164,11 @@ async fn write_loop(
                     for item in buf.drain(..) {
                         let msg = match item.out {
                             Out::Text(t) => {
-                                metrics::counter!("fieldcast_gateway_messages_out_total", "type" => item.kind.as_str())
-                                    .increment(1);
-                                metrics::counter!("fieldcast_gateway_bytes_out_total")
-                                    .increment(t.len() as u64);
+                                let m = out_metrics();
+                                m.messages(item.kind).increment(1);
+                                m.bytes.increment(t.len() as u64);
                                 if item.rx_ms > 0 {
-                                    metrics::histogram!(
-                                        "fieldcast_gateway_broadcast_latency_seconds"
-                                    )
-                                    .record((now - item.rx_ms).max(0) as f64 / 1000.0);
+                                    m.latency.record((now - item.rx_ms).max(0) as f64 / 1000.0);
                                 }
                                 Message::Text(t)
                             }

@@ -14,7 +14,8 @@ use crate::error::ApiError;
 use crate::routes::AppState;
 
 /// Initial read buffer of a socket (bytes); it grows for larger frames.
-const READ_BUFFER: usize = 4 * 1024;
+/// Client commands are a few hundred bytes; every idle connection pays it.
+const READ_BUFFER: usize = 1024;
 /// Bytes buffered before tungstenite writes to the socket.
 const WRITE_BUFFER: usize = 16 * 1024;
 
