@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fieldcast_mqtt::MqttArgs;
+use fieldcast_service::StoreArgs;
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
@@ -42,25 +43,8 @@ pub struct Config {
     #[arg(long, env = "FIELDCAST_MQTT_KEEPALIVE", default_value = "30s", value_parser = parse_duration)]
     pub mqtt_keepalive: Duration,
 
-    /// Redis URL.
-    #[arg(
-        long,
-        env = "FIELDCAST_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
-
-    /// Prefix of every Redis key and channel.
-    #[arg(long, env = "FIELDCAST_REDIS_PREFIX", default_value = "fieldcast:")]
-    pub redis_prefix: String,
-
-    /// PostgreSQL URL.
-    #[arg(
-        long,
-        env = "FIELDCAST_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/fieldcast"
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// Location history batch interval (a full batch is written sooner).
     #[arg(long, env = "FIELDCAST_FLUSH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
@@ -137,12 +121,14 @@ impl Config {
         if self.flush_interval.is_zero() {
             return Err("FIELDCAST_FLUSH_INTERVAL must be positive".into());
         }
-        if !self.database_url.starts_with("postgres://")
-            && !self.database_url.starts_with("postgresql://")
+        if !self.store.database_url.starts_with("postgres://")
+            && !self.store.database_url.starts_with("postgresql://")
         {
             return Err("FIELDCAST_DATABASE_URL must be a postgres:// URL".into());
         }
-        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
+        if !self.store.redis_url.starts_with("redis://")
+            && !self.store.redis_url.starts_with("rediss://")
+        {
             return Err("FIELDCAST_REDIS_URL must be a redis:// URL".into());
         }
         Ok(())
@@ -181,7 +167,7 @@ mod tests {
         let c = Config::try_parse_from(["fieldcast-bridge"]).unwrap();
         assert_eq!(c.mqtt.url, "mqtt://127.0.0.1:1883");
         assert_eq!(c.mqtt_client_id, "fieldcast-bridge");
-        assert_eq!(c.redis_prefix, "fieldcast:");
+        assert_eq!(c.store.redis_prefix, "fieldcast:");
         assert_eq!(c.flush_interval, Duration::from_secs(30));
         assert_eq!(c.retention, Duration::from_secs(90 * 86400));
         assert_eq!(c.admin_addr.to_string(), "127.0.0.1:9464");

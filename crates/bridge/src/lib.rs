@@ -91,12 +91,13 @@ pub async fn start(
 
     let spool =
         Spool::open(&config.spool_dir).with_context(|| "cannot open the spool directory")?;
-    let pg = Arc::new(Pg::new(sink::postgres::pool(&config.database_url)?));
-    let redis_client = sink::redis::client(&config.redis_url).context("bad FIELDCAST_REDIS_URL")?;
+    let pg = Arc::new(Pg::new(sink::postgres::pool(&config.store.database_url)?));
+    let redis_client =
+        sink::redis::client(&config.store.redis_url).context("bad FIELDCAST_REDIS_URL")?;
     // init() would fail while Redis is down; the client reconnects by itself,
     // so start it in the background and let health report the state.
     let _connection = redis_client.connect();
-    let redis = RedisSink::new(redis_client.clone(), &config.redis_prefix);
+    let redis = RedisSink::new(redis_client.clone(), &config.store.redis_prefix);
 
     let queue = Arc::new(Queue::new(
         Capacity {
@@ -142,7 +143,7 @@ pub async fn start(
         background.clone(),
     ));
     tracker.spawn(trim_event_log(
-        RedisSink::new(redis_client.clone(), &config.redis_prefix),
+        RedisSink::new(redis_client.clone(), &config.store.redis_prefix),
         background.clone(),
     ));
     tracker.spawn(replay_spool(

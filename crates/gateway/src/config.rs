@@ -7,6 +7,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use fieldcast_service::StoreArgs;
 
 /// How `/ws` and `/api/*` authenticate their callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -26,25 +27,8 @@ pub struct Config {
     #[arg(long, env = "FIELDCAST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Redis holding the bridge's hot state, live channel and event log.
-    #[arg(
-        long,
-        env = "FIELDCAST_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
-
-    /// Prefix of every Redis key and channel (several deployments can share one Redis).
-    #[arg(long, env = "FIELDCAST_REDIS_PREFIX", default_value = "fieldcast:")]
-    pub redis_prefix: String,
-
-    /// PostgreSQL with the history tables (track and event queries).
-    #[arg(
-        long,
-        env = "FIELDCAST_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/fieldcast"
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// HS256 secret for client tokens. Required unless `--auth none`.
     #[arg(long, env = "FIELDCAST_JWT_SECRET", hide_env_values = true)]
@@ -135,9 +119,10 @@ impl Config {
         if self.auth == AuthMode::Jwt && self.jwt_secret.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError::MissingJwtSecret);
         }
-        fred::types::config::Config::from_url(&self.redis_url)
+        fred::types::config::Config::from_url(&self.store.redis_url)
             .map_err(|e| ConfigError::BadRedisUrl(e.to_string()))?;
-        self.database_url
+        self.store
+            .database_url
             .parse::<tokio_postgres::Config>()
             .map_err(|e| ConfigError::BadDatabaseUrl(e.to_string()))?;
         if self.ws_ping_interval < Duration::from_secs(1) {
@@ -150,9 +135,9 @@ impl Config {
     /// is `none` so it validates without a secret.
     pub fn for_tests(redis_url: &str, redis_prefix: &str, database_url: &str) -> Self {
         let mut c = Config::parse_from(["fieldcast-gateway", "--auth", "none"]);
-        c.redis_url = redis_url.to_owned();
-        c.redis_prefix = redis_prefix.to_owned();
-        c.database_url = database_url.to_owned();
+        c.store.redis_url = redis_url.to_owned();
+        c.store.redis_prefix = redis_prefix.to_owned();
+        c.store.database_url = database_url.to_owned();
         c
     }
 }

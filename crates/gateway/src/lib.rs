@@ -99,9 +99,9 @@ pub async fn serve(
     let prometheus = prometheus();
     metrics::gauge!("fieldcast_gateway_connections").increment(0.0);
 
-    let store =
-        store::Store::connect(&config.redis_url, &config.redis_prefix).context("redis client")?;
-    let pg = history::pool(&config.database_url, config.database_pool.get())
+    let store = store::Store::connect(&config.store.redis_url, &config.store.redis_prefix)
+        .context("redis client")?;
+    let pg = history::pool(&config.store.database_url, config.database_pool.get())
         .context("postgresql pool")?;
     let queue = config.ws_queue.get();
     let hub = hub::Hub::new((queue * 16).max(65_536));
@@ -111,7 +111,7 @@ pub async fn serve(
     tracker.spawn({
         let feed_buffer = config.feed_buffer.get();
         let (url, keys, hub, health, shutdown) = (
-            config.redis_url.clone(),
+            config.store.redis_url.clone(),
             store.keys.clone(),
             hub.clone(),
             health.clone(),

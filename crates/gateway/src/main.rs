@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fieldcast_gateway::Config;
-use tokio_util::sync::CancellationToken;
 
 /// jemalloc returns memory freed by closed connections to the system, where
 /// glibc's arenas kept growing RSS over connection churn
@@ -67,32 +66,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down");
-            shutdown.cancel();
-        }
-    });
+    let shutdown = fieldcast_service::shutdown_on_signal();
     fieldcast_gateway::serve(config, listener, shutdown).await
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
