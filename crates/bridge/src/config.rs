@@ -134,6 +134,27 @@ impl Config {
         Ok(())
     }
 
+    /// Every default except where things are, with a 300 ms history flush
+    /// and a 10 s shutdown budget: a bridge for tests and embedding, on a
+    /// private broker, its own Redis prefix and database, and `spool_dir`.
+    pub fn for_tests(
+        mqtt_url: &str,
+        client_id: &str,
+        store: StoreArgs,
+        spool_dir: &std::path::Path,
+    ) -> Self {
+        use clap::Parser;
+        let mut c = Config::parse_from(["fieldcast-bridge"]);
+        c.mqtt.url = mqtt_url.to_owned();
+        c.mqtt_client_id = client_id.to_owned();
+        c.store = store;
+        c.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.flush_interval = Duration::from_millis(300);
+        c.spool_dir = spool_dir.to_owned();
+        c.shutdown_timeout = Duration::from_secs(10);
+        c
+    }
+
     /// The payload validation limits this configuration implies.
     pub fn limits(&self) -> fieldcast_core::Limits {
         fieldcast_core::Limits {

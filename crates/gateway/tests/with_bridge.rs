@@ -12,7 +12,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
 use serde_json::{json, Value};
@@ -54,28 +53,17 @@ impl World {
         let prefix = format!("{}:", unique("gwb"));
         let spool = tempfile::tempdir().unwrap();
         let redis_url = shared_redis_url();
-        let args = [
-            "fieldcast-bridge",
-            "--mqtt-url",
+        let store = fieldcast_service::StoreArgs {
+            redis_url: redis_url.clone(),
+            redis_prefix: prefix.clone(),
+            database_url: db.url.clone(),
+        };
+        let config = fieldcast_bridge::Config::for_tests(
             &broker.url,
-            "--mqtt-client-id",
             &unique("bridge"),
-            "--redis-url",
-            &redis_url,
-            "--redis-prefix",
-            &prefix,
-            "--database-url",
-            &db.url,
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--flush-interval",
-            "300ms",
-            "--spool-dir",
-            spool.path().to_str().unwrap(),
-            "--shutdown-timeout",
-            "10s",
-        ];
-        let config = fieldcast_bridge::Config::try_parse_from(args).expect("bridge config");
+            store,
+            spool.path(),
+        );
         let bridge_stop = CancellationToken::new();
         let (handles, done) = fieldcast_bridge::start(config, bridge_stop.clone())
             .await

@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -44,28 +43,13 @@ impl World {
         let spool = tempfile::tempdir().unwrap();
         let redis_url = shared_redis_url();
         let bridge_id = unique("bridge");
-        let args = [
-            "fieldcast-bridge",
-            "--mqtt-url",
-            &broker.url,
-            "--mqtt-client-id",
-            &bridge_id,
-            "--redis-url",
-            &redis_url,
-            "--redis-prefix",
-            &prefix,
-            "--database-url",
-            &db.url,
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--flush-interval",
-            "300ms",
-            "--spool-dir",
-            spool.path().to_str().unwrap(),
-            "--shutdown-timeout",
-            "10s",
-        ];
-        let config = fieldcast_bridge::Config::try_parse_from(args).expect("bridge config");
+        let store = fieldcast_service::StoreArgs {
+            redis_url: redis_url.clone(),
+            redis_prefix: prefix.clone(),
+            database_url: db.url.clone(),
+        };
+        let config =
+            fieldcast_bridge::Config::for_tests(&broker.url, &bridge_id, store, spool.path());
         let bridge_stop = CancellationToken::new();
         let (handles, done) = fieldcast_bridge::start(config, bridge_stop.clone())
             .await
