@@ -28,27 +28,7 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
   cargo build "${flag[@]}" -q -p fieldcast-bridge -p fieldcast-gateway -p fieldcast-sim
 fi
 mkdir -p "$OUT"
-tmp=$(mktemp -d)
-cat > "$tmp/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-max_inflight_messages 100
-max_queued_messages 100000
-set_tcp_nodelay true
-persistence false
-CONF
-pids=()
-cleanup() {
-  # Newest first, each to its end: the bridge drains before the broker goes.
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${pids[i]}" 2>/dev/null || true
-    wait "${pids[i]}" 2>/dev/null || true
-  done
-  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-  redis-cli --scan --pattern "${PREFIX}*" | xargs -r -n 500 redis-cli del >/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
+. scripts/bench-world.sh
 
 mosquitto -c "$tmp/mosquitto.conf" >/dev/null 2>&1 & broker=$!; pids+=($broker)
 export FIELDCAST_MQTT_URL="mqtt://127.0.0.1:$PORT"

@@ -15,25 +15,7 @@ DB=fieldcast_bench; PREFIX="bench$$:"
 scripts/services.sh >/dev/null
 T="${CARGO_TARGET_DIR:-target}"
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p fieldcast-bridge -p fieldcast-sim
-tmp=$(mktemp -d)
-cat > "$tmp/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-max_inflight_messages 100
-max_queued_messages 100000
-set_tcp_nodelay true
-persistence false
-CONF
-pids=()
-cleanup() {
-  # Newest first: the bridge stops before the broker it drains into.
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-  redis-cli --scan --pattern "${PREFIX}*" | xargs -r -n 500 redis-cli del >/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+. scripts/bench-world.sh
 mosquitto -c "$tmp/mosquitto.conf" >/dev/null 2>&1 & pids+=($!)
 sleep 0.5
 sim() {
