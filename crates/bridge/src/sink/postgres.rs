@@ -4,15 +4,18 @@
 //! already has — (`device_id`, `ts`) for locations and status, (`device_id`,
 //! `event_id`) for events — so a retry, a spool replay or a redelivery
 //! stores each row once.
+//!
+//! The COPY stream itself is built by [`LocationCopy`], which does no I/O, so
+//! it can be tested and measured (`benches/copy.rs`) without a database.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use futures::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use futures::{pin_mut, SinkExt};
+use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::NoTls;
 
 use fieldcast_core::{DeviceId, Event, Status};
@@ -48,6 +51,11 @@ pub enum PgError {
     Timeout(Duration),
     #[error("bad database url: {0}")]
     Config(String),
+    #[error("cannot encode column {column} of a location row for COPY: {source}")]
+    Encode {
+        column: usize,
+        source: Box<dyn std::error::Error + Sync + Send>,
+    },
 }
 
 /// A connection pool that fails fast while PostgreSQL is away.
@@ -78,6 +86,118 @@ fn ts(ms: i64) -> DateTime<Utc> {
     // Timestamps were validated at the edge (within retention, at most 10
     // minutes ahead), so they are always representable.
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// While encoding, the bytes so far go to the connection once there are more
+/// than this many (as `tokio_postgres`'s `BinaryCopyInWriter` does).
+const COPY_CHUNK: usize = 4096;
+
+/// The columns of `locations`, in table order, as the COPY sends them.
+const LOCATION_COLUMNS: [Type; 9] = [
+    Type::TEXT,        // device_id
+    Type::TIMESTAMPTZ, // ts
+    Type::FLOAT8,      // lat
+    Type::FLOAT8,      // lon
+    Type::FLOAT8,      // alt
+    Type::FLOAT8,      // speed
+    Type::FLOAT8,      // heading
+    Type::FLOAT8,      // accuracy
+    Type::TIMESTAMPTZ, // received_at
+];
+
+/// The signature that opens PostgreSQL's binary COPY format.
+const COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+/// Location rows encoded in PostgreSQL's binary COPY format (`FORMAT
+/// binary`: header, one tuple per row, trailer), with no I/O. The first row
+/// of a (`device`, `ts`) wins; later ones in the same batch are skipped.
+/// Each value is encoded by its `ToSql` impl, exactly as
+/// `tokio_postgres::binary_copy::BinaryCopyInWriter` would.
+pub struct LocationCopy<'a> {
+    seen: HashSet<(&'a str, i64)>,
+    buf: BytesMut,
+}
+
+impl<'a> LocationCopy<'a> {
+    /// Starts a stream (the header); `rows` is the expected number of rows.
+    pub fn new(rows: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(COPY_CHUNK * 2);
+        buf.put_slice(COPY_SIGNATURE);
+        buf.put_i32(0); // flags
+        buf.put_i32(0); // header extension length
+        LocationCopy {
+            seen: HashSet::with_capacity(rows),
+            buf,
+        }
+    }
+
+    /// Appends one row, unless a row of the same device and `ts` came
+    /// before it; returns whether it was appended.
+    pub fn push(&mut self, r: &'a LocationRow) -> Result<bool, PgError> {
+        if !self.seen.insert((r.device.as_str(), r.loc.ts)) {
+            return Ok(false);
+        }
+        let t = ts(r.loc.ts);
+        let rx = ts(r.received_at);
+        let l = &r.loc;
+        let vals: [&(dyn ToSql + Sync); 9] = [
+            &r.device.as_str(),
+            &t,
+            &l.lat,
+            &l.lon,
+            &l.alt,
+            &l.speed,
+            &l.heading,
+            &l.accuracy,
+            &rx,
+        ];
+        // The column count; 9 always fits.
+        self.buf.put_i16(LOCATION_COLUMNS.len() as i16);
+        for (column, (value, ty)) in vals.iter().zip(&LOCATION_COLUMNS).enumerate() {
+            let at = self.buf.len();
+            self.buf.put_i32(0); // length, filled in below
+            let len = match value
+                .to_sql_checked(ty, &mut self.buf)
+                .map_err(|source| PgError::Encode { column, source })?
+            {
+                IsNull::Yes => -1,
+                IsNull::No => {
+                    i32::try_from(self.buf.len() - at - 4).map_err(|e| PgError::Encode {
+                        column,
+                        source: Box::new(e),
+                    })?
+                }
+            };
+            self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        Ok(true)
+    }
+
+    /// Bytes encoded and not yet taken.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes the bytes encoded so far, to send them while encoding goes on.
+    pub fn take(&mut self) -> Bytes {
+        self.buf.split().freeze()
+    }
+
+    /// Ends the stream (the trailer) and returns the bytes not yet taken.
+    pub fn finish(mut self) -> Bytes {
+        self.buf.put_i16(-1);
+        self.buf.freeze()
+    }
+}
+
+/// A whole batch as one COPY stream (what [`Pg::write_locations`] sends,
+/// in one piece).
+pub fn encode_locations(rows: &[LocationRow]) -> Result<Bytes, PgError> {
+    let mut copy = LocationCopy::new(rows.len());
+    for r in rows {
+        copy.push(r)?;
+    }
+    Ok(copy.finish())
 }
 
 pub struct Pg {
@@ -123,7 +243,7 @@ impl Pg {
     }
 
     async fn copy_locations(&self, rows: &[LocationRow], cutoff_ms: i64) -> Result<u64, PgError> {
-        let mut seen = HashSet::with_capacity(rows.len());
+        let mut copy = LocationCopy::new(rows.len());
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.batch_execute(
@@ -131,42 +251,17 @@ impl Pg {
         )
         .await?;
         let sink = tx
-            .copy_in("COPY fc_location_stage FROM STDIN (FORMAT binary)")
+            .copy_in::<_, Bytes>("COPY fc_location_stage FROM STDIN (FORMAT binary)")
             .await?;
-        let types = [
-            Type::TEXT,
-            Type::TIMESTAMPTZ,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::TIMESTAMPTZ,
-        ];
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        pin_mut!(writer);
+        pin_mut!(sink);
         for r in rows {
-            if !seen.insert((r.device.as_str(), r.loc.ts)) {
-                continue;
+            copy.push(r)?;
+            if copy.buffered() > COPY_CHUNK {
+                sink.send(copy.take()).await?;
             }
-            let t = ts(r.loc.ts);
-            let rx = ts(r.received_at);
-            let l = &r.loc;
-            let vals: [&(dyn ToSql + Sync); 9] = [
-                &r.device.as_str(),
-                &t,
-                &l.lat,
-                &l.lon,
-                &l.alt,
-                &l.speed,
-                &l.heading,
-                &l.accuracy,
-                &rx,
-            ];
-            writer.as_mut().write(&vals).await?;
         }
-        writer.finish().await?;
+        sink.send(copy.finish()).await?;
+        sink.as_mut().finish().await?;
         let n = tx
             .execute(
                 "INSERT INTO locations SELECT * FROM fc_location_stage WHERE ts >= $1 ON CONFLICT DO NOTHING",
@@ -281,5 +376,108 @@ fn observe(metrics: &Metrics, table: &'static str, started: Instant, r: &Result<
             metrics.pg_errors.inc();
             tracing::warn!(error = %e, table, "postgres write failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fieldcast_core::Location;
+
+    fn row(device: &str, ts: i64, alt: Option<f64>) -> LocationRow {
+        LocationRow {
+            device: DeviceId::parse(device).unwrap(),
+            loc: Location {
+                ts,
+                lat: 51.5073509,
+                lon: -0.1277583,
+                alt,
+                speed: Some(12.5),
+                heading: Some(87.5),
+                accuracy: Some(4.8),
+            },
+            received_at: ts + 250,
+        }
+    }
+
+    /// Reads one tuple's values (`None` for NULL) from the front of `b`.
+    fn tuple<'b>(b: &mut &'b [u8]) -> Option<Vec<Option<&'b [u8]>>> {
+        let (n, rest) = b.split_at(2);
+        let n = i16::from_be_bytes(n.try_into().unwrap());
+        *b = rest;
+        if n == -1 {
+            return None;
+        }
+        let mut vals = Vec::new();
+        for _ in 0..n {
+            let (len, rest) = b.split_at(4);
+            let len = i32::from_be_bytes(len.try_into().unwrap());
+            *b = rest;
+            if len < 0 {
+                vals.push(None);
+            } else {
+                let (v, rest) = b.split_at(len as usize);
+                vals.push(Some(v));
+                *b = rest;
+            }
+        }
+        Some(vals)
+    }
+
+    /// Pins the location COPY stream: PostgreSQL's binary header, one
+    /// 9-column tuple per first (device, ts) of the batch, NULL for what the
+    /// device did not send, big-endian float8, timestamptz as µs since
+    /// 2000-01-01, and the -1 trailer.
+    #[test]
+    fn copy_stream_is_the_binary_format() {
+        let ts = 1_763_800_000_123;
+        let rows = [
+            row("veh-00042", ts, Some(31.2)),
+            row("veh-00042", ts, Some(99.0)), // same device and ts: skipped
+            row("veh-00043", ts, None),
+        ];
+        let bytes = encode_locations(&rows).unwrap();
+        let mut b: &[u8] = &bytes;
+        assert_eq!(&b[..11], COPY_SIGNATURE);
+        assert_eq!(&b[11..19], &[0; 8], "flags and header extension");
+        b = &b[19..];
+
+        let first = tuple(&mut b).unwrap();
+        assert_eq!(first.len(), 9);
+        assert_eq!(first[0], Some(&b"veh-00042"[..]));
+        let micros_2000 = (ts - 946_684_800_000) * 1000;
+        assert_eq!(first[1], Some(&micros_2000.to_be_bytes()[..]));
+        assert_eq!(first[2], Some(&51.5073509f64.to_be_bytes()[..]));
+        assert_eq!(
+            first[4],
+            Some(&31.2f64.to_be_bytes()[..]),
+            "the first row wins"
+        );
+        assert_eq!(first[8], Some(&(micros_2000 + 250_000).to_be_bytes()[..]));
+
+        let second = tuple(&mut b).unwrap();
+        assert_eq!(second[0], Some(&b"veh-00043"[..]));
+        assert_eq!(second[4], None, "alt was not sent");
+        assert_eq!(tuple(&mut b), None, "trailer");
+        assert!(b.is_empty());
+    }
+
+    /// Pins that the chunks the writer sends while encoding add up to the
+    /// same stream as one-piece encoding.
+    #[test]
+    fn chunked_copy_equals_one_piece() {
+        let rows: Vec<_> = (0..500)
+            .map(|i| row(&format!("veh-{:05}", i % 50), 1_763_800_000_000 + i, None))
+            .collect();
+        let mut copy = LocationCopy::new(rows.len());
+        let mut sent = Vec::new();
+        for r in &rows {
+            assert!(copy.push(r).unwrap());
+            if copy.buffered() > COPY_CHUNK {
+                sent.extend_from_slice(&copy.take());
+            }
+        }
+        sent.extend_from_slice(&copy.finish());
+        assert_eq!(sent, encode_locations(&rows).unwrap());
     }
 }

@@ -1,0 +1,88 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The location history's binary COPY encoding, without a database: a batch
+//! of 10 000 rows (`FIELDCAST_BATCH_ROWS`'s default) over 1 000 devices,
+//! every optional field present, encoded by `sink::postgres::LocationCopy`
+//! (header, per-row dedup on device + `ts`, tuples, trailer).
+//!
+//! - `encode_10000_locations`: `encode_locations`, the batch in one buffer.
+//! - `encode_10000_locations_chunked`: as `Pg::write_locations` does it,
+//!   taking a chunk whenever more than 4 KiB are encoded; here each chunk
+//!   is dropped where the bridge hands it to the connection.
+//!
+//! Building the rows is not measured; the one-piece buffer is dropped
+//! outside the measurement.
+//!
+//! `cargo bench -p fieldcast-bridge --bench copy`
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fieldcast_bridge::queue::LocationRow;
+use fieldcast_bridge::sink::postgres::{encode_locations, LocationCopy};
+use fieldcast_core::{DeviceId, Location};
+
+const NOW: i64 = 1_763_800_000_000;
+const ROWS: usize = 10_000;
+const DEVICES: usize = 1_000;
+
+fn rows() -> Vec<LocationRow> {
+    let ids: Vec<DeviceId> = (0..DEVICES)
+        .map(|d| DeviceId::parse(&format!("veh-{d:05}")).unwrap())
+        .collect();
+    (0..ROWS)
+        .map(|i| {
+            let ts = NOW - 30_000 + (i / DEVICES) as i64 * 1_000;
+            LocationRow {
+                device: ids[i % DEVICES].clone(),
+                loc: Location {
+                    ts,
+                    lat: 51.5073509 + (i % DEVICES) as f64 * 1e-4,
+                    lon: -0.1277583 - (i / DEVICES) as f64 * 1e-5,
+                    alt: Some(31.2),
+                    speed: Some(12.46),
+                    heading: Some(87.5),
+                    accuracy: Some(4.8),
+                },
+                received_at: ts + 250,
+            }
+        })
+        .collect()
+}
+
+fn copy(c: &mut Criterion) {
+    let rows = rows();
+    let bytes = encode_locations(&rows).unwrap();
+    let mut g = c.benchmark_group("copy");
+    g.throughput(Throughput::Elements(ROWS as u64));
+    g.bench_function("encode_10000_locations", |b| {
+        b.iter_with_large_drop(|| encode_locations(&rows).unwrap())
+    });
+    g.bench_function("encode_10000_locations_chunked", |b| {
+        b.iter(|| {
+            let mut copy = LocationCopy::new(rows.len());
+            let mut sent = 0;
+            for r in &rows {
+                copy.push(r).unwrap();
+                if copy.buffered() > 4096 {
+                    sent += copy.take().len();
+                }
+            }
+            sent + copy.finish().len()
+        })
+    });
+    g.finish();
+    println!(
+        "copy/encode_10000_locations: {} bytes, {} per row",
+        bytes.len(),
+        bytes.len() / ROWS
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = copy
+}
+criterion_main!(benches);
