@@ -21,10 +21,10 @@
 //! locations never wait for a PostgreSQL commit), the reliable sink reads
 //! reliable (PostgreSQL, then Redis, then acks), the batcher reads history.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use indexmap::IndexMap;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 use fieldcast_core::{DeviceId, Event, Location, Status};
@@ -133,9 +133,31 @@ pub struct Capacity {
     pub deadletters: usize,
 }
 
+/// The newest pending location per device, oldest device first. Every
+/// operation is O(1): replacing keeps the device's place, and taking or
+/// evicting the oldest pops the front. (An `IndexMap` shifted every entry
+/// on each removal from its front: 0.45 ms per push once 100 000 devices
+/// were pending.)
+#[derive(Default)]
+struct LiveLane {
+    order: VecDeque<DeviceId>,
+    pending: HashMap<DeviceId, LiveLocation>,
+}
+
+impl LiveLane {
+    fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn pop_oldest(&mut self) -> Option<LiveLocation> {
+        let device = self.order.pop_front()?;
+        self.pending.remove(&device)
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    live: IndexMap<DeviceId, LiveLocation>,
+    live: LiveLane,
     reliable: VecDeque<Reliable>,
     history: Vec<LocationRow>,
     deadletters: VecDeque<DeadLetter>,
@@ -154,6 +176,9 @@ pub struct Queue {
     /// Wakes producers waiting for room in reliable/history.
     room: Notify,
     metrics: Arc<Metrics>,
+    /// `queue_depth` per lane, resolved once: a labelled look-up on every
+    /// push and take was the queue's largest cost.
+    depth: [Gauge; 4],
 }
 
 impl Queue {
@@ -165,6 +190,12 @@ impl Queue {
             reliable_wake: Notify::new(),
             history_wake: Notify::new(),
             room: Notify::new(),
+            depth: ["live", "reliable", "history", "deadletters"].map(|lane| {
+                metrics
+                    .queue_depth
+                    .get_or_create(&LaneLabel { lane })
+                    .clone()
+            }),
             metrics,
         }
     }
@@ -176,16 +207,15 @@ impl Queue {
     }
 
     fn gauges(&self, g: &Inner) {
-        let set = |lane, n: usize| {
-            self.metrics
-                .queue_depth
-                .get_or_create(&LaneLabel { lane })
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
-        };
-        set("live", g.live.len());
-        set("reliable", g.reliable.len());
-        set("history", g.history.len());
-        set("deadletters", g.deadletters.len());
+        let lens = [
+            g.live.len(),
+            g.reliable.len(),
+            g.history.len(),
+            g.deadletters.len(),
+        ];
+        for (gauge, n) in self.depth.iter().zip(lens) {
+            gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// Queues an accepted location for history and the live path. Waits
@@ -202,7 +232,7 @@ impl Queue {
                         rx: row.received_at,
                     };
                     g.history.push(row);
-                    match g.live.get_mut(&live.device) {
+                    match g.live.pending.get_mut(&live.device) {
                         Some(slot) => {
                             // Latest wins, by the device's own clock; on a
                             // tie the first accepted stays, as in Redis.
@@ -213,10 +243,11 @@ impl Queue {
                         }
                         None => {
                             if g.live.len() >= self.cap.live {
-                                g.live.shift_remove_index(0);
+                                g.live.pop_oldest();
                                 self.metrics.live_dropped.inc();
                             }
-                            g.live.insert(live.device.clone(), live);
+                            g.live.order.push_back(live.device.clone());
+                            g.live.pending.insert(live.device.clone(), live);
                         }
                     }
                     self.gauges(&g);
@@ -268,8 +299,10 @@ impl Queue {
     /// there are none. `None` once the queue is closed and they are drained.
     pub async fn next_live(&self, max: usize) -> Option<Batch> {
         self.next(max, &self.live_wake, |g, b, max| {
-            let n = g.live.len().min(max);
-            b.locations.extend(g.live.drain(..n).map(|(_, l)| l));
+            while b.locations.len() < max {
+                let Some(l) = g.live.pop_oldest() else { break };
+                b.locations.push(l);
+            }
             let n = g.deadletters.len().min(max.saturating_sub(b.len()).max(1));
             b.deadletters.extend(g.deadletters.drain(..n));
         })
