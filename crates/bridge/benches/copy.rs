@@ -16,41 +16,18 @@
 
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fieldcast_bridge::queue::LocationRow;
-use fieldcast_bridge::sink::postgres::{encode_locations, LocationCopy};
-use fieldcast_core::{DeviceId, Location};
+#[path = "support/rows.rs"]
+mod rows;
+use rows::rows;
 
-const NOW: i64 = 1_763_800_000_000;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fieldcast_bridge::sink::postgres::{encode_locations, LocationCopy};
+
 const ROWS: usize = 10_000;
 const DEVICES: usize = 1_000;
 
-fn rows() -> Vec<LocationRow> {
-    let ids: Vec<DeviceId> = (0..DEVICES)
-        .map(|d| DeviceId::parse(&format!("veh-{d:05}")).unwrap())
-        .collect();
-    (0..ROWS)
-        .map(|i| {
-            let ts = NOW - 30_000 + (i / DEVICES) as i64 * 1_000;
-            LocationRow {
-                device: ids[i % DEVICES].clone(),
-                loc: Location {
-                    ts,
-                    lat: 51.5073509 + (i % DEVICES) as f64 * 1e-4,
-                    lon: -0.1277583 - (i / DEVICES) as f64 * 1e-5,
-                    alt: Some(31.2),
-                    speed: Some(12.46),
-                    heading: Some(87.5),
-                    accuracy: Some(4.8),
-                },
-                received_at: ts + 250,
-            }
-        })
-        .collect()
-}
-
 fn copy(c: &mut Criterion) {
-    let rows = rows();
+    let rows = rows(ROWS, DEVICES, 0);
     let bytes = encode_locations(&rows).unwrap();
     let mut g = c.benchmark_group("copy");
     g.throughput(Throughput::Elements(ROWS as u64));

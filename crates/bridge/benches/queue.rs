@@ -18,12 +18,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "support/rows.rs"]
+mod rows;
+use rows::rows;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use fieldcast_bridge::metrics::Metrics;
 use fieldcast_bridge::queue::{Capacity, LocationRow, Queue};
-use fieldcast_core::{DeviceId, Location};
 
-const NOW: i64 = 1_763_800_000_000;
 const BURST: usize = 10_000;
 /// `FIELDCAST_SINK_BATCH`'s default.
 const SINK_BATCH: usize = 1_000;
@@ -39,31 +41,6 @@ fn queue() -> Queue {
         },
         Arc::new(Metrics::new()),
     )
-}
-
-/// `n` locations round robin over `devices` devices, `ts` rising per device.
-fn rows(n: usize, devices: usize, first_device: usize) -> Vec<LocationRow> {
-    let ids: Vec<DeviceId> = (0..devices)
-        .map(|d| DeviceId::parse(&format!("veh-{:05}", first_device + d)).unwrap())
-        .collect();
-    (0..n)
-        .map(|i| {
-            let ts = NOW - 60_000 + (i / devices) as i64 * 1_000;
-            LocationRow {
-                device: ids[i % devices].clone(),
-                loc: Location {
-                    ts,
-                    lat: 51.5073509 + (i % devices) as f64 * 1e-4,
-                    lon: -0.1277583,
-                    alt: Some(31.2),
-                    speed: Some(12.46),
-                    heading: Some(87.5),
-                    accuracy: Some(4.8),
-                },
-                received_at: ts + 250,
-            }
-        })
-        .collect()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
