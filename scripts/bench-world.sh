@@ -22,4 +22,6 @@ bench_cleanup() {
   redis-cli --scan --pattern "${PREFIX}*" | xargs -r -n 500 redis-cli del >/dev/null
   rm -rf "$tmp"
 }
-trap bench_cleanup EXIT INT TERM
+# INT/TERM exit, and the EXIT trap cleans up once.
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM

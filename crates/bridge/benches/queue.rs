@@ -108,7 +108,8 @@ fn push_full_lane(c: &mut Criterion) {
     let mut next = LIVE_CAP;
     let mut g = c.benchmark_group("queue/push_full_live_lane");
     g.throughput(Throughput::Elements(NEW as u64));
-    // Tens of milliseconds per batch: fewer samples keep the run short.
+    // Each sample refills the lane's history side: fewer samples keep the
+    // run short.
     g.sample_size(10);
     g.bench_function("100000_pending", |b| {
         b.iter_custom(|iters| {

@@ -71,7 +71,8 @@ pub struct Config {
     /// leaves it to the kernel's autotuning, up to 4 MiB on Linux). Kept
     /// modest so that a stalled client backs up into its own queue, where
     /// locations coalesce, instead of into megabytes of stale frames in the
-    /// kernel. 256 KiB still moves ~2.5 MB/s to a client 100 ms away.
+    /// kernel. 256 KiB still moves ~2.5 MB/s to a client 100 ms away. At
+    /// most 64 MiB; Linux caps it at `net.core.wmem_max`, then doubles it.
     #[arg(long, env = "FIELDCAST_WS_SEND_BUFFER", default_value = "262144")]
     pub ws_send_buffer: usize,
 
@@ -111,6 +112,8 @@ pub enum ConfigError {
     BadDatabaseUrl(String),
     #[error("FIELDCAST_WS_PING_INTERVAL must be at least 1s")]
     PingInterval,
+    #[error("FIELDCAST_WS_SEND_BUFFER must be at most 64 MiB (0 = kernel autotuning)")]
+    SendBuffer,
 }
 
 impl Config {
@@ -127,6 +130,9 @@ impl Config {
             .map_err(|e| ConfigError::BadDatabaseUrl(e.to_string()))?;
         if self.ws_ping_interval < Duration::from_secs(1) {
             return Err(ConfigError::PingInterval);
+        }
+        if self.ws_send_buffer > 64 << 20 {
+            return Err(ConfigError::SendBuffer);
         }
         Ok(())
     }
@@ -168,5 +174,8 @@ mod tests {
         let c =
             Config::try_parse_from(["g", "--auth", "none", "--database-url", "mysql:x"]).unwrap();
         assert!(c.validate().is_err());
+        let c = Config::try_parse_from(["g", "--auth", "none", "--ws-send-buffer", "1000000000"])
+            .unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::SendBuffer)));
     }
 }

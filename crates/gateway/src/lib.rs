@@ -77,11 +77,11 @@ pub fn prometheus() -> PrometheusHandle {
 /// and a bounded kernel send buffer (see `Config::ws_send_buffer`).
 fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
     if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY not set");
+        tracing::warn!(error = %e, "TCP_NODELAY not set");
     }
     if send_buffer > 0 {
         if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
-            tracing::debug!(error = %e, "SO_SNDBUF not set");
+            tracing::warn!(error = %e, "SO_SNDBUF not set");
         }
     }
 }

@@ -723,8 +723,11 @@ async fn a_stalled_client_stays_bounded_and_does_not_hold_back_others() {
     // What the bridge publishes is the reference: a plain Redis subscriber
     // counts the locations of this run on the live channel.
     let redis_url = shared_redis_url();
+    // fred's message channel holds 32 messages by default; the bridge
+    // publishes one per script call, so give the counter room to lag.
     let sub =
         fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis_url).unwrap())
+            .with_performance_config(|p| p.broadcast_channel_capacity = 1 << 16)
             .build_subscriber_client()
             .unwrap();
     fred::prelude::ClientLike::init(&sub).await.unwrap();
@@ -780,7 +783,7 @@ async fn a_stalled_client_stays_bounded_and_does_not_hold_back_others() {
             let m = tokio::time::timeout(Duration::from_secs(60), live_rx.recv())
                 .await
                 .expect("live channel went quiet")
-                .unwrap();
+                .expect("the counting subscriber lagged behind the live channel");
             let body: Value = serde_json::from_str(&m.value.as_string().unwrap()).unwrap();
             let envelopes = match body {
                 Value::Array(a) => a,

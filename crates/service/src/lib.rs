@@ -36,13 +36,18 @@ pub struct StoreArgs {
 
 /// A token cancelled on the first SIGTERM or SIGINT (Ctrl-C where Unix
 /// signals cannot be installed). Must be called inside a Tokio runtime.
+/// The waiting task also ends if the token is cancelled some other way.
 pub fn shutdown_on_signal() -> CancellationToken {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        token.cancel();
+        tokio::select! {
+            () = wait_for_signal() => {
+                tracing::info!("shutting down");
+                token.cancel();
+            }
+            () = token.cancelled() => {}
+        }
     });
     shutdown
 }

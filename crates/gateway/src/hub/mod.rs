@@ -71,6 +71,7 @@ impl Selection {
     }
 }
 
+/// Signals from the hub to one connection task.
 #[derive(Default)]
 pub struct ConnSignals {
     /// Redis came back (or the feed lagged): read a fresh snapshot.

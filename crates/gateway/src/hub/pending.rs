@@ -10,7 +10,7 @@ use crate::cursor::StreamId;
 use crate::outbox::{Item, Kind};
 
 /// What a connection learnt from its snapshot and replay, handed to
-/// [`Hub::activate`] to filter the buffered updates.
+/// [`super::Hub::activate`] to filter the buffered updates.
 #[derive(Debug, Default)]
 pub struct Activation {
     /// Frames to queue before the buffered updates (`subscribed`).
