@@ -11,7 +11,9 @@
 # Env: PROFILE (release), GATEWAYS (1), FLOOR (1: run the floor first),
 # ROUNDS (1: bench runs against the same gateways, RSS printed after each),
 # NO_BUILD (0), RSS_EVERY (seconds between RSS samples of bridge and
-# gateways into the results CSV; 0 = off), OUT (target/bench). The table goes
+# gateways into the results CSV; 0 = off), OUT (target/bench), and for a
+# second run beside a first: PORT (18831), ADMIN_PORT (19465), GW_PORT
+# (18090, 18091, ...), DB (fieldcast_bench_e2e). The table goes
 # to stdout; each run's JSON line is appended to $OUT/results.jsonl.
 # Uses its own broker port, database, Redis prefix, spool and JWT secret;
 # removes them afterwards.
@@ -20,7 +22,7 @@ cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-release}; GATEWAYS=${GATEWAYS:-1}; FLOOR=${FLOOR:-1}
 RSS_EVERY=${RSS_EVERY:-0}; OUT=${OUT:-target/bench}
 PORT=${PORT:-18831}; ADMIN=127.0.0.1:${ADMIN_PORT:-19465}; GW_PORT=${GW_PORT:-18090}
-DB=fieldcast_bench_e2e; PREFIX="benche2e$$:"
+DB=${DB:-fieldcast_bench_e2e}; PREFIX="benche2e$$:"
 T="${CARGO_TARGET_DIR:-target}/$PROFILE"
 scripts/services.sh >/dev/null
 if [ "${NO_BUILD:-0}" != 1 ]; then
