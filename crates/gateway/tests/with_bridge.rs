@@ -652,6 +652,119 @@ async fn connect_disconnect_churn_leaves_nothing_behind() {
     );
 }
 
+/// A plain Redis subscriber on the bridge's live channel: the reference for
+/// what the bridge published, in the order every gateway receives it.
+struct LiveChannel {
+    _client: fred::clients::SubscriberClient,
+    rx: tokio::sync::broadcast::Receiver<fred::types::Message>,
+}
+
+impl LiveChannel {
+    async fn open(prefix: &str) -> LiveChannel {
+        use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
+        // fred's message channel holds 32 messages by default; the bridge
+        // publishes one per script call, so give the reader room to lag.
+        let client = fred::prelude::Builder::from_config(
+            fred::prelude::Config::from_url(&shared_redis_url()).unwrap(),
+        )
+        .with_performance_config(|p| p.broadcast_channel_capacity = 1 << 16)
+        .build_subscriber_client()
+        .unwrap();
+        client.init().await.unwrap();
+        let rx = client.message_rx();
+        client.subscribe(format!("{prefix}live")).await.unwrap();
+        LiveChannel {
+            _client: client,
+            rx,
+        }
+    }
+
+    /// The envelopes of the next message (an array of locations, or one
+    /// status or event).
+    async fn next(&mut self) -> Vec<Value> {
+        let m = tokio::time::timeout(Duration::from_secs(60), self.rx.recv())
+            .await
+            .expect("live channel went quiet")
+            .expect("the counting subscriber lagged behind the live channel");
+        match serde_json::from_str(&m.value.as_string().unwrap()).unwrap() {
+            Value::Array(a) => a,
+            one => vec![one],
+        }
+    }
+}
+
+/// Pins, through the real bridge: a subscribe made while a device's
+/// locations flow gets a snapshot, then exactly the locations the bridge
+/// published after the snapshot's one — no gap, no duplicate — on both
+/// gateway instances, for a fleet and a device subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_then_live_through_the_bridge_has_no_gap_and_no_duplicate() {
+    let _serial = SERIAL.lock().await;
+    let w = World::start().await;
+    let tok = token(json!({}));
+    let dev = unique("snap");
+    let mut live = LiveChannel::open(&w.prefix).await;
+    let device = Device::connect(&w.mqtt_url).await;
+    let t0 = now_ms() - 60_000;
+    const N: i64 = 600;
+    let topic = format!("devices/{dev}/location");
+    device
+        .publish(
+            topic.clone(),
+            false,
+            &json!({"ts": t0, "lat": 10.0, "lon": 20.0}),
+        )
+        .await;
+    let published = async {
+        let mut ts = Vec::new();
+        while ts.last() != Some(&(t0 + N)) {
+            for e in live.next().await {
+                if e["msg"]["type"] == "location" && e["msg"]["device"] == dev.as_str() {
+                    ts.push(e["msg"]["ts"].as_i64().unwrap());
+                }
+            }
+        }
+        ts
+    };
+    let writer = async {
+        for i in 1..=N {
+            let p = json!({"ts": t0 + i, "lat": 10.0 + i as f64 * 1e-5, "lon": 20.0});
+            device.publish(topic.clone(), false, &p).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let subscribers = async {
+        // Subscribe while the flow is under way.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut fleet = w.a.ws(&tok).await;
+        let mut one = w.b.ws(&tok).await;
+        let (snap_f, _) = fleet.subscribe(json!({"fleet": true})).await;
+        let (snap_d, _) = one.subscribe(json!({"devices": [dev.clone()]})).await;
+        [(fleet, snap_f.unwrap()), (one, snap_d.unwrap())]
+    };
+    let (published, (), clients) = tokio::join!(published, writer, subscribers);
+    for (mut ws, snap) in clients {
+        let snap: Vec<&Value> = snap
+            .iter()
+            .filter(|d| d["device"] == dev.as_str())
+            .collect();
+        assert_eq!(snap.len(), 1, "the device is in the snapshot: {snap:?}");
+        let from = snap[0]["ts"].as_i64().unwrap();
+        assert!(from < t0 + N, "the subscribe raced past the whole flow");
+        let want: Vec<i64> = published.iter().copied().filter(|&t| t > from).collect();
+        let mut got = Vec::new();
+        while got.last() != Some(&(t0 + N)) {
+            let v = ws.recv().await;
+            if v["type"] == "location" && v["device"] == dev.as_str() {
+                got.push(v["ts"].as_i64().unwrap());
+            }
+        }
+        assert_eq!(got, want, "live after a snapshot at ts {from}");
+    }
+    drop(device);
+    w.stop().await;
+}
+
 /// A WebSocket client whose socket takes almost nothing into the kernel's
 /// receive buffer, so that a client that stops reading backs up into the
 /// gateway's queue after a few kilobytes rather than megabytes.
@@ -722,19 +835,7 @@ async fn a_stalled_client_stays_bounded_and_does_not_hold_back_others() {
 
     // What the bridge publishes is the reference: a plain Redis subscriber
     // counts the locations of this run on the live channel.
-    let redis_url = shared_redis_url();
-    // fred's message channel holds 32 messages by default; the bridge
-    // publishes one per script call, so give the counter room to lag.
-    let sub =
-        fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis_url).unwrap())
-            .with_performance_config(|p| p.broadcast_channel_capacity = 1 << 16)
-            .build_subscriber_client()
-            .unwrap();
-    fred::prelude::ClientLike::init(&sub).await.unwrap();
-    let mut live_rx = fred::prelude::EventInterface::message_rx(&sub);
-    fred::prelude::PubsubInterface::subscribe(&sub, format!("{}live", w.prefix))
-        .await
-        .unwrap();
+    let mut live = LiveChannel::open(&w.prefix).await;
 
     let mut stalled = tight_client(&w.a, &tok).await;
     stalled.subscribe(json!({"fleet": true})).await;
@@ -780,15 +881,7 @@ async fn a_stalled_client_stays_bounded_and_does_not_hold_back_others() {
     let published = async {
         let (mut n, mut done) = (0usize, 0usize);
         while done < DEVICES {
-            let m = tokio::time::timeout(Duration::from_secs(60), live_rx.recv())
-                .await
-                .expect("live channel went quiet")
-                .expect("the counting subscriber lagged behind the live channel");
-            let body: Value = serde_json::from_str(&m.value.as_string().unwrap()).unwrap();
-            let envelopes = match body {
-                Value::Array(a) => a,
-                one => vec![one],
-            };
+            let envelopes = live.next().await;
             for e in envelopes {
                 if e["msg"]["type"] == "location"
                     && e["msg"]["device"]
