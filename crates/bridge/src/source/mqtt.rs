@@ -106,6 +106,8 @@ impl Source {
     ) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut reject_log = LogLimiter::new(10, Duration::from_secs(10));
+        // Between a CONNACK and the next error: a drop counts as a reconnect.
+        let mut connected = false;
         loop {
             let ev = tokio::select! {
                 biased;
@@ -121,16 +123,21 @@ impl Source {
                     self.handle(p, &mut reject_log).await;
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    self.health.set_mqtt(true);
+                    connected = true;
                     self.metrics.mqtt_connected.set(1);
                     backoff.reset();
                     tracing::info!(
                         session_present = ack.session_present,
                         "connected to the broker"
                     );
-                    if !ack.session_present {
+                    if ack.session_present {
+                        self.health.set_mqtt(true);
+                    } else {
                         // A new session (first start, or the broker lost it):
-                        // the subscriptions must be made again.
+                        // the subscriptions must be made again, and the
+                        // bridge is ready only once the broker has them —
+                        // a QoS 0 message published before the SUBACK
+                        // would never reach it.
                         if let Err(e) = self.client.subscribe_many(self.filters.clone()).await {
                             tracing::error!(error = %e, "cannot queue the subscription");
                         }
@@ -143,10 +150,11 @@ impl Source {
                     {
                         tracing::error!(codes = ?s.return_codes, "the broker refused a subscription (check the ACL)");
                     }
+                    self.health.set_mqtt(true);
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    if self.health.mqtt() {
+                    if std::mem::take(&mut connected) {
                         self.metrics.mqtt_reconnects.inc();
                     }
                     self.health.set_mqtt(false);
