@@ -162,6 +162,10 @@ struct Pending {
     kind: &'static str,
     key: Key,
     target: String,
+    /// The target's socket was up and subscribed when the message left: a
+    /// target that (re)connects during the round cannot have seen it, and
+    /// that is `disconnected`, not `timeout`.
+    was_up: bool,
 }
 
 impl Rounds {
@@ -210,6 +214,13 @@ impl Rounds {
             ));
         }
         for (kind, key, topic, qos, payload) in sends {
+            // Taken before the publish: a watcher that subscribes after it
+            // may have missed the message.
+            let up: Vec<bool> = self
+                .targets
+                .iter()
+                .map(|t| self.metrics.is_connected(t))
+                .collect();
             let published = tokio::time::timeout(
                 self.config.timeout,
                 self.client.publish(topic, qos, false, payload.to_string()),
@@ -222,10 +233,11 @@ impl Rounds {
                 warn!(kind, "probe: could not publish");
                 continue;
             }
-            pending.extend(self.targets.iter().map(|target| Pending {
+            pending.extend(self.targets.iter().zip(up).map(|(target, was_up)| Pending {
                 kind,
                 key: key.clone(),
                 target: target.clone(),
+                was_up,
             }));
         }
 
@@ -246,7 +258,7 @@ impl Rounds {
             }
         }
         for p in pending {
-            let reason = if self.metrics.is_connected(&p.target) {
+            let reason = if p.was_up && self.metrics.is_connected(&p.target) {
                 "timeout"
             } else {
                 "disconnected"

@@ -75,7 +75,6 @@ pub async fn mqtt(
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
-                metrics.set_connected(MQTT, true);
                 let filters = topics
                     .iter()
                     .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
@@ -83,6 +82,9 @@ pub async fn mqtt(
                     warn!(%error, "probe: cannot subscribe to its own topics");
                 }
             }
+            // Connected for the probe once its echo subscription holds:
+            // a round published before the SUBACK could not echo.
+            Ok(Event::Incoming(Packet::SubAck(_))) => metrics.set_connected(MQTT, true),
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let at = Instant::now();
                 let key = match serde_json::from_slice::<Echo>(&p.payload) {
