@@ -157,14 +157,19 @@ pub(super) fn add_selection(st: &mut State, id: ConnId, sel: &Selection) {
         st.boxes.insert(GeomWithData::new(rect(&b), id));
         // Devices of the old viewport that the new one does not hold are
         // forgotten; the new snapshot says what is inside now.
-        let old: Vec<Arc<str>> = st
-            .conns
-            .get(&id)
-            .map(|c| c.in_box.iter().cloned().collect())
-            .unwrap_or_default();
-        for d in old {
-            set_in_box(st, id, &d, false);
-        }
+        clear_in_box(st, id);
+    }
+}
+
+/// Forgets which devices connection `id`'s viewport holds.
+pub(super) fn clear_in_box(st: &mut State, id: ConnId) {
+    let old: Vec<Arc<str>> = st
+        .conns
+        .get(&id)
+        .map(|c| c.in_box.iter().cloned().collect())
+        .unwrap_or_default();
+    for d in old {
+        set_in_box(st, id, &d, false);
     }
 }
 

@@ -31,7 +31,7 @@ use crate::cursor::StreamId;
 use crate::geo::BBox;
 use crate::outbox::{Close, Item, Kind, Outbox, Push};
 
-use index::{add_selection, remove_selection, set_in_box, wants, Conn, State};
+use index::{add_selection, clear_in_box, remove_selection, set_in_box, wants, Conn, State};
 pub use pending::Activation;
 use pending::{Buffered, Floors, Pending, FLOOR_TTL};
 
@@ -231,14 +231,7 @@ impl Hub {
         }
         if pending.all {
             // A resync: the snapshot is the truth for the viewport.
-            let old: Vec<Arc<str>> = st
-                .conns
-                .get(&id)
-                .map(|c| c.in_box.iter().cloned().collect())
-                .unwrap_or_default();
-            for d in old {
-                set_in_box(&mut st, id, &d, false);
-            }
+            clear_in_box(&mut st, id);
         }
         add_selection(&mut st, id, &sel);
         if sel.bbox.is_some() || pending.all {
