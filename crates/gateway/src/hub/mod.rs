@@ -349,6 +349,7 @@ impl Hub {
         receivers.sort_unstable();
         receivers.dedup();
         let mut overflowed = Vec::new();
+        let now = Instant::now();
         for &id in &receivers {
             let Some(c) = st.conns.get_mut(&id) else {
                 continue;
@@ -359,6 +360,15 @@ impl Hub {
                     overflowed.push(id);
                 }
                 continue;
+            }
+            // An update the last snapshot already showed, arriving late on
+            // the feed's connection: not sent again (see `Floors`).
+            if let Some(f) = &c.floors {
+                if f.until <= now {
+                    c.floors = None;
+                } else if f.stale(&u) {
+                    continue;
+                }
             }
             offer(&c.outbox, &u);
         }

@@ -82,3 +82,28 @@ fn bbox_enter_and_leave() {
     assert!(hub.lock().in_box.is_empty());
     assert_eq!(hub.lock().boxes.size(), 0);
 }
+
+#[test]
+fn live_updates_the_snapshot_already_showed_are_dropped() {
+    let hub = Hub::new(1000);
+    let (r, o) = conn(&hub);
+    let sel = Selection {
+        devices: vec![Arc::from("a")],
+        ..Default::default()
+    };
+    hub.begin(r.id, sel, false);
+    let mut snapshot_ts = HashMap::new();
+    snapshot_ts.insert(Arc::from("a"), (Some(5), None));
+    hub.activate(
+        r.id,
+        Activation {
+            snapshot_ts,
+            ..Default::default()
+        },
+    );
+    // Read by the snapshot, dispatched by the feed only now.
+    hub.dispatch(loc("a", 4, 0.0, 0.0));
+    hub.dispatch(loc("a", 5, 0.0, 0.0));
+    hub.dispatch(loc("a", 6, 0.0, 0.0));
+    assert_eq!(texts(&o), ["a@6"]);
+}
