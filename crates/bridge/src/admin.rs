@@ -45,6 +45,7 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
         "mqtt": h.mqtt(),
         "redis": h.redis(),
         "postgres": h.pg(),
+        "spool": h.spool(),
     })
     .to_string();
     let code = if h.ready() {

@@ -29,6 +29,12 @@ pub async fn prepare(
     retention: Duration,
 ) -> Result<Maintained, tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    // DDL on `locations` waits for every running query on it, and while it
+    // waits every insert queues behind it: give up quickly (the hourly
+    // upkeep retries with backoff) rather than stall ingest behind a long
+    // analyst query. Retention deletes may legitimately take a while.
+    tx.batch_execute("SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeout = '300s'")
+        .await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .await?;
     tx.batch_execute(

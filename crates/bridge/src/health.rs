@@ -10,6 +10,9 @@ pub struct Health {
     redis: AtomicBool,
     pg: AtomicBool,
     schema: AtomicBool,
+    /// Set when an append to the spool or the outbox failed, cleared by the
+    /// next write that worked: acknowledgements are held back meanwhile.
+    spool_failing: AtomicBool,
 }
 
 impl Health {
@@ -25,6 +28,13 @@ impl Health {
     pub fn set_schema(&self, ok: bool) {
         self.schema.store(ok, Ordering::Relaxed);
     }
+    pub fn set_spool(&self, ok: bool) {
+        self.spool_failing.store(!ok, Ordering::Relaxed);
+    }
+    /// The spool (and outbox) can be written.
+    pub fn spool(&self) -> bool {
+        !self.spool_failing.load(Ordering::Relaxed)
+    }
     pub fn mqtt(&self) -> bool {
         self.mqtt.load(Ordering::Relaxed)
     }
@@ -36,6 +46,6 @@ impl Health {
         self.pg.load(Ordering::Relaxed) && self.schema.load(Ordering::Relaxed)
     }
     pub fn ready(&self) -> bool {
-        self.mqtt() && self.redis() && self.pg()
+        self.mqtt() && self.redis() && self.pg() && self.spool()
     }
 }

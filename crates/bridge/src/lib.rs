@@ -44,8 +44,9 @@ pub use config::Config;
 use health::Health;
 use metrics::Metrics;
 use queue::{Capacity, Queue};
-use sink::history::{maintain_schema, replay_spool, Batcher};
+use sink::history::{maintain_schema, Batcher, Replayer};
 use sink::live::LiveSink;
+use sink::outbox::Outbox;
 use sink::postgres::Pg;
 use sink::redis::RedisSink;
 use source::mqtt::{Acker, Source};
@@ -89,8 +90,17 @@ pub async fn start(
         })?;
     let admin_addr = listener.local_addr()?;
 
-    let spool =
-        Spool::open(&config.spool_dir).with_context(|| "cannot open the spool directory")?;
+    let spool = Spool::open(&config.spool_dir).with_context(|| {
+        format!(
+            "cannot open the spool directory {}",
+            config.spool_dir.display()
+        )
+    })?;
+    let outbox = Arc::new(
+        Outbox::open(&config.spool_dir.join("outbox"))
+            .with_context(|| "cannot open the outbox in the spool directory")?,
+    );
+    tracing::info!(spool = %std::path::absolute(&config.spool_dir).unwrap_or_else(|_| config.spool_dir.clone()).display(), "spool directory");
     let pg = Arc::new(Pg::new(sink::postgres::pool(&config.store.database_url)?));
     let redis_client =
         sink::redis::client(&config.store.redis_url).context("bad FIELDCAST_REDIS_URL")?;
@@ -146,15 +156,18 @@ pub async fn start(
         RedisSink::new(redis_client.clone(), &config.store.redis_prefix),
         background.clone(),
     ));
-    tracker.spawn(replay_spool(
-        spool.clone(),
-        pg.clone(),
-        health.clone(),
-        metrics.clone(),
-        config.batch_rows,
-        retention_ms,
-        background.clone(),
-    ));
+    tracker.spawn(
+        Replayer {
+            spool: spool.clone(),
+            pg: pg.clone(),
+            queue: queue.clone(),
+            health: health.clone(),
+            metrics: metrics.clone(),
+            batch_rows: config.batch_rows,
+            retention_ms,
+        }
+        .run(background.clone()),
+    );
     let source = tracker.spawn(
         Source {
             client: client.clone(),
@@ -166,11 +179,22 @@ pub async fn start(
         }
         .run(eventloop, stop_reading.clone(), stop_polling.clone()),
     );
+    let redis = Arc::new(redis);
+    tracker.spawn(sink::outbox::drain(
+        outbox.clone(),
+        redis.clone(),
+        queue.clone(),
+        health.clone(),
+        metrics.clone(),
+        config.sink_batch,
+        background.clone(),
+    ));
     let sink = LiveSink {
         queue: queue.clone(),
-        redis: Arc::new(redis),
+        redis,
         pg: pg.clone(),
         spool: spool.clone(),
+        outbox,
         acker: Acker::new(client),
         health: health.clone(),
         metrics: metrics.clone(),
@@ -192,7 +216,7 @@ pub async fn start(
             memory_rows: config.history_memory_rows,
             retention_ms,
         }
-        .run(),
+        .run(abandon.clone()),
     );
     tracker.close();
 
@@ -235,7 +259,8 @@ pub async fn start(
     Ok((handles, done))
 }
 
-/// Probes PostgreSQL and Redis every second.
+/// Probes PostgreSQL and Redis every second, and checks what the bridge
+/// needs of Redis once per connection (see [`check_redis`]).
 async fn check_health(
     pg: Arc<Pg>,
     redis: fred::prelude::Client,
@@ -244,6 +269,9 @@ async fn check_health(
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Checked again after every reconnect: the Redis that answers may not
+    // be the one checked before (a restart, a failover).
+    let mut checked: Option<RedisFit> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -254,9 +282,61 @@ async fn check_health(
             tokio::time::timeout(Duration::from_secs(2), redis.ping::<String>(None)).await,
             Ok(Ok(_))
         );
-        health.set_redis(redis_ok);
+        if !redis_ok {
+            checked = None;
+        } else if checked.is_none() {
+            checked = check_redis(&redis, &metrics).await;
+        }
+        let fit = checked.as_ref().is_some_and(|f| f.version_ok);
+        health.set_redis(redis_ok && fit);
+        metrics.spool_writable.set(i64::from(health.spool()));
         metrics.ready.set(i64::from(health.ready()));
     }
+}
+
+/// What was learnt about the Redis server.
+struct RedisFit {
+    version_ok: bool,
+}
+
+/// Redis 7.0 or newer is required (the event log's `XINFO` fields and
+/// `XTRIM MINID`); an eviction policy that may remove the bridge's keys
+/// (hot state, dedup keys, the event log) is a warning: under memory
+/// pressure it would lose live state or push an event twice. `None` when
+/// Redis could not be asked.
+async fn check_redis(redis: &fred::prelude::Client, metrics: &Metrics) -> Option<RedisFit> {
+    use fred::types::InfoKind;
+    let info: String =
+        tokio::time::timeout(Duration::from_secs(2), redis.info(Some(InfoKind::All)))
+            .await
+            .ok()?
+            .ok()?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let version = field("redis_version").unwrap_or("unknown");
+    let major = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    let version_ok = major >= 7;
+    metrics.redis_version_ok.set(i64::from(version_ok));
+    if !version_ok {
+        tracing::error!(
+            version,
+            "Redis 7.0 or newer is required; the bridge stays not-ready"
+        );
+    }
+    let policy = field("maxmemory_policy").unwrap_or("unknown");
+    let risky = policy != "noeviction";
+    metrics.redis_eviction_risk.set(i64::from(risky));
+    if risky {
+        tracing::warn!(policy, "Redis maxmemory-policy may evict the bridge's keys (hot state, event log, dedup); set it to noeviction");
+    }
+    Some(RedisFit { version_ok })
 }
 
 async fn trim_event_log(redis: RedisSink, stop: CancellationToken) {

@@ -64,6 +64,15 @@ pub struct Metrics {
     pub spooled_records: Counter,
     pub ready: Gauge,
     pub unread_at_shutdown: Counter,
+    pub store_rejected: Family<TableLabel, Counter>,
+    pub spool_writable: Gauge,
+    pub spool_torn_records: Counter,
+    pub spool_quarantined: Counter,
+    pub outbox_records: Counter,
+    pub outbox_bytes: Gauge,
+    pub shed: Family<KindLabel, Counter>,
+    pub redis_eviction_risk: Gauge,
+    pub redis_version_ok: Gauge,
 }
 
 impl Default for Metrics {
@@ -100,6 +109,15 @@ impl Metrics {
             spooled_records: Counter::default(),
             ready: Gauge::default(),
             unread_at_shutdown: Counter::default(),
+            store_rejected: Family::default(),
+            spool_writable: Gauge::default(),
+            spool_torn_records: Counter::default(),
+            spool_quarantined: Counter::default(),
+            outbox_records: Counter::default(),
+            outbox_bytes: Gauge::default(),
+            shed: Family::default(),
+            redis_eviction_risk: Gauge::default(),
+            redis_version_ok: Gauge::default(),
             registry: Registry::default(),
         };
         // Show every label value from the start: a dashboard should see 0,
@@ -108,6 +126,13 @@ impl Metrics {
             let _ = m.messages.get_or_create(&KindLabel { kind: k.as_str() });
             let _ = m.stale.get_or_create(&KindLabel { kind: k.as_str() });
         }
+        let _ = m.shed.get_or_create(&KindLabel {
+            kind: Kind::Location.as_str(),
+        });
+        for table in ["locations", "events", "device_status"] {
+            let _ = m.store_rejected.get_or_create(&TableLabel { table });
+        }
+        m.spool_writable.set(1);
         for r in RejectReason::ALL {
             let _ = m
                 .rejected
@@ -233,6 +258,51 @@ impl Metrics {
             "ready",
             "1 when broker, Redis and PostgreSQL all answer",
             m.ready.clone(),
+        );
+        r.register(
+            "store_rejected",
+            "History rows PostgreSQL refused for their content (dead-lettered, reason store_rejected)",
+            m.store_rejected.clone(),
+        );
+        r.register(
+            "spool_writable",
+            "0 while the spool cannot be written (the bridge then holds back acknowledgements)",
+            m.spool_writable.clone(),
+        );
+        r.register(
+            "spool_torn_records",
+            "Spool lines skipped on replay as torn or undecodable (never acknowledged records)",
+            m.spool_torn_records.clone(),
+        );
+        r.register(
+            "spool_quarantined",
+            "Spool or outbox segments moved to quarantine/ after failing every replay attempt",
+            m.spool_quarantined.clone(),
+        );
+        r.register(
+            "outbox_records",
+            "Acknowledged events and statuses whose Redis step was deferred to the outbox",
+            m.outbox_records.clone(),
+        );
+        r.register(
+            "outbox_bytes",
+            "Bytes in the outbox: Redis work owed for stored messages",
+            m.outbox_bytes.clone(),
+        );
+        r.register(
+            "shed",
+            "QoS 0 messages not accepted because the queue stayed full (backpressure)",
+            m.shed.clone(),
+        );
+        r.register(
+            "redis_eviction_risk",
+            "1 when Redis's maxmemory-policy may evict the bridge's keys",
+            m.redis_eviction_risk.clone(),
+        );
+        r.register(
+            "redis_version_ok",
+            "1 when Redis is 7.0 or newer",
+            m.redis_version_ok.clone(),
         );
         Metrics { registry, ..m }
     }

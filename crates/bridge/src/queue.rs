@@ -108,7 +108,7 @@ impl DeadLetter {
 }
 
 /// What the Redis sink takes in one go.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Batch {
     pub reliable: Vec<Reliable>,
     pub locations: Vec<LiveLocation>,
@@ -122,6 +122,25 @@ impl Batch {
 
     pub fn len(&self) -> usize {
         self.reliable.len() + self.locations.len() + self.deadletters.len()
+    }
+
+    /// Two halves, each keeping its items' order (to find the item a store
+    /// refuses by bisection).
+    pub fn split(mut self) -> (Batch, Batch) {
+        let mut other = Batch::default();
+        let n = self.len() / 2;
+        // Take from the back of the batch: dead letters, then locations,
+        // then reliable items, so the first half keeps the front.
+        let mut take = n;
+        let d = take.min(self.deadletters.len());
+        other.deadletters = self.deadletters.split_off(self.deadletters.len() - d);
+        take -= d;
+        let l = take.min(self.locations.len());
+        other.locations = self.locations.split_off(self.locations.len() - l);
+        take -= l;
+        let r = take.min(self.reliable.len());
+        other.reliable = self.reliable.split_off(self.reliable.len() - r);
+        (self, other)
     }
 }
 
@@ -226,31 +245,7 @@ impl Queue {
             {
                 let mut g = self.lock();
                 if g.history.len() < self.cap.history || g.closed {
-                    let live = LiveLocation {
-                        device: row.device.clone(),
-                        loc: row.loc.clone(),
-                        rx: row.received_at,
-                    };
-                    g.history.push(row);
-                    match g.live.pending.get_mut(&live.device) {
-                        Some(slot) => {
-                            // Latest wins, by the device's own clock; on a
-                            // tie the first accepted stays, as in Redis.
-                            if live.loc.ts > slot.loc.ts {
-                                *slot = live;
-                            }
-                            self.metrics.coalesced.inc();
-                        }
-                        None => {
-                            if g.live.len() >= self.cap.live {
-                                g.live.pop_oldest();
-                                self.metrics.live_dropped.inc();
-                            }
-                            g.live.order.push_back(live.device.clone());
-                            g.live.pending.insert(live.device.clone(), live);
-                        }
-                    }
-                    self.gauges(&g);
+                    self.insert_location(&mut g, row);
                     drop(g);
                     self.live_wake.notify_one();
                     self.history_wake.notify_one();
@@ -259,6 +254,34 @@ impl Queue {
             }
             room.await;
         }
+    }
+
+    fn insert_location(&self, g: &mut Inner, row: LocationRow) {
+        let live = LiveLocation {
+            device: row.device.clone(),
+            loc: row.loc.clone(),
+            rx: row.received_at,
+        };
+        g.history.push(row);
+        match g.live.pending.get_mut(&live.device) {
+            Some(slot) => {
+                // Latest wins, by the device's own clock; on a tie the first
+                // accepted stays, as in Redis.
+                if live.loc.ts > slot.loc.ts {
+                    *slot = live;
+                }
+                self.metrics.coalesced.inc();
+            }
+            None => {
+                if g.live.len() >= self.cap.live {
+                    g.live.pop_oldest();
+                    self.metrics.live_dropped.inc();
+                }
+                g.live.order.push_back(live.device.clone());
+                g.live.pending.insert(live.device.clone(), live);
+            }
+        }
+        self.gauges(g);
     }
 
     /// Queues a reliable item, waiting for room.
@@ -280,6 +303,43 @@ impl Queue {
             }
             room.await;
         }
+    }
+
+    /// [`Self::push_location`] without waiting: `Err` gives the row back
+    /// when the history lane is full.
+    pub fn try_push_location(&self, row: LocationRow) -> Result<(), LocationRow> {
+        let mut g = self.lock();
+        if g.history.len() >= self.cap.history && !g.closed {
+            return Err(row);
+        }
+        self.insert_location(&mut g, row);
+        drop(g);
+        self.live_wake.notify_one();
+        self.history_wake.notify_one();
+        Ok(())
+    }
+
+    /// [`Self::push_reliable`] without waiting: `Err` gives the item back
+    /// when the lane is full.
+    pub fn try_push_reliable(&self, item: Reliable) -> Result<(), Reliable> {
+        let mut g = self.lock();
+        if g.reliable.len() >= self.cap.reliable && !g.closed {
+            return Err(item);
+        }
+        if item.ack().is_some() {
+            self.metrics.acks_pending.inc();
+        }
+        g.reliable.push_back(item);
+        self.gauges(&g);
+        drop(g);
+        self.reliable_wake.notify_one();
+        Ok(())
+    }
+
+    /// Resolves when a consumer has made room in a lane. Registered as soon
+    /// as it is created, so create it before the attempt that found no room.
+    pub fn room(&self) -> tokio::sync::futures::Notified<'_> {
+        self.room.notified()
     }
 
     /// Queues a dead letter; at capacity the oldest one is dropped.

@@ -258,7 +258,12 @@ async fn events_are_stored_and_pushed_once() {
         .await
         .unwrap();
     assert_eq!(entries.len(), 2);
-    assert_eq!(entries[0].0, cursor);
+    let epoch: String = h.redis.get(h.key("events:epoch")).await.unwrap();
+    assert_eq!(
+        cursor,
+        format!("{epoch}:{}", entries[0].0),
+        "cursor = epoch:stream id"
+    );
     assert_eq!(entries[0].1["d"], id);
     h.wait_count("SELECT count(*) FROM events", 2).await;
     let c = h.db.client().await.unwrap();

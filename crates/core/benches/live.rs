@@ -41,6 +41,7 @@ fn serialise(c: &mut Criterion) {
     let loc = location();
     let status = Status {
         ts: RX - 1_500,
+        device_ts: true,
         online: true,
         battery: Some(81.4),
         signal: Some(-71.0),

@@ -127,6 +127,21 @@ pub fn envelope(rx_ms: i64, msg_json: &str) -> String {
     format!("{{\"rx\":{rx_ms},\"msg\":{msg_json}}}")
 }
 
+/// A status envelope cut around its `ts` value: `(before, after)`, so that
+/// the Redis script can publish it with the `ts` it decides (a status
+/// without a device `ts` takes one after the stored status, PROTOCOL.md §3).
+pub fn status_envelope_around_ts(rx_ms: i64, device: &str, s: &Status) -> (String, String) {
+    let env = envelope(rx_ms, &status_json(device, s));
+    // `device` matches `[A-Za-z0-9_.-]`, so the first `"ts":` is the field.
+    let Some(at) = env.find("\"ts\":").map(|i| i + 5) else {
+        return (env, String::new());
+    };
+    let end = env[at..]
+        .find(|c: char| c != '-' && !c.is_ascii_digit())
+        .map_or(env.len(), |n| at + n);
+    (env[..at].to_owned(), env[end..].to_owned())
+}
+
 /// The routing fields of a live message, read by the gateway without
 /// touching the rest.
 #[derive(Debug, Deserialize)]
@@ -215,6 +230,26 @@ mod tests {
             location_json("t", &l),
             r#"{"type":"location","device":"t","ts":5,"lat":51.50735090123456,"lon":-0.12,"speed":1.5}"#
         );
+    }
+
+    #[test]
+    fn status_envelope_splits_around_its_ts() {
+        let s = Status {
+            ts: 1_763_800_000_123,
+            device_ts: false,
+            online: false,
+            battery: Some(5.0),
+            signal: None,
+        };
+        let (a, b) = status_envelope_around_ts(7, "truck-7", &s);
+        assert_eq!(
+            format!("{a}1763800000123{b}"),
+            envelope(7, &status_json("truck-7", &s))
+        );
+        let again = format!("{a}99{b}");
+        let v: serde_json::Value = serde_json::from_str(&again).unwrap();
+        assert_eq!(v["msg"]["ts"], 99);
+        assert_eq!(v["msg"]["online"], false);
     }
 
     #[test]

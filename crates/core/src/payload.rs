@@ -41,10 +41,13 @@ pub enum RejectReason {
     TsFuture,
     /// `ts` is older than the retention window.
     TsTooOld,
+    /// A string (a key of `data` included) holds U+0000 or an unpaired
+    /// surrogate, which PostgreSQL text and jsonb cannot store.
+    BadText,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 14] = [
         RejectReason::BadTopic,
         RejectReason::BadDeviceId,
         RejectReason::Oversize,
@@ -58,6 +61,7 @@ impl RejectReason {
         RejectReason::BadTs,
         RejectReason::TsFuture,
         RejectReason::TsTooOld,
+        RejectReason::BadText,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +79,7 @@ impl RejectReason {
             RejectReason::BadTs => "bad_ts",
             RejectReason::TsFuture => "ts_future",
             RejectReason::TsTooOld => "ts_too_old",
+            RejectReason::BadText => "bad_text",
         }
     }
 }
@@ -147,6 +152,10 @@ pub struct Location {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {
     pub ts: i64,
+    /// `false` when the device sent no `ts` (the Last Will): `ts` is then the
+    /// receive time, and the status is applied as the device's newest even
+    /// if a stored one is later (PROTOCOL.md §3).
+    pub device_ts: bool,
     pub online: bool,
     pub battery: Option<f64>,
     pub signal: Option<f64>,
@@ -269,6 +278,12 @@ impl Message {
                 Err(e) => json_reject(text, &e),
             });
         }
+        if let Some(what) = unstorable_text(text) {
+            return Err(Reject::new(
+                RejectReason::BadText,
+                format!("a string holds {what}, which PostgreSQL cannot store"),
+            ));
+        }
         let check_ts = |ts: Option<Ts>| -> Result<i64, Reject> {
             let ts = match ts {
                 None => return Ok(now_ms),
@@ -327,11 +342,13 @@ impl Message {
                 let online = required(raw.online, "online")?;
                 opt_range("battery", raw.battery, 0.0, 100.0)?;
                 opt_range("signal", raw.signal, f64::MIN, f64::MAX)?;
+                let device_ts = raw.ts.is_some();
                 let ts = check_ts(raw.ts)?;
                 Ok(Message::Status(
                     device,
                     Status {
                         ts,
+                        device_ts,
                         online,
                         battery: raw.battery,
                         signal: raw.signal,
@@ -376,6 +393,48 @@ impl Message {
             }
         }
     }
+}
+
+/// Finds a `\u0000` or an unpaired surrogate escape anywhere in a JSON
+/// text. Valid UTF-8 JSON can hold neither raw (control characters must be
+/// escaped, and UTF-8 has no surrogates), and a backslash only occurs inside
+/// strings, so one scan of the escapes covers every string, keys included.
+fn unstorable_text(text: &str) -> Option<&'static str> {
+    let b = text.as_bytes();
+    let hex4 = |at: usize| -> Option<u32> {
+        let h = std::str::from_utf8(b.get(at..at + 4)?).ok()?;
+        u32::from_str_radix(h, 16).ok()
+    };
+    let mut i = 0;
+    while let Some(off) = b[i..].iter().position(|&c| c == b'\\') {
+        let at = i + off;
+        match b.get(at + 1) {
+            Some(b'u') => {
+                let Some(cp) = hex4(at + 2) else {
+                    // Not an escape serde accepts; the JSON parser names it.
+                    i = at + 2;
+                    continue;
+                };
+                match cp {
+                    0 => return Some("U+0000"),
+                    0xD800..=0xDBFF => {
+                        let low = (b.get(at + 6) == Some(&b'\\') && b.get(at + 7) == Some(&b'u'))
+                            .then(|| hex4(at + 8))
+                            .flatten();
+                        if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                            return Some("an unpaired surrogate");
+                        }
+                        i = at + 12;
+                    }
+                    0xDC00..=0xDFFF => return Some("an unpaired surrogate"),
+                    _ => i = at + 6,
+                }
+            }
+            Some(_) => i = at + 2,
+            None => break,
+        }
+    }
+    None
 }
 
 fn required<T>(v: Option<T>, name: &str) -> Result<T, Reject> {
@@ -610,6 +669,46 @@ mod tests {
                 BadType,
             ),
             ("devices/t1/events", br#"{"id":"a"}"#, MissingField),
+            (
+                "devices/t1/events",
+                br#"{"id":"a","kind":"x","data":{"k":"\u0000"}}"#,
+                BadText,
+            ),
+            (
+                "devices/t1/events",
+                br#"{"id":"a","kind":"x","data":{"k\u0000":1}}"#,
+                BadText,
+            ),
+            (
+                "devices/t1/events",
+                br#"{"id":"a\u0000","kind":"x"}"#,
+                BadText,
+            ),
+            (
+                "devices/t1/events",
+                br#"{"id":"a","kind":"\u0000"}"#,
+                BadText,
+            ),
+            (
+                "devices/t1/events",
+                br#"{"id":"a","kind":"x","data":{"k":"\ud800"}}"#,
+                BadText,
+            ),
+            (
+                "devices/t1/events",
+                br#"{"id":"a","kind":"x","data":{"k":"\udc00\ud800"}}"#,
+                BadText,
+            ),
+            (
+                "devices/t1/events",
+                br#"{"id":"a","kind":"x","data":{"k":"\ud83d"}}"#,
+                BadText,
+            ),
+            (
+                "devices/t1/status",
+                br#"{"online":true,"note":"\u0000"}"#,
+                BadText,
+            ),
         ];
         for (topic, payload, want) in cases {
             assert_eq!(
@@ -623,6 +722,36 @@ mod tests {
         assert_eq!(reason(loc, big.as_bytes()), Oversize);
         let long_id = format!(r#"{{"id":"{}","kind":"x"}}"#, "i".repeat(129));
         assert_eq!(reason("devices/t1/events", long_id.as_bytes()), OutOfRange);
+    }
+
+    #[test]
+    fn storable_escapes_are_accepted() {
+        for data in [
+            r#"{"k":"\\u0000"}"#,
+            r#"{"k":"\ud83d\ude00 and \u00e9 \u0001"}"#,
+            r#"{"k\"\\":"\\\\"}"#,
+        ] {
+            let p = format!(r#"{{"id":"a","kind":"x","data":{data}}}"#);
+            let Message::Event(_, e) = parse("devices/t1/events", &p).unwrap() else {
+                panic!("not an event")
+            };
+            assert_eq!(e.data.unwrap().get(), data);
+        }
+    }
+
+    #[test]
+    fn a_status_says_whether_the_device_gave_its_ts() {
+        let Message::Status(_, s) = parse("devices/t1/status", r#"{"online":false}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert!(!s.device_ts);
+        let Message::Status(_, s) =
+            parse("devices/t1/status", r#"{"online":true,"ts":1763800000000}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert!(s.device_ts);
     }
 
     proptest::proptest! {

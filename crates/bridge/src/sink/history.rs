@@ -4,19 +4,31 @@
 //! and writes it with binary COPY every flush interval, or as soon as a
 //! batch is full. While PostgreSQL is down rows wait in memory up to
 //! `history_memory_rows`, then go to the spool; the replayer writes the
-//! spool back once PostgreSQL answers again.
+//! spool back once PostgreSQL answers again. If the spool cannot be written
+//! either, the batcher stops taking rows (at most `history_memory_rows` +
+//! one batch stay in memory), the history lane fills and the source holds
+//! back: backpressure, never unbounded memory.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, LogLimiter};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::queue::{LocationRow, Queue};
-use crate::sink::postgres::Pg;
-use crate::spool::{Record, Spool};
+use crate::sink::dead_letter_unstorable;
+use crate::sink::postgres::{Pg, PgError};
+use crate::spool::{Record, Rows, SegmentReader, Spool, SpoolError};
+
+/// Records read from a spool segment at a time.
+const REPLAY_CHUNK: usize = 5_000;
+/// Failed replays of one segment (PostgreSQL answering meanwhile) before it
+/// is moved to quarantine.
+const REPLAY_ATTEMPTS: u32 = 8;
 
 pub struct Batcher {
     pub queue: Arc<Queue>,
@@ -32,43 +44,61 @@ pub struct Batcher {
 
 impl Batcher {
     /// Runs until the queue is closed and drained, then writes what is left
-    /// (to PostgreSQL, or the spool).
-    pub async fn run(self) {
+    /// (to PostgreSQL, or the spool). Past `abandon` (the shutdown
+    /// deadline) rows that can go nowhere are given up, and counted in the
+    /// log.
+    pub async fn run(self, abandon: CancellationToken) {
         let mut buf: Vec<LocationRow> = Vec::new();
+        let mut log = LogLimiter::new(5, Duration::from_secs(10));
         let mut ticker = tokio::time::interval(self.flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
+        let cap = self.memory_rows + self.batch_rows;
         loop {
             tokio::select! {
-                rows = self.queue.next_history(self.batch_rows) => match rows {
+                // At `cap` rows PostgreSQL and the spool have both failed:
+                // take no more until one of them works again.
+                rows = self.queue.next_history(self.batch_rows), if buf.len() < cap => match rows {
                     Some(rows) => buf.extend(rows),
                     None => break,
                 },
                 _ = ticker.tick() => {
-                    self.flush(&mut buf).await;
+                    self.flush(&mut buf, &mut log).await;
                     continue;
                 }
+                _ = abandon.cancelled() => break,
             }
             if buf.len() >= self.batch_rows {
-                self.flush(&mut buf).await;
+                self.flush(&mut buf, &mut log).await;
                 ticker.reset();
             }
             self.metrics.history_pending_rows.set(buf.len() as i64);
         }
-        self.flush(&mut buf).await;
+        self.flush(&mut buf, &mut log).await;
         if !buf.is_empty() {
             self.spill(&mut buf).await;
         }
+        if !buf.is_empty() {
+            tracing::error!(
+                rows = buf.len(),
+                "shutting down with location history that neither PostgreSQL nor the spool took"
+            );
+        }
     }
 
-    async fn flush(&self, buf: &mut Vec<LocationRow>) {
+    async fn flush(&self, buf: &mut Vec<LocationRow>, log: &mut LogLimiter) {
         if !buf.is_empty() && self.health.pg() {
             let started = Instant::now();
             let cutoff = fieldcast_core::time::now_ms() - self.retention_ms;
             let mut written = 0;
             for chunk in buf.chunks(self.batch_rows) {
-                match self.pg.write_locations(chunk, cutoff, &self.metrics).await {
-                    Ok(_) => {
+                match self
+                    .pg
+                    .write_locations_isolating(chunk, cutoff, &self.metrics)
+                    .await
+                {
+                    Ok(bad) => {
+                        dead_letter_unstorable(&self.queue, &self.metrics, log, bad);
                         self.metrics.history_batch_rows.observe(chunk.len() as f64);
                         written += chunk.len();
                     }
@@ -80,6 +110,7 @@ impl Batcher {
             }
             buf.drain(..written);
             if written > 0 {
+                self.health.set_spool(true);
                 self.metrics
                     .history_flush_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -97,81 +128,166 @@ impl Batcher {
         match self.spool.append(records).await {
             Ok(()) => {
                 self.metrics.spooled_records.inc_by(n);
+                self.health.set_spool(true);
                 buf.clear();
             }
             // Keep them in memory and try again at the next flush; the
-            // queue's history lane holds back the source meanwhile.
+            // batcher takes no more meanwhile, so the source holds back.
             Err(e) => {
+                self.health.set_spool(false);
                 tracing::error!(error = %e, rows = buf.len(), "cannot spill location history to the spool")
             }
         }
     }
 }
 
-/// Writes sealed spool segments to PostgreSQL whenever it answers.
-pub async fn replay_spool(
-    spool: Spool,
-    pg: Arc<Pg>,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-    batch_rows: usize,
-    retention_ms: i64,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let bytes = spool.bytes();
-        metrics.spool_bytes.set(bytes as i64);
-        if bytes == 0 || !health.pg() {
-            continue;
-        }
-        let segments = match spool.seal() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list the spool");
+#[derive(Debug, thiserror::Error)]
+enum ReplayError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// Writes spool segments to PostgreSQL whenever it answers, oldest first,
+/// in bounded chunks. Rows PostgreSQL refuses are dead-lettered; a segment
+/// that keeps failing is quarantined, so nothing behind it waits forever.
+pub struct Replayer {
+    pub spool: Spool,
+    pub pg: Arc<Pg>,
+    pub queue: Arc<Queue>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    pub batch_rows: usize,
+    pub retention_ms: i64,
+}
+
+/// What one segment held.
+#[derive(Debug, Default)]
+struct Replayed {
+    locations: usize,
+    statuses: usize,
+    events: usize,
+    torn: u64,
+}
+
+impl Replayer {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let mut failures: HashMap<PathBuf, u32> = HashMap::new();
+        let mut log = LogLimiter::new(5, Duration::from_secs(10));
+        let mut wait = Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = Duration::from_secs(1);
+            let bytes = self.spool.bytes();
+            self.metrics.spool_bytes.set(bytes as i64);
+            if bytes == 0 || !self.health.pg() {
                 continue;
             }
-        };
-        for seg in segments {
-            if shutdown.is_cancelled() || !health.pg() {
-                break;
-            }
-            let rows = match Spool::read(&seg) {
-                Ok(r) => r,
+            let segments = match self.spool.seal() {
+                Ok(s) => s,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot read a spool segment");
-                    break;
+                    tracing::error!(error = %e, "cannot list the spool");
+                    wait = backoff.next_delay();
+                    continue;
                 }
             };
-            let cutoff = fieldcast_core::time::now_ms() - retention_ms;
-            let mut ok = pg
-                .write_durable(&rows.statuses, &rows.events, &metrics)
-                .await
-                .is_ok();
-            for chunk in rows.locations.chunks(batch_rows) {
-                ok = ok && pg.write_locations(chunk, cutoff, &metrics).await.is_ok();
+            for seg in segments {
+                if shutdown.is_cancelled() || !self.health.pg() {
+                    break;
+                }
+                match self.replay(&seg, &mut log).await {
+                    Ok(r) => {
+                        failures.remove(&seg);
+                        backoff.reset();
+                        if let Err(e) = Spool::remove(&seg) {
+                            tracing::error!(error = %e, "cannot remove a replayed spool segment");
+                            wait = backoff.next_delay();
+                            break;
+                        }
+                        tracing::info!(
+                            segment = %seg.display(),
+                            locations = r.locations,
+                            statuses = r.statuses,
+                            events = r.events,
+                            torn = r.torn,
+                            "replayed spooled history"
+                        );
+                    }
+                    Err(e) => {
+                        // An outage is not the segment's fault: only count
+                        // attempts that failed while PostgreSQL answers.
+                        let outage = matches!(&e, ReplayError::Pg(p) if !p.is_permanent());
+                        if outage {
+                            self.health.set_pg(false);
+                        }
+                        if !outage || self.pg.ping().await {
+                            let n = failures.entry(seg.clone()).or_default();
+                            *n += 1;
+                            if *n >= REPLAY_ATTEMPTS {
+                                failures.remove(&seg);
+                                self.quarantine(&seg, &e);
+                                continue;
+                            }
+                            tracing::warn!(segment = %seg.display(), error = %e, attempt = *n, "spool segment replay failed; will retry");
+                        }
+                        wait = backoff.next_delay();
+                        break;
+                    }
+                }
             }
-            if !ok {
-                health.set_pg(false);
-                break;
-            }
-            if let Err(e) = Spool::remove(&seg) {
-                tracing::error!(error = %e, "cannot remove a replayed spool segment");
-                break;
-            }
-            tracing::info!(
-                segment = %seg.display(),
-                locations = rows.locations.len(),
-                statuses = rows.statuses.len(),
-                events = rows.events.len(),
-                "replayed spooled history"
-            );
+            self.metrics.spool_bytes.set(self.spool.bytes() as i64);
         }
-        metrics.spool_bytes.set(spool.bytes() as i64);
+    }
+
+    async fn replay(&self, seg: &Path, log: &mut LogLimiter) -> Result<Replayed, ReplayError> {
+        let mut reader = SegmentReader::open(seg)?;
+        let mut done = Replayed::default();
+        loop {
+            let (r, chunk) = reader.next_chunk_async(REPLAY_CHUNK).await?;
+            reader = r;
+            let Some(chunk) = chunk else {
+                return Ok(done);
+            };
+            self.metrics.spool_torn_records.inc_by(chunk.torn);
+            done.torn += chunk.torn;
+            let rows = Rows::from_records(chunk.records);
+            self.metrics.spool_torn_records.inc_by(rows.skipped);
+            let bad = self
+                .pg
+                .write_durable_isolating(&rows.statuses, &rows.events, &self.metrics)
+                .await?;
+            dead_letter_unstorable(&self.queue, &self.metrics, log, bad);
+            let cutoff = fieldcast_core::time::now_ms() - self.retention_ms;
+            for part in rows.locations.chunks(self.batch_rows) {
+                let bad = self
+                    .pg
+                    .write_locations_isolating(part, cutoff, &self.metrics)
+                    .await?;
+                dead_letter_unstorable(&self.queue, &self.metrics, log, bad);
+            }
+            done.locations += rows.locations.len();
+            done.statuses += rows.statuses.len();
+            done.events += rows.events.len();
+        }
+    }
+
+    fn quarantine(&self, seg: &Path, why: &ReplayError) {
+        self.metrics.spool_quarantined.inc();
+        match self.spool.quarantine(seg) {
+            Ok(to) => tracing::error!(
+                segment = %to.display(),
+                error = %why,
+                "a spool segment failed every replay attempt; moved to quarantine (inspect it, then move it back to replay it)"
+            ),
+            Err(e) => {
+                tracing::error!(segment = %seg.display(), error = %e, "cannot quarantine a spool segment")
+            }
+        }
     }
 }
 

@@ -58,6 +58,36 @@ pub enum PgError {
     },
 }
 
+impl PgError {
+    /// The data is at fault, not the server: retrying the same rows can
+    /// never succeed (SQLSTATE classes 22 data exception, 23 integrity
+    /// constraint, 54 program limit; a row that cannot be encoded). Anything
+    /// else — a lost connection, a timeout, a server shutting down, a
+    /// serialization failure — is an outage and worth retrying.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            PgError::Encode { .. } => true,
+            PgError::Db(e) => e
+                .code()
+                .is_some_and(|c| matches!(&c.code()[..2], "22" | "23" | "54")),
+            PgError::Pool(_) | PgError::Timeout(_) | PgError::Config(_) => false,
+        }
+    }
+}
+
+/// A history row PostgreSQL refused for its content, with the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unstorable {
+    Location(LocationRow, String),
+    Status(StatusRow, String),
+    Event(EventRow, String),
+}
+
+/// Statement and lock timeouts for every bridge session: a long analyst
+/// query or a DDL lock never queues ingest indefinitely, and a black-holed
+/// statement fails instead of hanging.
+const SESSION_OPTIONS: &str = "-c statement_timeout=15s -c lock_timeout=5s";
+
 /// A connection pool that fails fast while PostgreSQL is away.
 pub fn pool(url: &str) -> Result<Pool, PgError> {
     let mut cfg: tokio_postgres::Config = url
@@ -65,6 +95,7 @@ pub fn pool(url: &str) -> Result<Pool, PgError> {
         .map_err(|e: tokio_postgres::Error| PgError::Config(e.to_string()))?;
     cfg.connect_timeout(Duration::from_secs(3));
     cfg.application_name("fieldcast-bridge");
+    cfg.options(SESSION_OPTIONS);
     let mgr = Manager::from_config(
         cfg,
         NoTls,
@@ -270,6 +301,67 @@ impl Pg {
             .await?;
         tx.commit().await?;
         Ok(n)
+    }
+
+    /// [`Self::write_locations`], but rows PostgreSQL refuses for their
+    /// content are found by splitting the batch and returned instead of
+    /// failing it; the rest is written. `Err` only for an outage.
+    pub async fn write_locations_isolating(
+        &self,
+        rows: &[LocationRow],
+        cutoff_ms: i64,
+        metrics: &Metrics,
+    ) -> Result<Vec<Unstorable>, PgError> {
+        let mut bad = Vec::new();
+        let mut work = vec![rows];
+        while let Some(part) = work.pop() {
+            match self.write_locations(part, cutoff_ms, metrics).await {
+                Ok(_) => {}
+                Err(e) if e.is_permanent() => {
+                    if let [row] = part {
+                        bad.push(Unstorable::Location(row.clone(), e.to_string()));
+                    } else {
+                        let (a, b) = part.split_at(part.len() / 2);
+                        // Popped in order: the first half is written first.
+                        work.extend([b, a]);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(bad)
+    }
+
+    /// [`Self::write_durable`], isolating the rows PostgreSQL refuses for
+    /// their content (see [`Self::write_locations_isolating`]).
+    pub async fn write_durable_isolating(
+        &self,
+        statuses: &[StatusRow],
+        events: &[EventRow],
+        metrics: &Metrics,
+    ) -> Result<Vec<Unstorable>, PgError> {
+        let mut bad = Vec::new();
+        let mut work = vec![(statuses, events)];
+        while let Some((s, e)) = work.pop() {
+            match self.write_durable(s, e, metrics).await {
+                Ok(()) => {}
+                Err(err) if err.is_permanent() => match (s, e) {
+                    ([row], []) => bad.push(Unstorable::Status(row.clone(), err.to_string())),
+                    ([], [row]) => bad.push(Unstorable::Event(row.clone(), err.to_string())),
+                    (s, []) => {
+                        let (a, b) = s.split_at(s.len() / 2);
+                        work.extend([(b, &[][..]), (a, &[][..])]);
+                    }
+                    ([], e) => {
+                        let (a, b) = e.split_at(e.len() / 2);
+                        work.extend([(&[][..], b), (&[][..], a)]);
+                    }
+                    (s, e) => work.extend([(&[][..], e), (s, &[][..])]),
+                },
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(bad)
     }
 
     /// Stores events and status reports in one transaction.

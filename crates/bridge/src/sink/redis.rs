@@ -29,6 +29,24 @@ pub const DEADLETTER_MAX: i64 = 10_000;
 #[error("redis: {0}")]
 pub struct RedisSinkError(#[from] pub fred::error::Error);
 
+impl RedisSinkError {
+    /// Redis answered that this data cannot be applied (a script error on
+    /// its arguments, a key of the wrong type): retrying the same items can
+    /// never work. Server states that pass (LOADING, BUSY, OOM, READONLY,
+    /// MASTERDOWN, TRYAGAIN, CLUSTERDOWN) and connection errors are outages.
+    pub fn is_permanent(&self) -> bool {
+        let msg = self.0.details();
+        matches!(self.0.kind(), fred::error::ErrorKind::InvalidArgument)
+            || msg.contains("WRONGTYPE")
+            || msg.contains("user_script")
+            || msg.contains("Error running script")
+    }
+
+    fn is_noscript(&self) -> bool {
+        self.0.details().contains("NOSCRIPT")
+    }
+}
+
 /// Key and channel names under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -37,6 +55,8 @@ pub struct Keys {
     pub devices: String,
     pub live: String,
     pub events: String,
+    /// The event log's epoch (see `lua/event.lua`): part of every cursor.
+    pub epoch: String,
     pub deadletter: String,
 }
 
@@ -48,6 +68,7 @@ impl Keys {
             devices: format!("{prefix}devices"),
             live: format!("{prefix}live"),
             events: format!("{prefix}events"),
+            epoch: format!("{prefix}events:epoch"),
             deadletter: format!("{prefix}deadletter"),
         }
     }
@@ -133,7 +154,7 @@ impl RedisSink {
     pub async fn apply(&self, batch: &Batch, metrics: &Metrics) -> Result<Applied, RedisSinkError> {
         let started = Instant::now();
         let result = match self.apply_once(batch).await {
-            Err(RedisSinkError(e)) if e.to_string().contains("NOSCRIPT") => {
+            Err(e) if e.is_noscript() => {
                 // Redis restarted (or was flushed) and forgot the scripts.
                 self.load_scripts().await?;
                 self.apply_once(batch).await
@@ -207,15 +228,23 @@ impl RedisSink {
                     device, status, rx, ..
                 } => {
                     let id = device.as_str();
-                    let msg = live::status_json(id, status);
+                    let (envelope, after_ts, untimed) = if status.device_ts {
+                        let msg = live::status_json(id, status);
+                        (live::envelope(*rx, &msg), String::new(), "0")
+                    } else {
+                        let (before, after) = live::status_envelope_around_ts(*rx, id, status);
+                        (before, after, "1")
+                    };
                     let args: Vec<String> = vec![
                         id.to_owned(),
                         status.ts.to_string(),
                         if status.online { "1" } else { "0" }.to_owned(),
                         opt(status.battery),
                         opt(status.signal),
-                        live::envelope(*rx, &msg),
+                        envelope,
                         k.live.clone(),
+                        untimed.to_owned(),
+                        after_ts,
                     ];
                     evalsha(
                         &pipe,
@@ -238,6 +267,7 @@ impl RedisSink {
                         k.live.clone(),
                         EVENT_LOG_MAXLEN.to_string(),
                         EVENT_WINDOW.as_secs().to_string(),
+                        new_epoch(),
                     ];
                     evalsha(
                         &pipe,
@@ -247,6 +277,7 @@ impl RedisSink {
                             k.event_seen(id, &event.id),
                             k.events.clone(),
                             k.devices.clone(),
+                            k.epoch.clone(),
                         ],
                         args,
                     )
@@ -287,6 +318,44 @@ impl RedisSink {
         Ok(applied)
     }
 
+    /// [`Self::apply`], but items Redis refuses for their content are found
+    /// by bisection and returned (as one-item batches) instead of failing
+    /// the batch; the rest is applied. `Err` only for an outage.
+    pub async fn apply_isolating(
+        &self,
+        batch: &Batch,
+        metrics: &Metrics,
+    ) -> Result<Vec<Batch>, RedisSinkError> {
+        let first = match self.apply(batch, metrics).await {
+            Ok(_) => return Ok(Vec::new()),
+            Err(e) if e.is_permanent() => e,
+            Err(e) => return Err(e),
+        };
+        tracing::warn!(error = %first, items = batch.len(), "redis refused a batch; isolating the items at fault");
+        let mut bad = Vec::new();
+        let mut work = vec![batch.clone()];
+        while let Some(part) = work.pop() {
+            if part.len() <= 1 {
+                // A single item is retried to tell it from the rest.
+                match self.apply(&part, metrics).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_permanent() => bad.push(part),
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            match self.apply(&part, metrics).await {
+                Ok(_) => {}
+                Err(e) if e.is_permanent() => {
+                    let (a, b) = part.split();
+                    work.extend([b, a]);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(bad)
+    }
+
     /// Trims the event log to the retained window; run once a minute.
     pub async fn trim_events(&self, now_ms: i64) -> Result<(), RedisSinkError> {
         let min_id = format!("{}-0", now_ms - EVENT_WINDOW.as_millis() as i64);
@@ -316,6 +385,12 @@ async fn evalsha(
     all.extend(args.into_iter().map(Value::from));
     pipe.custom::<(), _>(CustomCommand::new_static("EVALSHA", None, false), all)
         .await
+}
+
+/// A candidate epoch for the event log: only used when the log has none, so
+/// it needs to be unique, not secret.
+fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 fn deadletter_json(d: &DeadLetter) -> String {

@@ -3,11 +3,16 @@
 //! go to the dead-letter lane with their reason.
 //!
 //! The event loop is polled without pause, so keepalive holds whatever the
-//! sinks are doing; QoS 1 messages are acknowledged by the sink
-//! ([`Acker`]) only after they are stored, which lets the broker's inflight
-//! window hold back a burst. Reconnects back off with jitter (rumqttc by
-//! itself retries in a tight loop).
+//! sinks are doing: a message the queue has no room for waits in a small
+//! hold-back buffer ([`Held`]) instead of stalling `poll()`. QoS 1 messages
+//! are acknowledged by the sink ([`Acker`]) only after they are stored, so
+//! the broker's inflight window bounds how many QoS 1 messages can be held
+//! back; QoS 0 locations beyond [`HELD_MAX`] are shed and counted
+//! (`fieldcast_bridge_shed_total`), never accepted and then lost.
+//! Reconnects back off with jitter (rumqttc by itself retries in a tight
+//! loop).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,13 +26,25 @@ use fieldcast_core::{Kind, Limits, Message};
 use crate::backoff::{Backoff, LogLimiter};
 use crate::config::Config;
 use crate::health::Health;
-use crate::metrics::Metrics;
+use crate::metrics::{KindLabel, Metrics};
 use crate::queue::{AckToken, DeadLetter, LocationRow, Queue, Reliable};
 
 /// Capacity of rumqttc's request channel (subscribe and every PUBACK go
 /// through it). Far above any sane broker inflight window, so an ack never
 /// waits for room while the source is waiting on the queue.
 const REQUEST_CHANNEL: usize = 10_000;
+
+/// Messages held back while the queue is full. QoS 1 ones count against
+/// it but are never shed (the broker's inflight window bounds them); a QoS
+/// 0 location arriving with this many held is shed.
+pub const HELD_MAX: usize = 10_000;
+
+/// One step the queue could not take yet, kept in arrival order.
+#[derive(Debug)]
+enum Held {
+    Location(LocationRow),
+    Reliable(Reliable),
+}
 
 /// The topic filters and their QoS (PROTOCOL.md §2).
 pub fn filters(shared_group: Option<&str>) -> Vec<SubscribeFilter> {
@@ -108,10 +125,16 @@ impl Source {
         let mut reject_log = LogLimiter::new(10, Duration::from_secs(10));
         // Between a CONNACK and the next error: a drop counts as a reconnect.
         let mut connected = false;
+        let mut held: VecDeque<Held> = VecDeque::new();
         loop {
+            // Created before the attempt, so room made right after it still
+            // wakes the select below.
+            let room = self.queue.room();
+            self.release(&mut held);
             let ev = tokio::select! {
                 biased;
                 _ = stop_polling.cancelled() => break,
+                _ = room, if !held.is_empty() => continue,
                 ev = eventloop.poll() => ev,
             };
             match ev {
@@ -120,7 +143,7 @@ impl Source {
                         self.metrics.unread_at_shutdown.inc();
                         continue;
                     }
-                    self.handle(p, &mut reject_log).await;
+                    self.handle(p, &mut held, &mut reject_log);
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     connected = true;
@@ -168,6 +191,10 @@ impl Source {
                 }
             }
         }
+        if !held.is_empty() {
+            // QoS 1 ones were never acknowledged: the broker redelivers them.
+            self.metrics.unread_at_shutdown.inc_by(held.len() as u64);
+        }
         let _ = self.client.try_disconnect();
         // Let the DISCONNECT go out; the broker keeps the session either way.
         let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
@@ -175,7 +202,38 @@ impl Source {
         self.metrics.mqtt_connected.set(0);
     }
 
-    async fn handle(&self, p: Publish, reject_log: &mut LogLimiter) {
+    /// Moves held-back steps into the queue, in order, while it has room.
+    fn release(&self, held: &mut VecDeque<Held>) {
+        while let Some(step) = held.pop_front() {
+            let back = match step {
+                Held::Location(row) => self.queue.try_push_location(row).map_err(Held::Location),
+                Held::Reliable(item) => self.queue.try_push_reliable(item).map_err(Held::Reliable),
+            };
+            if let Err(step) = back {
+                held.push_front(step);
+                return;
+            }
+        }
+    }
+
+    /// Queues the steps of one message behind anything held back, holding
+    /// what the queue has no room for.
+    fn enqueue(&self, held: &mut VecDeque<Held>, step: Held) {
+        if held.is_empty() {
+            let back = match step {
+                Held::Location(row) => self.queue.try_push_location(row).map_err(Held::Location),
+                Held::Reliable(item) => self.queue.try_push_reliable(item).map_err(Held::Reliable),
+            };
+            match back {
+                Ok(()) => {}
+                Err(step) => held.push_back(step),
+            }
+        } else {
+            held.push_back(step);
+        }
+    }
+
+    fn handle(&self, p: Publish, held: &mut VecDeque<Held>, reject_log: &mut LogLimiter) {
         let now = fieldcast_core::time::now_ms();
         let ack = (p.qos != QoS::AtMostOnce).then_some(AckToken { pkid: p.pkid });
         match Message::parse(&p.topic, &p.payload, &self.limits, now) {
@@ -191,44 +249,52 @@ impl Source {
                     &p.payload,
                 ));
                 if let Some(a) = ack {
-                    self.queue.push_reliable(Reliable::AckOnly(a)).await;
+                    self.enqueue(held, Held::Reliable(Reliable::AckOnly(a)));
                 }
             }
             Ok(msg) => {
+                if ack.is_none() && held.len() >= HELD_MAX {
+                    // Only QoS 0 locations get here: at most once by
+                    // contract, so shed (and count) rather than grow.
+                    self.metrics
+                        .shed
+                        .get_or_create(&KindLabel {
+                            kind: msg.kind().as_str(),
+                        })
+                        .inc();
+                    return;
+                }
                 self.metrics.message(msg.kind());
                 match msg {
                     Message::Location(device, loc) => {
-                        self.queue
-                            .push_location(LocationRow {
-                                device,
-                                loc,
-                                received_at: now,
-                            })
-                            .await;
+                        let row = LocationRow {
+                            device,
+                            loc,
+                            received_at: now,
+                        };
+                        self.enqueue(held, Held::Location(row));
                         if let Some(a) = ack {
-                            self.queue.push_reliable(Reliable::AckOnly(a)).await;
+                            self.enqueue(held, Held::Reliable(Reliable::AckOnly(a)));
                         }
                     }
-                    Message::Status(device, status) => {
-                        self.queue
-                            .push_reliable(Reliable::Status {
-                                device,
-                                status,
-                                rx: now,
-                                ack,
-                            })
-                            .await;
-                    }
-                    Message::Event(device, event) => {
-                        self.queue
-                            .push_reliable(Reliable::Event {
-                                device,
-                                event,
-                                rx: now,
-                                ack,
-                            })
-                            .await;
-                    }
+                    Message::Status(device, status) => self.enqueue(
+                        held,
+                        Held::Reliable(Reliable::Status {
+                            device,
+                            status,
+                            rx: now,
+                            ack,
+                        }),
+                    ),
+                    Message::Event(device, event) => self.enqueue(
+                        held,
+                        Held::Reliable(Reliable::Event {
+                            device,
+                            event,
+                            rx: now,
+                            ack,
+                        }),
+                    ),
                 }
             }
         }
