@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::cursor::StreamId;
+use crate::cursor::Cursor;
 use crate::health::Health;
 use crate::hub::{Hub, Update};
 use crate::outbox::{Item, Kind, Out};
@@ -189,7 +189,10 @@ pub fn parse_live(text: &str) -> Option<Update> {
     if kind == Kind::Location && pos.is_none() {
         return None;
     }
-    let cursor = h.cursor.and_then(|c| c.parse::<StreamId>().ok());
+    // An event whose cursor does not parse (a bridge from before epochs) is
+    // still delivered; it just cannot move the resume point or be filtered
+    // by a snapshot's floor.
+    let cursor = h.cursor.and_then(|c| c.parse::<Cursor>().ok());
     Some(Update {
         kind,
         device: Arc::from(h.device),
@@ -255,6 +258,23 @@ mod tests {
             Out::Ping => panic!(),
         }
         assert!(parse_live("{}").is_none());
+    }
+
+    #[test]
+    fn event_cursors_carry_the_epoch() {
+        let msg = r#"{"type":"event","device":"t","id":"e","ts":5,"kind":"k","severity":"info","cursor":"00c0ffee0000beef:1763800000000-3"}"#;
+        let u = parse_live(&fieldcast_core::live::envelope(42, msg)).unwrap();
+        assert_eq!(u.kind, Kind::Event);
+        let c = u.cursor.unwrap();
+        assert_eq!(c.to_string(), "00c0ffee0000beef:1763800000000-3");
+        match u.item.out {
+            Out::Text(t) => assert_eq!(t.as_str(), msg),
+            Out::Ping => panic!(),
+        }
+        // A bare stream id is forwarded, but is no cursor.
+        let old = r#"{"type":"event","device":"t","id":"e","ts":5,"kind":"k","severity":"info","cursor":"1763800000000-3"}"#;
+        let u = parse_live(&fieldcast_core::live::envelope(42, old)).unwrap();
+        assert_eq!(u.cursor, None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Reads of the bridge's Redis layout (docs/redis-layout.md) and the one
-//! write the gateway makes, `PUBLISH <prefix>push`.
+//! Reads of the bridge's Redis layout (docs/redis-layout.md) and the two
+//! writes the gateway makes: `PUBLISH <prefix>push`, and starting a new
+//! life of the event log (its epoch) when the log has none.
 //!
 //! In: device ids, a bbox, a cursor. Out: [`Snap`]s (a `DeviceState` plus
 //! the status `ts` the snapshot filter needs) and event-log entries.
@@ -8,15 +9,21 @@ use std::time::Duration;
 
 use fieldcast_core::DeviceState;
 use fred::prelude::*;
+use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand};
 
-use crate::cursor::StreamId;
+use crate::cursor::{Cursor, Epoch, StreamId};
 use crate::geo::BBox;
 
-/// A Redis read or write failed (retriable: Redis may come back).
+/// A Redis read or write failed, or Redis holds what the layout does not
+/// allow (retriable: Redis may come back, or be repaired).
 #[derive(Debug, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct StoreError(#[from] fred::error::Error);
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("event log: {0}")]
+    EventLog(String),
+}
 
 /// Every key and channel name, derived once from the prefix.
 #[derive(Debug, Clone)]
@@ -26,6 +33,8 @@ pub struct Keys {
     pub geo: String,
     pub live: String,
     pub events: String,
+    /// The event log's epoch: part of every cursor (crate::cursor).
+    pub epoch: String,
     pub push: String,
 }
 
@@ -37,6 +46,7 @@ impl Keys {
             geo: format!("{prefix}geo"),
             live: format!("{prefix}live"),
             events: format!("{prefix}events"),
+            epoch: format!("{prefix}events:epoch"),
             push: format!("{prefix}push"),
         }
     }
@@ -55,12 +65,21 @@ pub struct Snap {
 }
 
 /// What the event log looks like right now.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct StreamBounds {
+    /// The log's current life.
+    pub epoch: Epoch,
     /// Newest id ever added (`0-0` for a stream never written).
     pub last: StreamId,
     /// Newest id trimmed away: a cursor before it may have missed events.
     pub max_deleted: StreamId,
+}
+
+impl StreamBounds {
+    /// The cursor of the newest event (or of the start of an empty log).
+    pub fn last_cursor(&self) -> Cursor {
+        Cursor::new(self.epoch, self.last)
+    }
 }
 
 /// Builds a fred client configuration that reconnects forever with
@@ -94,10 +113,14 @@ pub fn builder(url: &str) -> Result<Builder, StoreError> {
 pub struct Store {
     pool: Pool,
     pub keys: Keys,
+    epoch_script: Script,
 }
 
 const PIPELINE_CHUNK: usize = 500;
 const REPLAY_BATCH: u64 = 1000;
+/// Reads of the bounds before giving up on a log that keeps changing life
+/// under them (each failed read also starts a life if there is none).
+const BOUNDS_ATTEMPTS: usize = 3;
 
 impl Store {
     /// Starts connecting (in the background, retrying forever) and returns
@@ -108,6 +131,7 @@ impl Store {
         Ok(Store {
             pool,
             keys: Keys::new(prefix),
+            epoch_script: Script::from_lua(include_str!("lua/epoch.lua")),
         })
     }
 
@@ -172,17 +196,59 @@ impl Store {
         Ok(out)
     }
 
-    /// The newest and the newest-trimmed ids of the event log.
+    /// The event log's epoch and its newest and newest-trimmed ids, read
+    /// together. A log without an epoch or without its stream gets a new
+    /// life first (see `lua/epoch.lua`), so a cursor always has an epoch.
     pub async fn stream_bounds(&self) -> Result<StreamBounds, StoreError> {
+        for _ in 0..BOUNDS_ATTEMPTS {
+            if let Some(b) = self.read_bounds().await? {
+                return Ok(b);
+            }
+            self.start_life().await?;
+        }
+        Err(StoreError::EventLog(format!(
+            "{} changed during {BOUNDS_ATTEMPTS} reads in a row",
+            self.keys.epoch
+        )))
+    }
+
+    /// The bounds, or `None` when the log has no life or moved to another
+    /// one during the read.
+    async fn read_bounds(&self) -> Result<Option<StreamBounds>, StoreError> {
+        // The epoch on both sides of XINFO, in one round trip on one
+        // connection: if it is the same twice, the ids belong to that life.
+        let pipe = self.pool.next().pipeline();
+        let () = pipe.get(&self.keys.epoch).await?;
         let args: Vec<Value> = vec!["STREAM".into(), self.keys.events.clone().into()];
-        let v: Value = match self.pool.next().custom(command("XINFO"), args).await {
+        let () = pipe.custom(command("XINFO"), args).await?;
+        let () = pipe.get(&self.keys.epoch).await?;
+        let mut replies = pipe.try_all::<Value>().await.into_iter();
+        let (Some(before), Some(info), Some(after)) =
+            (replies.next(), replies.next(), replies.next())
+        else {
+            return Err(StoreError::EventLog(
+                "missing replies to GET/XINFO/GET".into(),
+            ));
+        };
+        let (before, after) = (self.epoch_of(before?)?, self.epoch_of(after?)?);
+        let info = match info {
             Ok(v) => v,
-            // No stream yet: nothing was ever written or trimmed.
-            Err(e) if e.details().contains("no such key") => return Ok(StreamBounds::default()),
+            // No stream: lost, or never written.
+            Err(e) if e.details().contains("no such key") => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let mut b = StreamBounds::default();
-        for (k, v) in value_pairs(v) {
+        let (Some(epoch), Some(after)) = (before, after) else {
+            return Ok(None);
+        };
+        if epoch != after {
+            return Ok(None);
+        }
+        let mut b = StreamBounds {
+            epoch,
+            last: StreamId::ZERO,
+            max_deleted: StreamId::ZERO,
+        };
+        for (k, v) in value_pairs(info) {
             let id = || {
                 v.as_string()
                     .and_then(|s| s.parse::<StreamId>().ok())
@@ -194,23 +260,68 @@ impl Store {
                 _ => {}
             }
         }
-        Ok(b)
+        Ok(Some(b))
     }
 
-    /// Up to one batch of event-log entries strictly after `after`:
-    /// `(cursor, device, event JSON without cursor)`.
+    /// Runs `lua/epoch.lua`: a new life if the log has none, else nothing.
+    async fn start_life(&self) -> Result<Epoch, StoreError> {
+        let fresh = Epoch::random();
+        let v: Value = self
+            .epoch_script
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![self.keys.events.clone(), self.keys.epoch.clone()],
+                vec![fresh.to_string()],
+            )
+            .await?;
+        let epoch = self.epoch_of(v)?.ok_or_else(|| {
+            StoreError::EventLog(format!("{} is missing right after SET", self.keys.epoch))
+        })?;
+        if epoch == fresh {
+            tracing::info!(%epoch, "the event log had no epoch (new, or lost by Redis); started a new life: older cursors get cursor_expired");
+        }
+        Ok(epoch)
+    }
+
+    /// An epoch as Redis returned it: `None` for a missing key.
+    fn epoch_of(&self, v: Value) -> Result<Option<Epoch>, StoreError> {
+        if v.is_null() {
+            return Ok(None);
+        }
+        let text = v.as_string().unwrap_or_default();
+        text.parse().map(Some).map_err(|_| {
+            StoreError::EventLog(format!(
+                "{} holds {text:?}, not an epoch of 16 lowercase hex digits",
+                self.keys.epoch
+            ))
+        })
+    }
+
+    /// Up to one batch of the log's entries strictly after `after`:
+    /// `(id, device, event JSON without cursor)`; `None` when the log is
+    /// no longer in `after`'s life, so the entries read may belong to
+    /// another one and are not returned.
     pub async fn events_after(
         &self,
-        after: StreamId,
-    ) -> Result<Vec<(StreamId, String, String)>, StoreError> {
+        after: Cursor,
+    ) -> Result<Option<Vec<(StreamId, String, String)>>, StoreError> {
         let args: Vec<Value> = vec![
             self.keys.events.clone().into(),
-            format!("({after}").into(),
+            format!("({}", after.id).into(),
             "+".into(),
             "COUNT".into(),
             (REPLAY_BATCH as i64).into(),
         ];
-        let v: Value = self.pool.next().custom(command("XRANGE"), args).await?;
+        // The epoch after the XRANGE, on the same connection: a command
+        // retried on a reconnected (and emptied) Redis cannot pass off the
+        // new life's entries as the old one's.
+        let pipe = self.pool.next().pipeline();
+        let () = pipe.custom(command("XRANGE"), args).await?;
+        let () = pipe.get(&self.keys.epoch).await?;
+        let (v, epoch): (Value, Value) = pipe.all().await?;
+        if self.epoch_of(epoch)? != Some(after.epoch) {
+            return Ok(None);
+        }
         let mut out = Vec::new();
         for entry in v.into_array() {
             let mut parts = entry.into_array().into_iter();
@@ -231,7 +342,7 @@ impl Store {
                 out.push((id, d, j));
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// `PUBLISH <prefix>push <payload>`.

@@ -115,8 +115,9 @@ async fn ops_endpoints() {
 }
 
 /// Pins: with Redis gone the gateway stays up and turns not-ready; when it
-/// returns, the feed resubscribes and every client gets a fresh snapshot,
-/// then live updates again.
+/// returns, the feed resubscribes and every client gets a fresh snapshot
+/// (and `cursor_expired`, this Redis having lost the event log), then live
+/// updates again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_resyncs_clients() {
     let mut redis = RedisServer::start().await.unwrap();
@@ -145,6 +146,16 @@ async fn redis_outage_resyncs_clients() {
     assert_eq!(v["type"], "snapshot", "{v}");
     assert!(v.get("ref").is_none());
     assert_eq!(v["devices"], json!([]));
+    // It lost the event log too: events may have been missed, so the
+    // client is told to reload them (no replay from a cursor of the lost
+    // log).
+    let v = ws.recv().await;
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("cursor_expired")),
+        "{v}"
+    );
+    assert!(v.get("ref").is_none(), "{v}");
 
     let env2 = Env::with_redis(&redis.url).await;
     let feeder = Env {

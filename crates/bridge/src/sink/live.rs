@@ -133,6 +133,8 @@ impl LiveSink {
                     .await
                 {
                     Ok(bad) => {
+                        // Nothing waits on the spool any more.
+                        self.health.set_spool(true);
                         let refused = bad.iter().map(unstorable_key).collect();
                         dead_letter_unstorable(&self.queue, &self.metrics, log, bad);
                         return Some(refused);

@@ -10,7 +10,7 @@ use rstar::RTree;
 use super::pending::{Floors, Pending};
 use super::{ConnId, ConnSignals, Selection, Update};
 use crate::auth::Scope;
-use crate::cursor::StreamId;
+use crate::cursor::Cursor;
 use crate::geo::BBox;
 use crate::outbox::Outbox;
 
@@ -25,6 +25,10 @@ pub(super) struct Conn {
     pub(super) in_box: HashSet<Arc<str>>,
     pub(super) channels: HashSet<String>,
     pub(super) pending: Option<Pending>,
+    /// Where a resync may resume this connection's events, and the
+    /// observation number it was learnt at (see [`State::observed`]): the
+    /// floor of its first subscribe, then of its latest resync.
+    pub(super) served: Option<(Cursor, u64)>,
 }
 
 impl Conn {
@@ -40,6 +44,7 @@ impl Conn {
             in_box: HashSet::new(),
             channels: HashSet::new(),
             pending: None,
+            served: None,
         }
     }
 }
@@ -55,7 +60,11 @@ pub(super) struct State {
     pub(super) in_box: HashMap<Arc<str>, HashSet<ConnId>>,
     pub(super) by_channel: HashMap<String, HashSet<ConnId>>,
     pub(super) pending: HashSet<ConnId>,
-    pub(super) last_event: StreamId,
+    /// Newest event cursor dispatched, with its observation number.
+    pub(super) last_event: Option<(Cursor, u64)>,
+    /// Counts cursor observations (dispatches, activations), to tell which
+    /// of two cursors of different lives was learnt later.
+    pub(super) observed: u64,
 }
 
 fn rect(b: &BBox) -> Rectangle<[f64; 2]> {

@@ -27,7 +27,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use crate::auth::Scope;
-use crate::cursor::StreamId;
+use crate::cursor::Cursor;
 use crate::geo::BBox;
 use crate::outbox::{Close, Item, Kind, Outbox, Push};
 
@@ -46,8 +46,8 @@ pub struct Update {
     pub ts: i64,
     /// `(lon, lat)` of a location.
     pub pos: Option<(f64, f64)>,
-    /// Event-log id of an event.
-    pub cursor: Option<StreamId>,
+    /// Event-log cursor of an event.
+    pub cursor: Option<Cursor>,
     /// The §4 JSON, forwarded untouched.
     pub item: Item,
 }
@@ -157,9 +157,22 @@ impl Hub {
         self.lock().conns.len()
     }
 
-    /// Newest event cursor this instance has dispatched.
-    pub fn last_event_cursor(&self) -> StreamId {
-        self.lock().last_event
+    /// Where a resync of connection `id` resumes its events: the newest
+    /// event this instance dispatched, or the connection's own floor if
+    /// that is later (an instance that dispatched nothing yet, a feed
+    /// behind the snapshot). Of two cursors of different lives the one
+    /// learnt later wins: the log moved on to that life. `None` when the
+    /// connection never subscribed.
+    pub fn resume_cursor(&self, id: ConnId) -> Option<Cursor> {
+        let st = self.lock();
+        let served = st.conns.get(&id).and_then(|c| c.served);
+        match (st.last_event, served) {
+            (Some((a, na)), Some((b, nb))) if a.epoch != b.epoch => {
+                Some(if na > nb { a } else { b })
+            }
+            (Some((a, _)), Some((b, _))) => Some(a.advanced_to(b)),
+            (a, b) => a.or(b).map(|(c, _)| c),
+        }
     }
 
     /// The connection's current live selection.
@@ -245,6 +258,17 @@ impl Hub {
         for item in act.before {
             outbox.push(item, None);
         }
+        if let Some(floor) = act.cursor_floor {
+            st.observed += 1;
+            let n = st.observed;
+            if let Some(c) = st.conns.get_mut(&id) {
+                // A resync brought every selection up to its floor (or told
+                // the client it could not); a new subscribe only its own.
+                if pending.all || c.served.is_none() {
+                    c.served = Some((floor, n));
+                }
+            }
+        }
         let floors = Floors {
             ts: snapshot_ts,
             cursor: act.cursor_floor,
@@ -267,7 +291,10 @@ impl Hub {
             c.floors = Some(match c.floors.take() {
                 Some(mut old) if old.until > Instant::now() => {
                     old.ts.extend(floors.ts);
-                    old.cursor = old.cursor.max(floors.cursor);
+                    old.cursor = match (old.cursor, floors.cursor) {
+                        (Some(o), Some(n)) => Some(o.advanced_to(n)),
+                        (o, n) => n.or(o),
+                    };
                     old.until = floors.until;
                     old
                 }
@@ -294,7 +321,9 @@ impl Hub {
     pub fn dispatch(&self, u: Update) {
         let mut st = self.lock();
         if let Some(c) = u.cursor {
-            st.last_event = st.last_event.max(c);
+            st.observed += 1;
+            let last = st.last_event.map_or(c, |(l, _)| l.advanced_to(c));
+            st.last_event = Some((last, st.observed));
         }
         let mut receivers: Vec<ConnId> = Vec::new();
         if let Some(set) = st.by_device.get(&u.device) {

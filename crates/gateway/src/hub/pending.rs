@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Selection, Update};
-use crate::cursor::StreamId;
+use crate::cursor::Cursor;
 use crate::outbox::{Item, Kind};
 
 /// What a connection learnt from its snapshot and replay, handed to
@@ -19,9 +19,9 @@ pub struct Activation {
     pub snapshot_ts: HashMap<Arc<str>, (Option<i64>, Option<i64>)>,
     /// Devices inside the bbox at snapshot time.
     pub in_box: Vec<Arc<str>>,
-    /// Buffered events at or before this cursor were replayed or precede
-    /// the subscription; they are not sent again.
-    pub cursor_floor: StreamId,
+    /// Buffered events at or before this cursor (in its life) were
+    /// replayed or precede the subscription; they are not sent again.
+    pub cursor_floor: Option<Cursor>,
 }
 
 pub(super) enum Buffered {
@@ -44,7 +44,7 @@ pub(super) struct Pending {
 /// has long passed them and the map is freed.
 pub(super) struct Floors {
     pub(super) ts: HashMap<Arc<str>, (Option<i64>, Option<i64>)>,
-    pub(super) cursor: StreamId,
+    pub(super) cursor: Option<Cursor>,
     pub(super) until: Instant,
 }
 
@@ -57,8 +57,13 @@ impl Floors {
         match u.kind {
             Kind::Location => loc_ts.is_some_and(|t| u.ts <= t),
             Kind::Status => sts.is_some_and(|t| u.ts <= t),
+            // An event of another life is not behind the floor: the log
+            // started over, and the snapshot's replay never covered it.
             Kind::Event => {
-                self.ts.contains_key(&u.device) && u.cursor.is_some_and(|c| c <= self.cursor)
+                self.ts.contains_key(&u.device)
+                    && u.cursor
+                        .zip(self.cursor)
+                        .is_some_and(|(c, floor)| c.at_or_before(&floor))
             }
             _ => false,
         }

@@ -107,3 +107,62 @@ fn live_updates_the_snapshot_already_showed_are_dropped() {
     hub.dispatch(loc("a", 6, 0.0, 0.0));
     assert_eq!(texts(&o), ["a@6"]);
 }
+
+fn event(device: &str, cursor: &str) -> Update {
+    Update {
+        kind: Kind::Event,
+        device: Arc::from(device),
+        ts: 0,
+        pos: None,
+        cursor: Some(cursor.parse().unwrap()),
+        item: Item {
+            out: Out::Text(format!("{device}#{cursor}").into()),
+            kind: Kind::Event,
+            rx_ms: 0,
+        },
+    }
+}
+
+const E1: &str = "00000000000000e1";
+const E2: &str = "00000000000000e2";
+
+#[test]
+fn event_floors_and_resume_points_stay_within_one_life() {
+    let hub = Hub::new(1000);
+    let (r, o) = conn(&hub);
+    assert_eq!(hub.resume_cursor(r.id), None);
+    let sel = Selection {
+        devices: vec![Arc::from("a")],
+        ..Default::default()
+    };
+    hub.begin(r.id, sel, false);
+    let mut snapshot_ts = HashMap::new();
+    snapshot_ts.insert(Arc::from("a"), (None, None));
+    let floor = format!("{E1}:5-0").parse().unwrap();
+    hub.activate(
+        r.id,
+        Activation {
+            snapshot_ts,
+            cursor_floor: Some(floor),
+            ..Default::default()
+        },
+    );
+    // Nothing dispatched yet: a resync resumes from the subscribe's floor.
+    assert_eq!(hub.resume_cursor(r.id), Some(floor));
+    // The feed behind the snapshot: already covered, and not a step back.
+    hub.dispatch(event("a", &format!("{E1}:3-0")));
+    assert_eq!(hub.resume_cursor(r.id), Some(floor));
+    hub.dispatch(event("a", &format!("{E1}:7-0")));
+    assert_eq!(
+        hub.resume_cursor(r.id),
+        Some(format!("{E1}:7-0").parse().unwrap())
+    );
+    // The log started over: a smaller id of the new life is not behind
+    // the floor, and it is where a resync resumes.
+    hub.dispatch(event("a", &format!("{E2}:1-0")));
+    assert_eq!(
+        hub.resume_cursor(r.id),
+        Some(format!("{E2}:1-0").parse().unwrap())
+    );
+    assert_eq!(texts(&o), [format!("a#{E1}:7-0"), format!("a#{E2}:1-0")]);
+}

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, Command, Ref, Since};
 use crate::auth::Scope;
-use crate::cursor::StreamId;
+use crate::cursor::Cursor;
 use crate::hub::{Activation, ConnId, ConnSignals, Hub, Selection};
 use crate::outbox::{Close, Item, Kind, Out, Outbox};
 use crate::store::{Snap, Store, StoreError};
@@ -211,6 +211,24 @@ struct Reader {
     ctx: Ctx,
 }
 
+/// Why a `since` gets `cursor_expired` instead of a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    /// Malformed, older than the retained window, or newer than the log.
+    Unknown,
+    /// Issued in an earlier life of the log: what Redis lost is unknown.
+    EarlierLife,
+}
+
+impl Expired {
+    fn message(self) -> &'static str {
+        match self {
+            Expired::Unknown => "the cursor is unknown or older than the retained event log; reload history over HTTP",
+            Expired::EarlierLife => "the event log was lost and started over since this cursor was issued; reload history over HTTP",
+        }
+    }
+}
+
 /// A subscribe that failed before taking effect.
 #[derive(Debug, thiserror::Error)]
 enum SubscribeError {
@@ -346,14 +364,17 @@ impl Reader {
     }
 
     /// Redis came back or the feed lagged: a fresh snapshot of everything
-    /// the connection watches, plus the events it may have missed.
+    /// the connection watches, plus the events it may have missed. When
+    /// those cannot be replayed (Redis lost the log meanwhile, or trimmed
+    /// past them) the client gets `cursor_expired` without a `ref`, so it
+    /// reloads history over HTTP instead of silently missing events.
     async fn resync(&self) {
         let selection = self.ctx.hub.selection(self.id);
         if !selection.has_device_selector() {
             return;
         }
-        let since = Since::Cursor(self.ctx.hub.last_event_cursor());
-        if let Err(e) = self.subscribe(&None, selection, Some(since), true).await {
+        let since = self.ctx.hub.resume_cursor(self.id).map(Since::Cursor);
+        if let Err(e) = self.subscribe(&None, selection, since, true).await {
             self.ctx.hub.abort(self.id);
             tracing::warn!(conn = self.id, error = %e, "resync failed; will retry on the next reconnect");
         }
@@ -382,18 +403,42 @@ impl Reader {
         }
 
         let bounds = store.stream_bounds().await?;
-        let mut floor = bounds.last;
-        match since {
-            Some(Since::Cursor(c)) if c >= bounds.max_deleted && c <= bounds.last => {
-                floor = self.replay(c, &sel, &act.in_box).await?;
+        let mut floor = bounds.last_cursor();
+        let expired = match since {
+            None => None,
+            Some(Since::Malformed) => Some(Expired::Unknown),
+            // Compared before the ids: ids of another life say nothing.
+            Some(Since::Cursor(c)) if c.epoch != bounds.epoch => Some(Expired::EarlierLife),
+            Some(Since::Cursor(c)) if c.id >= bounds.max_deleted && c.id <= bounds.last => {
+                match self.replay(c, &sel, &act.in_box).await? {
+                    Some(last) => {
+                        floor = last;
+                        None
+                    }
+                    None => {
+                        // The log started over during the replay: what was
+                        // sent is good, the rest is gone.
+                        floor = store.stream_bounds().await?.last_cursor();
+                        Some(Expired::EarlierLife)
+                    }
+                }
             }
-            Some(_) if !resync => {
-                let m = "the cursor is unknown or older than the retained event log; reload history over HTTP";
-                self.reply(protocol::error(r, "cursor_expired", m)).await;
+            Some(Since::Cursor(_)) => Some(Expired::Unknown),
+        };
+        if let Some(why) = expired {
+            if !self
+                .outbox
+                .push_wait(Item::reply(protocol::error(
+                    r,
+                    "cursor_expired",
+                    why.message(),
+                )))
+                .await
+            {
+                return Err(SubscribeError::Closing);
             }
-            _ => {}
         }
-        act.cursor_floor = floor;
+        act.cursor_floor = Some(floor);
         if !resync {
             act.before.push(Item::reply(protocol::subscribed(r, floor)));
         }
@@ -462,18 +507,21 @@ impl Reader {
     }
 
     /// Sends the retained events after `since` that `sel` and the scope
-    /// match, in order. Returns the last cursor read.
+    /// match, in order. Returns the last cursor read, or `None` if the log
+    /// left `since`'s life during the replay.
     async fn replay(
         &self,
-        since: StreamId,
+        since: Cursor,
         sel: &Selection,
         in_box: &[Arc<str>],
-    ) -> Result<StreamId, SubscribeError> {
+    ) -> Result<Option<Cursor>, SubscribeError> {
         let in_box: HashSet<&str> = in_box.iter().map(|d| &**d).collect();
         let devices: HashSet<&str> = sel.devices.iter().map(|d| &**d).collect();
         let mut after = since;
         loop {
-            let batch = self.ctx.store.events_after(after).await?;
+            let Some(batch) = self.ctx.store.events_after(after).await? else {
+                return Ok(None);
+            };
             let Some(&(last, _, _)) = batch.last() else {
                 break;
             };
@@ -482,7 +530,8 @@ impl Reader {
                     || (self.scope.allows_device(&device)
                         && (sel.fleet || in_box.contains(device.as_str())));
                 if matches {
-                    let frame = fieldcast_core::live::with_cursor(&json, &id.to_string());
+                    let cursor = Cursor::new(since.epoch, id);
+                    let frame = fieldcast_core::live::with_cursor(&json, &cursor.to_string());
                     let item = Item {
                         out: Out::Text(frame.into()),
                         kind: Kind::Event,
@@ -493,8 +542,8 @@ impl Reader {
                     }
                 }
             }
-            after = last;
+            after = Cursor::new(since.epoch, last);
         }
-        Ok(after)
+        Ok(Some(after))
     }
 }

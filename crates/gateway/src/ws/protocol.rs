@@ -7,7 +7,7 @@ use fieldcast_core::{DeviceId, DeviceState};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::cursor::StreamId;
+use crate::cursor::Cursor;
 use crate::geo::BBox;
 use crate::hub::Selection;
 
@@ -32,10 +32,11 @@ pub enum Command {
 }
 
 /// The `since` of a subscribe: a cursor, or text that is not one (which
-/// gets `cursor_expired`, the subscription still going ahead).
+/// gets `cursor_expired`, the subscription still going ahead), such as a
+/// bare stream id handed out before cursors carried the log's epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Since {
-    Cursor(StreamId),
+    Cursor(Cursor),
     Malformed,
 }
 
@@ -127,7 +128,7 @@ impl Command {
                 if op == "unsubscribe" {
                     return Ok(Command::Unsubscribe { r, selection });
                 }
-                let since = raw.since.map(|s| match s.parse::<StreamId>() {
+                let since = raw.since.map(|s| match s.parse::<Cursor>() {
                     Ok(c) => Since::Cursor(c),
                     Err(_) => Since::Malformed,
                 });
@@ -185,7 +186,7 @@ pub fn snapshot(r: &Ref, devices: &[DeviceState]) -> String {
     .text()
 }
 
-pub fn subscribed(r: &Ref, cursor: StreamId) -> String {
+pub fn subscribed(r: &Ref, cursor: Cursor) -> String {
     Reply {
         cursor: Some(cursor.to_string()),
         ..Reply::new("subscribed", r)
@@ -229,12 +230,28 @@ mod tests {
         assert_eq!(r.unwrap().get(), "\"1\"");
         assert_eq!(selection.devices.len(), 2);
         assert_eq!(since, None);
-        let c =
-            Command::parse(r#"{"op":"subscribe","ref":"5","fleet":true,"since":"1-2"}"#).unwrap();
+        let c = Command::parse(
+            r#"{"op":"subscribe","ref":"5","fleet":true,"since":"00000000000000ab:1-2"}"#,
+        )
+        .unwrap();
         let Command::Subscribe { since, .. } = c else {
             panic!()
         };
-        assert_eq!(since, Some(Since::Cursor(StreamId { ms: 1, seq: 2 })));
+        assert_eq!(
+            since,
+            Some(Since::Cursor("00000000000000ab:1-2".parse().unwrap()))
+        );
+        // A bare stream id (the format before epochs) is not a cursor.
+        for old in ["1-2", "garbage"] {
+            let c = Command::parse(&format!(
+                r#"{{"op":"subscribe","ref":"5","fleet":true,"since":"{old}"}}"#
+            ))
+            .unwrap();
+            let Command::Subscribe { since, .. } = c else {
+                panic!()
+            };
+            assert_eq!(since, Some(Since::Malformed), "{old}");
+        }
         let c = Command::parse(r#"{"op":"subscribe","ref":"3","bbox":[-1,50,1,52]}"#).unwrap();
         let Command::Subscribe { selection, .. } = c else {
             panic!()
@@ -275,8 +292,8 @@ mod tests {
             r#"{"type":"error","ref":"2","code":"forbidden","message":"no"}"#
         );
         assert_eq!(
-            subscribed(&None, StreamId { ms: 3, seq: 4 }),
-            r#"{"type":"subscribed","cursor":"3-4"}"#
+            subscribed(&None, "0123456789abcdef:3-4".parse().unwrap()),
+            r#"{"type":"subscribed","cursor":"0123456789abcdef:3-4"}"#
         );
     }
 }

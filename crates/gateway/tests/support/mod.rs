@@ -1,7 +1,8 @@
 //! Shared test support: a gateway on port 0 against the shared Redis and a
 //! fresh PostgreSQL database, a Redis feeder that writes exactly what
-//! docs/redis-layout.md says the bridge writes, a WebSocket client, a tiny
-//! HTTP client and token minting.
+//! docs/redis-layout.md says the bridge writes (events through the bridge's
+//! own `event.lua`), a WebSocket client, a tiny HTTP client and token
+//! minting.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -127,22 +128,46 @@ impl Env {
         n == 1
     }
 
-    /// An event: XADD to `<prefix>events`, PUBLISH with its cursor. Returns
-    /// the cursor.
-    pub async fn event(&self, device: &str, id: &str, ts: i64, data: Value) -> String {
+    /// An event, through the bridge's own script (`event.lua`): dedup key,
+    /// `last_seen`, XADD to `<prefix>events` (starting a new life of the
+    /// log, with a new epoch, when it has none), PUBLISH with its
+    /// `<epoch>:<id>` cursor. Returns whether it was logged (not a
+    /// duplicate).
+    pub async fn event(&self, device: &str, id: &str, ts: i64, data: Value) -> bool {
         let msg = json!({"type":"event","device":device,"id":id,"ts":ts,"kind":"panic","severity":"critical","data":data})
             .to_string();
-        self.redis
+        let p = &self.prefix;
+        let n: i64 = self
+            .redis
             .eval(
                 EVENT_LUA,
                 vec![
-                    format!("{}events", self.prefix),
-                    format!("{}live", self.prefix),
+                    format!("{p}dev:{device}"),
+                    format!("{p}evseen:{device}:{id}"),
+                    format!("{p}events"),
+                    format!("{p}devices"),
+                    format!("{p}events:epoch"),
                 ],
-                vec![device.to_owned(), msg],
+                vec![
+                    device.to_owned(),
+                    ts.to_string(),
+                    msg,
+                    "0".to_owned(),
+                    format!("{p}live"),
+                    "100000".to_owned(),
+                    "86400".to_owned(),
+                    format!("{:016x}", rand::random::<u64>()),
+                ],
             )
             .await
-            .unwrap()
+            .unwrap();
+        n == 1
+    }
+
+    /// A new feeder connection, for after a private Redis restarted (the
+    /// feeder's client does not reconnect by itself).
+    pub async fn reconnect_redis(&mut self) {
+        self.redis = redis_client(&self.redis_url).await;
     }
 
     pub async fn raw_publish(&self, channel: &str, payload: &str) {
@@ -185,12 +210,9 @@ redis.call('PUBLISH', KEYS[3], '{"rx":' .. ARGV[2] .. ',"msg":' .. ARGV[4] .. '}
 return 1
 "#;
 
-const EVENT_LUA: &str = r#"
-local id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[1], 'j', ARGV[2])
-local msg = string.sub(ARGV[2], 1, -2) .. ',"cursor":"' .. id .. '"}'
-redis.call('PUBLISH', KEYS[2], '{"rx":0,"msg":' .. msg .. '}')
-return id
-"#;
+/// The bridge's script itself, so the feeder and the bridge cannot drift
+/// apart on the event log's epoch rule.
+const EVENT_LUA: &str = include_str!("../../../bridge/src/sink/lua/event.lua");
 
 /// A gateway running `serve` on a port-0 listener.
 pub struct Gateway {
