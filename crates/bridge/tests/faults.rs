@@ -450,3 +450,47 @@ fn help_and_config_errors() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("FIELDCAST_MQTT_URL"), "{err}");
 }
+
+/// Pins PROTOCOL-side preconditions: a Redis whose eviction policy may drop
+/// the bridge's keys is reported (metric), and the bridge still runs; the
+/// shared Redis (noeviction) is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_redis_policy_is_reported() {
+    let redis = RedisServer::start().await.unwrap();
+    let client = Builder::from_config(fred::types::config::Config::from_url(&redis.url).unwrap())
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    let _: fred::types::Value = client
+        .custom(
+            fred::types::CustomCommand::new_static("CONFIG", None, false),
+            vec!["SET", "maxmemory-policy", "allkeys-lru"],
+        )
+        .await
+        .unwrap();
+    let broker = fieldcast_testkit::Mosquitto::start().await.unwrap();
+    let mut h = Harness::with_redis(&broker.url, &redis.url).await;
+    h.broker = Some(broker);
+    let bridge = h.start().await;
+    let m = bridge.handles.metrics.clone();
+    wait_until(WAIT, "eviction risk reported", || {
+        let m = m.clone();
+        async move { m.redis_eviction_risk.get() == 1 && m.redis_version_ok.get() == 1 }
+    })
+    .await
+    .unwrap();
+    assert!(bridge.handles.health.ready(), "a warning, not an outage");
+    bridge.stop().await;
+
+    let shared = Harness::private().await;
+    let bridge = shared.start().await;
+    let m = bridge.handles.metrics.clone();
+    wait_until(WAIT, "version checked on the shared redis", || {
+        let m = m.clone();
+        async move { m.redis_version_ok.get() == 1 }
+    })
+    .await
+    .unwrap();
+    assert_eq!(m.redis_eviction_risk.get(), 0, "noeviction is safe");
+    bridge.stop().await;
+}

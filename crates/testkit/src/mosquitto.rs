@@ -41,7 +41,7 @@ pub struct Mosquitto {
     pub url: String,
     service: Service,
     /// Holds config and log; removed on drop, after the process is killed.
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Mosquitto {
@@ -72,7 +72,7 @@ impl Mosquitto {
             port,
             url: format!("mqtt://127.0.0.1:{port}"),
             service,
-            _dir: dir,
+            dir,
         })
     }
 
@@ -86,6 +86,13 @@ impl Mosquitto {
     /// with the same config.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.service.restart().await
+    }
+
+    /// The broker's log since it last (re)started: errors, warnings and
+    /// notices, e.g. `Client <id> has exceeded timeout, disconnecting.` when
+    /// a client stopped serving its keepalive. Empty if it cannot be read.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
 }
 

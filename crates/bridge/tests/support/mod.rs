@@ -98,8 +98,7 @@ impl Harness {
             "--flush-interval",
             "300ms",
             "--spool-dir",
-            // One spool per bridge identity: a restarted bridge finds its own.
-            &self.spool.path().join(&self.client_id).to_string_lossy(),
+            &self.spool_dir().to_string_lossy(),
             "--shutdown-timeout",
             "10s",
         ]
@@ -131,6 +130,12 @@ impl Harness {
             shutdown,
             done,
         }
+    }
+
+    /// The bridge's `--spool-dir`: one spool per bridge identity, so a
+    /// restarted bridge finds its own.
+    pub fn spool_dir(&self) -> std::path::PathBuf {
+        self.spool.path().join(&self.client_id)
     }
 
     pub fn key(&self, k: &str) -> String {
@@ -172,9 +177,34 @@ impl Drop for Device {
 }
 
 pub async fn device_with(opts: MqttOptions) -> Device {
+    device_driven(opts, None).await
+}
+
+/// A device whose PUBACKs (from the broker) arrive on the returned
+/// channel, one packet id each, in the order the broker sent them.
+pub async fn device_with_acks(
+    opts: MqttOptions,
+) -> (Device, tokio::sync::mpsc::UnboundedReceiver<u16>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (device_driven(opts, Some(tx)).await, rx)
+}
+
+/// Options for a plain device on `mqtt_url` (what [`device`] uses).
+pub fn device_options(mqtt_url: &str) -> MqttOptions {
+    let u = fieldcast_mqtt::BrokerUrl::parse(mqtt_url).unwrap();
+    let mut opts = MqttOptions::new(unique("dev"), u.host, u.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
+    opts
+}
+
+async fn device_driven(
+    opts: MqttOptions,
+    acks: Option<tokio::sync::mpsc::UnboundedSender<u16>>,
+) -> Device {
     let (client, eventloop) = AsyncClient::new(opts, 1000);
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(drive(eventloop, Some(tx)));
+    let task = tokio::spawn(drive(eventloop, Some(tx), acks));
     tokio::time::timeout(WAIT, rx)
         .await
         .expect("device connects")
@@ -183,19 +213,24 @@ pub async fn device_with(opts: MqttOptions) -> Device {
 }
 
 pub async fn device(mqtt_url: &str) -> Device {
-    let u = fieldcast_mqtt::BrokerUrl::parse(mqtt_url).unwrap();
-    let mut opts = MqttOptions::new(unique("dev"), u.host, u.port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
-    device_with(opts).await
+    device_with(device_options(mqtt_url)).await
 }
 
-async fn drive(mut el: EventLoop, mut connected: Option<tokio::sync::oneshot::Sender<()>>) {
+async fn drive(
+    mut el: EventLoop,
+    mut connected: Option<tokio::sync::oneshot::Sender<()>>,
+    acks: Option<tokio::sync::mpsc::UnboundedSender<u16>>,
+) {
     loop {
         match el.poll().await {
             Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
                 if let Some(tx) = connected.take() {
                     let _ = tx.send(());
+                }
+            }
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(a))) => {
+                if let Some(tx) = &acks {
+                    let _ = tx.send(a.pkid);
                 }
             }
             Ok(_) => {}
@@ -211,22 +246,62 @@ impl Device {
             .await
             .unwrap();
     }
+
+    /// Publishes at QoS 1 and waits for the broker's PUBACK on `acks` (from
+    /// [`device_with_acks`]); `false` if none came within [`WAIT`]. Call it
+    /// for one message at a time, so the ack that comes is this one's.
+    pub async fn publish_acked(
+        &self,
+        acks: &mut tokio::sync::mpsc::UnboundedReceiver<u16>,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+    ) -> bool {
+        self.publish(topic, QoS::AtLeastOnce, false, payload).await;
+        matches!(tokio::time::timeout(WAIT, acks.recv()).await, Ok(Some(_)))
+    }
+}
+
+/// A client of the Redis at `url`, connected.
+pub async fn redis_client(url: &str) -> Client {
+    let c = Builder::from_config(RedisConfig::from_url(url).unwrap())
+        .build()
+        .unwrap();
+    c.init().await.expect("redis client connects");
+    c
 }
 
 /// A plain Redis subscriber on `<prefix>live`, collecting message texts.
 pub async fn live_subscriber(
     prefix: &str,
 ) -> (SubscriberClient, tokio::sync::mpsc::Receiver<String>) {
-    let sub = Builder::from_config(
-        RedisConfig::from_url(&fieldcast_testkit::shared_redis_url()).unwrap(),
-    )
-    .build_subscriber_client()
-    .unwrap();
+    live_subscriber_at(&fieldcast_testkit::shared_redis_url(), prefix).await
+}
+
+/// [`live_subscriber`] on the Redis at `redis_url`.
+pub async fn live_subscriber_at(
+    redis_url: &str,
+    prefix: &str,
+) -> (SubscriberClient, tokio::sync::mpsc::Receiver<String>) {
+    // fred hands messages over through a broadcast channel (32 by default)
+    // that drops the oldest for a receiver that lags: a burst (a replay of
+    // hundreds of events) would overflow it.
+    let sub = Builder::from_config(RedisConfig::from_url(redis_url).unwrap())
+        .with_performance_config(|p| p.broadcast_channel_capacity = 100_000)
+        .build_subscriber_client()
+        .unwrap();
     sub.init().await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+    let (tx, rx) = tokio::sync::mpsc::channel(100_000);
     let mut stream = sub.message_rx();
     tokio::spawn(async move {
-        while let Ok(m) = stream.recv().await {
+        loop {
+            let m = match stream.recv().await {
+                Ok(m) => m,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!("live subscriber: {n} messages lost in the client (lagged)");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
             let Some(s) = m.value.as_string() else {
                 continue;
             };
@@ -285,4 +360,165 @@ pub fn metric(text: &str, series: &str) -> f64 {
 
 pub fn now_ms() -> i64 {
     fieldcast_core::time::now_ms()
+}
+
+/// The value of one sample line, or `None` when the page has no such line
+/// (where [`metric`] would say 0).
+pub fn metric_opt(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// [`http_get`] that reports a failure (no connection, no answer within
+/// 5 s) as `None` instead of panicking, for use in background pollers.
+pub async fn try_http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.ok()?;
+        let code = buf.split(' ').nth(1).and_then(|c| c.parse().ok())?;
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((code, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), get)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The bridge's `/metrics` page.
+pub async fn metrics_page(addr: std::net::SocketAddr) -> String {
+    let (code, text) = http_get(addr, "/metrics").await;
+    assert_eq!(code, 200, "/metrics");
+    text
+}
+
+/// What a [`ReadyWatch`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct ReadySeen {
+    /// Answers received.
+    pub polls: u64,
+    /// Answers that said not ready (a non-200 status or `"ready": false`).
+    pub not_ready: u64,
+    /// Requests that got no answer (not counted as not-ready).
+    pub failed: u64,
+    /// The first not-ready answer: status and body.
+    pub first_not_ready: Option<(u16, String)>,
+}
+
+/// Polls `/readyz` every 100 ms in the background until dropped.
+pub struct ReadyWatch {
+    seen: std::sync::Arc<std::sync::Mutex<ReadySeen>>,
+    task: JoinHandle<()>,
+}
+
+impl ReadyWatch {
+    pub fn start(addr: std::net::SocketAddr) -> ReadyWatch {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(ReadySeen::default()));
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let answer = try_http_get(addr, "/readyz").await;
+                {
+                    let mut s = s.lock().unwrap();
+                    match answer {
+                        None => s.failed += 1,
+                        Some((code, body)) => {
+                            s.polls += 1;
+                            let ready = code == 200
+                                && serde_json::from_str::<serde_json::Value>(&body)
+                                    .ok()
+                                    .and_then(|v| v["ready"].as_bool())
+                                    .unwrap_or(false);
+                            if !ready {
+                                s.not_ready += 1;
+                                if s.first_not_ready.is_none() {
+                                    s.first_not_ready = Some((code, body));
+                                }
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        ReadyWatch { seen, task }
+    }
+
+    pub fn seen(&self) -> ReadySeen {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (up to [`WAIT`]) until at least `n` answers came, so a quick
+    /// test still watches for a while: e.g. 20 polls ≈ 2 s, two rounds of
+    /// the bridge's 1 s health and replay loops.
+    pub async fn wait_polls(&self, n: u64) {
+        let _ = wait_until(WAIT, "readyz polls", || async { self.seen().polls >= n }).await;
+    }
+}
+
+impl Drop for ReadyWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A size-limited tmpfs mounted on a directory (the tests run as root),
+/// unmounted on drop — lazily if something still holds a file in it, so a
+/// failing test never leaves a mount behind.
+pub struct Tmpfs {
+    path: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`, e.g. `48k`) on `path`,
+    /// creating the directory first.
+    pub fn mount(path: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mount -t tmpfs on {} failed ({status}); the test must run as root",
+            path.display()
+        );
+        Tmpfs {
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let umount = |lazy: bool| {
+            let mut c = std::process::Command::new("umount");
+            if lazy {
+                c.arg("-l");
+            }
+            c.arg(&self.path)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !umount(false) && !umount(true) {
+            eprintln!("could not unmount the tmpfs on {}", self.path.display());
+        }
+    }
 }
