@@ -239,18 +239,12 @@ impl Queue {
 
     /// Queues an accepted location for history and the live path. Waits
     /// only while the history lane is full.
-    pub async fn push_location(&self, row: LocationRow) {
+    pub async fn push_location(&self, mut row: LocationRow) {
         loop {
             let room = self.room.notified();
-            {
-                let mut g = self.lock();
-                if g.history.len() < self.cap.history || g.closed {
-                    self.insert_location(&mut g, row);
-                    drop(g);
-                    self.live_wake.notify_one();
-                    self.history_wake.notify_one();
-                    return;
-                }
+            match self.try_push_location(row) {
+                Ok(()) => return,
+                Err(back) => row = back,
             }
             room.await;
         }
@@ -285,21 +279,12 @@ impl Queue {
     }
 
     /// Queues a reliable item, waiting for room.
-    pub async fn push_reliable(&self, item: Reliable) {
+    pub async fn push_reliable(&self, mut item: Reliable) {
         loop {
             let room = self.room.notified();
-            {
-                let mut g = self.lock();
-                if g.reliable.len() < self.cap.reliable || g.closed {
-                    if item.ack().is_some() {
-                        self.metrics.acks_pending.inc();
-                    }
-                    g.reliable.push_back(item);
-                    self.gauges(&g);
-                    drop(g);
-                    self.reliable_wake.notify_one();
-                    return;
-                }
+            match self.try_push_reliable(item) {
+                Ok(()) => return,
+                Err(back) => item = back,
             }
             room.await;
         }

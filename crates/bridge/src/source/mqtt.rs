@@ -205,11 +205,7 @@ impl Source {
     /// Moves held-back steps into the queue, in order, while it has room.
     fn release(&self, held: &mut VecDeque<Held>) {
         while let Some(step) = held.pop_front() {
-            let back = match step {
-                Held::Location(row) => self.queue.try_push_location(row).map_err(Held::Location),
-                Held::Reliable(item) => self.queue.try_push_reliable(item).map_err(Held::Reliable),
-            };
-            if let Err(step) = back {
+            if let Err(step) = self.try_queue(step) {
                 held.push_front(step);
                 return;
             }
@@ -219,17 +215,17 @@ impl Source {
     /// Queues the steps of one message behind anything held back, holding
     /// what the queue has no room for.
     fn enqueue(&self, held: &mut VecDeque<Held>, step: Held) {
-        if held.is_empty() {
-            let back = match step {
-                Held::Location(row) => self.queue.try_push_location(row).map_err(Held::Location),
-                Held::Reliable(item) => self.queue.try_push_reliable(item).map_err(Held::Reliable),
-            };
-            match back {
-                Ok(()) => {}
-                Err(step) => held.push_back(step),
-            }
-        } else {
+        if !held.is_empty() {
             held.push_back(step);
+        } else if let Err(step) = self.try_queue(step) {
+            held.push_back(step);
+        }
+    }
+
+    fn try_queue(&self, step: Held) -> Result<(), Held> {
+        match step {
+            Held::Location(row) => self.queue.try_push_location(row).map_err(Held::Location),
+            Held::Reliable(item) => self.queue.try_push_reliable(item).map_err(Held::Reliable),
         }
     }
 
