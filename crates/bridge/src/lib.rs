@@ -165,6 +165,7 @@ pub async fn start(
             metrics: metrics.clone(),
             batch_rows: config.batch_rows,
             retention_ms,
+            timing: sink::history::ReplayTiming::default(),
         }
         .run(background.clone()),
     );

@@ -1033,3 +1033,90 @@ async fn last_will_after_a_status_stamped_ahead_marks_the_device_offline() {
     .await;
     bridge.stop().await;
 }
+
+/// Pins: Redis work owed for acknowledged events survives a bridge restart.
+/// A bridge acknowledges events while Redis is down (outbox), stops; a new
+/// bridge on the same spool directory replays the outbox once Redis is
+/// back, each event logged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_is_replayed_by_the_next_bridge_after_a_restart() {
+    const N: i64 = 20;
+    let _serial = SERIAL.lock().await;
+    let mut redis = RedisServer::start().await.unwrap();
+    let broker = Mosquitto::start().await.unwrap();
+    let mut h = Harness::with_redis(&broker.url, &redis.url).await;
+    h.broker = Some(broker);
+    let bridge = h.start().await;
+    let health = bridge.handles.health.clone();
+    let (dev, mut acks) = device_with_acks(device_options(&h.mqtt_url)).await;
+    let id = unique("obx");
+    let topic = format!("devices/{id}/events");
+    redis.kill();
+    wait_until(WAIT, "the bridge sees Redis down", || {
+        let health = health.clone();
+        async move { !health.redis() }
+    })
+    .await
+    .unwrap();
+    let t0 = now_ms() - 60_000;
+    for i in 0..N {
+        let p = json!({"id": format!("ev-{i}"), "kind": "tick", "ts": t0 + i}).to_string();
+        assert!(
+            dev.publish_acked(&mut acks, &topic, p).await,
+            "event {i} acknowledged"
+        );
+    }
+    h.wait_count(
+        &format!("SELECT count(*) FROM events WHERE device_id = '{id}'"),
+        N,
+    )
+    .await;
+    bridge.stop().await;
+    let outbox = h.spool_dir().join("outbox");
+    let owed = std::fs::read_dir(&outbox)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+        .count();
+    assert!(
+        owed > 0,
+        "the stopped bridge left its Redis work in {outbox:?}"
+    );
+
+    redis.restart().await.unwrap();
+    let bridge = h.start().await;
+    let client = redis_client(&redis.url).await;
+    let key = h.key("events");
+    let c = &client;
+    wait_until(WAIT, "the new bridge replays the outbox", || {
+        let key = key.clone();
+        async move { c.xlen::<i64, _>(key).await.unwrap_or(0) == N }
+    })
+    .await
+    .unwrap();
+    let last_seen: Option<String> = client
+        .hget(h.key(&format!("dev:{id}")), "last_seen")
+        .await
+        .unwrap();
+    assert_eq!(last_seen, Some((t0 + N - 1).to_string()));
+    wait_until(WAIT, "the outbox is empty", || {
+        let outbox = outbox.clone();
+        async move {
+            std::fs::read_dir(&outbox)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .all(|e| !e.file_name().to_string_lossy().starts_with("seg-"))
+                })
+                .unwrap_or(false)
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        client.xlen::<i64, _>(h.key("events")).await.unwrap(),
+        N,
+        "each event logged once"
+    );
+    bridge.stop().await;
+}

@@ -102,3 +102,43 @@ async fn retention_drops_old_partitions_and_rows() {
         assert_eq!(ids, vec!["new".to_owned()], "{table}");
     }
 }
+
+/// Pins: every bridge session runs with a statement and a lock timeout, and
+/// partition upkeep gives up a lock it cannot get instead of queueing
+/// ingest behind it (its caller retries with backoff).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_have_timeouts_and_upkeep_gives_up_a_held_lock() {
+    let pg = PgDb::create().await.unwrap();
+    let pool = fieldcast_bridge::sink::postgres::pool(&pg.url).unwrap();
+    let mut c = pool.get().await.unwrap();
+    for (setting, want) in [("statement_timeout", "15s"), ("lock_timeout", "5s")] {
+        let row = c.query_one(&format!("SHOW {setting}"), &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), want, "{setting}");
+    }
+    db::prepare(&mut c, Duration::from_secs(7 * 86400))
+        .await
+        .unwrap();
+
+    // An analyst (or a migration tool) holding the events table.
+    let mut holder = pg.client().await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        db::prepare(&mut c, Duration::from_secs(7 * 86400)),
+    )
+    .await
+    .expect("upkeep must give up, not wait for the lock");
+    let e = r.expect_err("the lock is held");
+    assert_eq!(
+        e.code().map(|c| c.code()),
+        Some("55P03"),
+        "lock_not_available: {e}"
+    );
+    tx.rollback().await.unwrap();
+    db::prepare(&mut c, Duration::from_secs(7 * 86400))
+        .await
+        .unwrap();
+}

@@ -26,9 +26,30 @@ use crate::spool::{Record, Rows, SegmentReader, Spool, SpoolError};
 
 /// Records read from a spool segment at a time.
 const REPLAY_CHUNK: usize = 5_000;
-/// Failed replays of one segment (PostgreSQL answering meanwhile) before it
-/// is moved to quarantine.
-const REPLAY_ATTEMPTS: u32 = 8;
+
+/// When the replayer looks and how long it keeps trying one segment.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayTiming {
+    /// Between looks at the spool.
+    pub tick: Duration,
+    /// Backoff after a failed segment: from `min` doubling to `max`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Failed replays of one segment (PostgreSQL answering meanwhile)
+    /// before it is moved to quarantine.
+    pub attempts: u32,
+}
+
+impl Default for ReplayTiming {
+    fn default() -> Self {
+        ReplayTiming {
+            tick: Duration::from_secs(1),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            attempts: 8,
+        }
+    }
+}
 
 pub struct Batcher {
     pub queue: Arc<Queue>,
@@ -160,6 +181,7 @@ pub struct Replayer {
     pub metrics: Arc<Metrics>,
     pub batch_rows: usize,
     pub retention_ms: i64,
+    pub timing: ReplayTiming,
 }
 
 /// What one segment held.
@@ -173,16 +195,17 @@ struct Replayed {
 
 impl Replayer {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let t = self.timing;
+        let mut backoff = Backoff::new(t.min_backoff, t.max_backoff);
         let mut failures: HashMap<PathBuf, u32> = HashMap::new();
         let mut log = LogLimiter::new(5, Duration::from_secs(10));
-        let mut wait = Duration::from_secs(1);
+        let mut wait = t.tick;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            wait = Duration::from_secs(1);
+            wait = t.tick;
             let bytes = self.spool.bytes();
             self.metrics.spool_bytes.set(bytes as i64);
             if bytes == 0 || !self.health.pg() {
@@ -228,7 +251,7 @@ impl Replayer {
                         if !outage || self.pg.ping().await {
                             let n = failures.entry(seg.clone()).or_default();
                             *n += 1;
-                            if *n >= REPLAY_ATTEMPTS {
+                            if *n >= t.attempts {
                                 failures.remove(&seg);
                                 self.quarantine(&seg, &e);
                                 continue;
@@ -332,5 +355,68 @@ pub async fn maintain_schema(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Capacity;
+
+    /// Pins: a segment that cannot be read is retried with backoff, then
+    /// moved to quarantine and counted, and the spool is clear again.
+    #[tokio::test]
+    async fn an_unreadable_segment_is_quarantined_after_its_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        // A directory where a segment should be: opening works, reading
+        // fails (EISDIR), as a damaged file system would.
+        let bad = dir.path().join("seg-0000000000001-000000.jsonl");
+        std::fs::create_dir(&bad).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        health.set_pg(true);
+        health.set_schema(true);
+        let pool = crate::sink::postgres::pool("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let replayer = Replayer {
+            spool: spool.clone(),
+            pg: Arc::new(Pg::new(pool)),
+            queue: Arc::new(Queue::new(
+                Capacity {
+                    live: 10,
+                    reliable: 10,
+                    history: 10,
+                    deadletters: 10,
+                },
+                metrics.clone(),
+            )),
+            health,
+            metrics: metrics.clone(),
+            batch_rows: 100,
+            retention_ms: i64::MAX / 2,
+            timing: ReplayTiming {
+                tick: Duration::from_millis(10),
+                min_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(20),
+                attempts: 3,
+            },
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(replayer.run(stop.clone()));
+        for _ in 0..500 {
+            if metrics.spool_quarantined.get() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        task.await.unwrap();
+        assert_eq!(metrics.spool_quarantined.get(), 1);
+        assert!(!bad.exists());
+        assert!(dir
+            .path()
+            .join("quarantine/seg-0000000000001-000000.jsonl")
+            .is_dir());
+        assert_eq!(spool.bytes(), 0);
     }
 }
