@@ -99,6 +99,40 @@ pub struct Config {
     /// PostgreSQL connections in the pool.
     #[arg(long, env = "FIELDCAST_DATABASE_POOL", default_value = "16")]
     pub database_pool: NonZeroUsize,
+
+    /// Queued frames one connection may hold, in bytes (snapshots
+    /// included). Past it the same policy as `FIELDCAST_WS_QUEUE` applies:
+    /// locations coalesce, then the connection is closed with 4008.
+    #[arg(long, env = "FIELDCAST_WS_QUEUE_BYTES", default_value = "16777216")]
+    pub ws_queue_bytes: NonZeroUsize,
+
+    /// Devices per snapshot frame: a larger snapshot is sent as several
+    /// frames, all but the last with `"more":true`.
+    #[arg(long, env = "FIELDCAST_SNAPSHOT_FRAME_DEVICES", default_value = "1000")]
+    pub snapshot_frame_devices: NonZeroUsize,
+
+    /// Snapshots one gateway builds at once; more subscribes wait their
+    /// turn (a Redis blip makes every connection resync at the same time).
+    #[arg(long, env = "FIELDCAST_SNAPSHOT_CONCURRENCY", default_value = "4")]
+    pub snapshot_concurrency: NonZeroUsize,
+
+    /// Longest a history query may run in PostgreSQL (`statement_timeout`).
+    #[arg(long, env = "FIELDCAST_HISTORY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub history_timeout: Duration,
+
+    /// Longest a history response may wait for a client to take the next
+    /// part; a reader that stalls longer is cut and its connection freed.
+    #[arg(long, env = "FIELDCAST_HISTORY_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub history_send_timeout: Duration,
+
+    /// History requests one gateway serves at once; more get 429. Kept
+    /// below `FIELDCAST_DATABASE_POOL` so live paths keep a connection.
+    #[arg(long, env = "FIELDCAST_HISTORY_CONCURRENCY", default_value = "12")]
+    pub history_concurrency: NonZeroUsize,
+
+    /// Largest `POST /api/publish` body, in bytes; larger gets 413.
+    #[arg(long, env = "FIELDCAST_PUBLISH_MAX_BYTES", default_value = "65536")]
+    pub publish_max_bytes: NonZeroUsize,
 }
 
 /// A configuration that parses but cannot run.
