@@ -48,6 +48,7 @@ pub async fn run(
     let _task = client.connect();
     let channels = vec![keys.live.clone(), keys.push.clone()];
     let mut first = true;
+    let mut initial_connect = true;
     let mut need_subscribe = true;
     let mut backoff = Backoff::new();
     loop {
@@ -94,6 +95,12 @@ pub async fn run(
                 Err(RecvError::Closed) => break,
             },
             r = reconnects.recv() => {
+                // fred reports the first connection on this channel too;
+                // that one needs no resubscribe, and answering it as a
+                // reconnect resynced every client of a fresh instance.
+                if r.is_ok() && std::mem::replace(&mut initial_connect, false) {
+                    continue;
+                }
                 if r.is_ok() {
                     metrics::counter!("fieldcast_gateway_redis_reconnects_total").increment(1);
                     need_subscribe = true;

@@ -123,10 +123,18 @@ pub async fn serve(
             }
         }
     });
+    let mut probe_pg: tokio_postgres::Config = config
+        .store
+        .database_url
+        .parse()
+        .context("FIELDCAST_DATABASE_URL")?;
+    probe_pg
+        .connect_timeout(Duration::from_secs(1))
+        .application_name("fieldcast-gateway-probe");
     tracker.spawn(health::probe(
         health.clone(),
         store.clone(),
-        pg.clone(),
+        probe_pg,
         shutdown.clone(),
     ));
     tracker.spawn({

@@ -40,6 +40,8 @@ pub struct Limits {
 pub struct Ctx {
     pub hub: Arc<Hub>,
     pub store: Store,
+    /// A subscribe is answered only once the live feed is subscribed.
+    pub health: Arc<crate::health::Health>,
     pub limits: Limits,
     /// Cancelled on SIGTERM: the writer sends 1001 and the task ends.
     pub shutdown: CancellationToken,
@@ -47,6 +49,10 @@ pub struct Ctx {
 
 const BATCH: usize = 256;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a subscribe waits for this instance's live feed (a gateway
+/// that just started, or one whose Redis is reconnecting) before it is
+/// answered `unavailable`.
+const FEED_WAIT: Duration = Duration::from_secs(5);
 
 /// Drives one upgraded socket until either side ends it.
 pub async fn run(socket: WebSocket, scope: Scope, ctx: Ctx) {
@@ -58,7 +64,7 @@ pub async fn run(socket: WebSocket, scope: Scope, ctx: Ctx) {
     let reg = ctx
         .hub
         .register(scope.clone(), outbox.clone(), signals.clone());
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let mut writer = pin!(write_loop(sink, outbox.clone(), ctx.shutdown.clone()));
     let reader = Reader {
         id: reg.id,
@@ -67,21 +73,39 @@ pub async fn run(socket: WebSocket, scope: Scope, ctx: Ctx) {
         signals,
         ctx: ctx.clone(),
     };
-    tokio::select! {
+    let closed_by_us = tokio::select! {
         close = &mut writer => {
             if close == Close::SLOW_CONSUMER {
                 tracing::info!(conn = reg.id, "closed a slow consumer (4008)");
             }
+            true
         }
-        () = reader.run(stream) => {
+        () = reader.run(&mut stream) => {
             // The reader asked for a close (rate limit, token expiry): let
             // the writer deliver it, briefly.
             if outbox.is_closing() {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT * 2, writer).await;
+                true
+            } else {
+                false
             }
         }
-    }
+    };
     drop(reg);
+    if closed_by_us {
+        // Dropping a socket whose receive buffer still holds the client's
+        // frames makes the kernel answer with a reset, and the client loses
+        // our close frame with it (it sees 1006). Read and discard until the
+        // client answers the close or goes, briefly.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }
 
 /// Runs `f` when dropped.
@@ -239,7 +263,7 @@ enum SubscribeError {
 }
 
 impl Reader {
-    async fn run(self, mut stream: SplitStream<WebSocket>) {
+    async fn run(self, stream: &mut SplitStream<WebSocket>) {
         let limits = self.ctx.limits;
         let mut last_rx = Instant::now();
         let mut window_start = Instant::now();
@@ -335,6 +359,10 @@ impl Reader {
                     return self
                         .reply(protocol::error(&r, "too_many_subscriptions", &m))
                         .await;
+                }
+                if !self.ctx.health.feed_up(FEED_WAIT).await {
+                    let m = "the live feed is not subscribed yet; subscribe again shortly";
+                    return self.reply(protocol::error(&r, "unavailable", m)).await;
                 }
                 if let Err(e) = self.subscribe(&r, selection, since, false).await {
                     self.ctx.hub.abort(self.id);

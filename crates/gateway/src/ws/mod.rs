@@ -34,6 +34,7 @@ pub async fn upgrade(
     let ctx = connection::Ctx {
         hub: s.hub.clone(),
         store: s.store.clone(),
+        health: s.health.clone(),
         limits: s.limits,
         shutdown: s.shutdown.clone(),
     };
