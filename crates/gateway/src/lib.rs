@@ -171,11 +171,18 @@ pub async fn serve(
             .filter(|o| !o.is_empty())
             .cloned()
             .collect(),
+        open: config.auth == config::AuthMode::None,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     };
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, "gateway listening");
+    if config.auth == config::AuthMode::None {
+        tracing::warn!(
+            ?addr,
+            "--auth none: the gateway is open — anyone who can reach it sees the whole fleet and may publish; browsers may use it only from its own origin (or FIELDCAST_ALLOWED_ORIGINS). Set FIELDCAST_JWT_SECRET for anything but a local demo"
+        );
+    }
     let send_buffer = config.ws_send_buffer;
     let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
     axum::serve(listener, routes::router(state))

@@ -8,7 +8,10 @@ pub mod ops;
 
 use std::sync::Arc;
 
-use axum::extract::FromRef;
+use axum::extract::{FromRef, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -16,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::error::ApiError;
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::store::Store;
@@ -32,8 +36,11 @@ pub struct AppState {
     pub prometheus: PrometheusHandle,
     pub limits: Limits,
     pub max_frame: usize,
-    /// Origins allowed to open `/ws`; empty = any.
+    /// Origins allowed to use `/ws` and `/api/*` from a browser; empty =
+    /// any with tokens, only the gateway's own with `--auth none`.
     pub allowed_origins: Arc<[String]>,
+    /// `--auth none`: no token protects the fleet, so the Origin does.
+    pub open: bool,
     /// Tracks every socket task, so shutdown can wait for their 1001.
     pub tracker: TaskTracker,
     /// Cancelled on SIGTERM/SIGINT.
@@ -49,6 +56,19 @@ impl FromRef<AppState> for Authenticator {
 }
 
 pub fn router(state: AppState) -> Router {
+    // What a browser page of another site could use with the operator's
+    // network position: guarded by the Origin rule.
+    let guarded = Router::new()
+        .route("/ws", get(crate::ws::upgrade))
+        .route("/api/devices", get(api::devices))
+        .route("/api/devices/{id}", get(api::device))
+        .route("/api/devices/{id}/track", get(api::track))
+        .route("/api/events", get(api::events))
+        .route("/api/publish", post(api::publish))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_origin,
+        ));
     Router::new()
         .route("/", get(assets::index))
         .route("/assets/{file}", get(assets::asset))
@@ -56,12 +76,66 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .route("/ws", get(crate::ws::upgrade))
-        .route("/api/devices", get(api::devices))
-        .route("/api/devices/{id}", get(api::device))
-        .route("/api/devices/{id}/track", get(api::track))
-        .route("/api/events", get(api::events))
-        .route("/api/publish", post(api::publish))
+        .merge(guarded)
         .fallback(ops::not_found)
         .with_state(state)
+}
+
+/// The Origin rule for `/ws` and `/api/*`. A request without `Origin` is
+/// not from a browser page (or is a same-origin GET) and passes; the token
+/// is its guard. With `FIELDCAST_ALLOWED_ORIGINS` only those origins pass.
+/// Without it, tokens guard everything, except under `--auth none`, where
+/// only the gateway's own origin passes: any page the operator visits could
+/// otherwise open `ws://127.0.0.1:8080/ws` and read the fleet.
+async fn check_origin(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(next.run(req).await);
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let allowed = if !s.allowed_origins.is_empty() {
+        s.allowed_origins.iter().any(|a| a == origin)
+    } else if s.open {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        same_origin(origin, host)
+    } else {
+        true
+    };
+    if allowed {
+        Ok(next.run(req).await)
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "origin {origin} is not allowed (FIELDCAST_ALLOWED_ORIGINS)"
+        )))
+    }
+}
+
+/// `origin` (`scheme://host[:port]`) names the host the request was sent to.
+fn same_origin(origin: &str, host: &str) -> bool {
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    !host.is_empty() && rest.is_some_and(|r| r.eq_ignore_ascii_case(host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_origin;
+
+    #[test]
+    fn own_origin_is_scheme_plus_the_host_header() {
+        assert!(same_origin("http://127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(same_origin("https://Map.Example", "map.example"));
+        assert!(!same_origin("http://evil.example", "127.0.0.1:8080"));
+        assert!(!same_origin("http://127.0.0.1:8080.evil", "127.0.0.1:8080"));
+        assert!(!same_origin("null", "127.0.0.1:8080"));
+        assert!(!same_origin("http://127.0.0.1:8080", ""));
+    }
 }
