@@ -1,7 +1,7 @@
 //! The HTTP error of PROTOCOL.md §5: `{"error":{"code","message"}}` with the
 //! right status. Internal causes are logged, never shown to the caller.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -16,6 +16,23 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// A request body over its limit (413).
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// A request body of a type the endpoint does not take (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Too many history requests at once on this instance (429); the
+    /// client may retry after `retry_after_secs`.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// A history query ran past its statement timeout (503): narrower
+    /// windows or smaller pages will do.
+    #[error("{0}")]
+    Timeout(String),
     /// A dependency (Redis, PostgreSQL) failed; the cause goes to the log.
     #[error("{what} unavailable: {cause}")]
     Unavailable { what: &'static str, cause: String },
@@ -28,6 +45,10 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::TooManyRequests { .. } => "too_many_requests",
+            ApiError::Timeout(_) => "timeout",
             ApiError::Unavailable { .. } => "unavailable",
         }
     }
@@ -38,7 +59,10 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Timeout(_) | ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -67,6 +91,46 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let body = serde_json::json!({"error": {"code": self.code(), "message": message}});
-        (self.status(), Json(body)).into_response()
+        let mut resp = (self.status(), Json(body)).into_response();
+        if let ApiError::TooManyRequests {
+            retry_after_secs, ..
+        } = &self
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_codes_and_retry_after() {
+        let r = ApiError::TooManyRequests {
+            message: "busy".into(),
+            retry_after_secs: 1,
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        for (e, status, code) in [
+            (
+                ApiError::PayloadTooLarge("x".into()),
+                413,
+                "payload_too_large",
+            ),
+            (
+                ApiError::UnsupportedMediaType("x".into()),
+                415,
+                "unsupported_media_type",
+            ),
+            (ApiError::Timeout("x".into()), 503, "timeout"),
+            (ApiError::NotFound("x".into()), 404, "not_found"),
+        ] {
+            assert_eq!((e.status().as_u16(), e.code()), (status, code));
+        }
     }
 }

@@ -160,6 +160,8 @@ pub async fn serve(
         prometheus,
         limits: ws::connection::Limits {
             queue,
+            queue_bytes: config.ws_queue_bytes.get(),
+            snapshot_frame_devices: config.snapshot_frame_devices.get(),
             rate_per_sec: config.ws_rate_limit.get(),
             max_subscriptions: config.ws_max_subscriptions.get(),
             ping_interval: config.ws_ping_interval,
@@ -172,6 +174,10 @@ pub async fn serve(
             .cloned()
             .collect(),
         open: config.auth == config::AuthMode::None,
+        snapshots: Arc::new(tokio::sync::Semaphore::new(
+            config.snapshot_concurrency.get(),
+        )),
+        history_limits: history::HistoryLimits::from_config(&config),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     };

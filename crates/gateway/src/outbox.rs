@@ -7,10 +7,21 @@
 //! channel messages and replies are never dropped: when `cap` of them are
 //! waiting, or the queue reaches twice `cap` in all, the connection is
 //! marked for closing with 4008 `slow_consumer` and its writer stops
-//! sending. Memory per connection is therefore bounded by `2 * cap` frames.
+//! sending. The same policy holds in bytes: once half of `byte_cap` is
+//! queued, locations coalesce; a frame that would take the queue past
+//! `byte_cap` closes it. Memory per connection is therefore bounded by
+//! `2 * cap` frames and by `byte_cap` bytes (plus one frame: a frame larger
+//! than the budget still goes to an empty queue).
+//!
+//! Replies (snapshots, replayed events, pongs) wait for room instead
+//! ([`Outbox::push_wait`]), which holds back the connection's reader; a
+//! client that leaves them unread for [`REPLY_WAIT`] is closed with 4008
+//! too, so one that subscribes again and again without reading is closed,
+//! not fed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
@@ -57,7 +68,25 @@ pub struct Item {
     pub rx_ms: i64,
 }
 
+/// How long a reply waits for room before the connection is closed as a
+/// slow consumer.
+pub const REPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// Bytes the writer takes from the queue at a time (one flush).
+pub const DRAIN_BYTES: usize = 64 * 1024;
+
+/// Default per-connection byte budget (`FIELDCAST_WS_QUEUE_BYTES`).
+pub const DEFAULT_BYTE_CAP: usize = 16 << 20;
+
 impl Item {
+    /// Bytes this frame holds while queued.
+    fn bytes(&self) -> usize {
+        match &self.out {
+            Out::Text(t) => t.len(),
+            Out::Ping => 0,
+        }
+    }
+
     pub fn reply(text: impl Into<Utf8Bytes>) -> Self {
         Item {
             out: Out::Text(text.into()),
@@ -125,12 +154,16 @@ struct Inner {
     latest_location: HashMap<Arc<str>, u64>,
     /// Queued frames that may never be dropped.
     strict: usize,
+    /// Bytes of every queued frame.
+    bytes: usize,
     closing: Option<Close>,
 }
 
 /// See the module docs.
 pub struct Outbox {
     cap: usize,
+    byte_cap: usize,
+    reply_wait: Duration,
     inner: Mutex<Inner>,
     /// Wakes the writer: something was queued, or the connection must close.
     ready: Notify,
@@ -142,19 +175,33 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(cap: usize) -> Self {
+        Self::with_byte_cap(cap, DEFAULT_BYTE_CAP)
+    }
+
+    /// An outbox bounded by `cap` frames and `byte_cap` bytes.
+    pub fn with_byte_cap(cap: usize, byte_cap: usize) -> Self {
         Outbox {
             cap: cap.max(1),
+            byte_cap: byte_cap.max(1),
+            reply_wait: REPLY_WAIT,
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
                 head: 0,
                 latest_location: HashMap::new(),
                 strict: 0,
+                bytes: 0,
                 closing: None,
             }),
             ready: Notify::new(),
             room: Notify::new(),
             closed: Notify::new(),
         }
+    }
+
+    /// How long [`Outbox::push_wait`] waits for room (tests shorten it).
+    pub fn with_reply_wait(mut self, wait: Duration) -> Self {
+        self.reply_wait = wait;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -171,17 +218,22 @@ impl Outbox {
             return Push::Closed;
         }
         let len = g.queue.len();
-        if let Some(dev) = device.filter(|_| len >= self.cap) {
+        let size = item.bytes();
+        let full = len >= self.cap || g.bytes >= self.byte_cap / 2;
+        if let Some(dev) = device.filter(|_| full) {
             if let Some(&seq) = g.latest_location.get(dev) {
                 let idx = (seq - g.head) as usize;
                 if let Some(slot) = g.queue.get_mut(idx) {
+                    let old = slot.item.bytes();
                     slot.item = item;
+                    g.bytes = g.bytes - old + size;
                     metrics::counter!("fieldcast_gateway_coalesced_total").increment(1);
                     return Push::Coalesced;
                 }
             }
         }
-        if (device.is_none() && g.strict >= self.cap) || len >= 2 * self.cap {
+        let over_bytes = len > 0 && g.bytes + size > self.byte_cap;
+        if (device.is_none() && g.strict >= self.cap) || len >= 2 * self.cap || over_bytes {
             g.closing = Some(Close::SLOW_CONSUMER);
             drop(g);
             self.ready.notify_one();
@@ -196,6 +248,7 @@ impl Outbox {
             }
             None => g.strict += 1,
         }
+        g.bytes += size;
         g.queue.push_back(Slot {
             item,
             device: device.cloned(),
@@ -205,11 +258,14 @@ impl Outbox {
         Push::Queued
     }
 
-    /// Queues a frame that must not be dropped (snapshot, replayed events),
-    /// waiting while the queue is full. Returns `false` if the connection is
-    /// closing.
+    /// Queues a frame that must not be dropped (snapshot, replayed events,
+    /// replies), waiting while the queue is full, in frames or in bytes.
+    /// Returns `false` if the connection is closing — also when the client
+    /// left the queue full for [`REPLY_WAIT`], which closes it with 4008.
     pub async fn push_wait(&self, item: Item) -> bool {
+        let size = item.bytes();
         let mut item = Some(item);
+        let deadline = tokio::time::Instant::now() + self.reply_wait;
         loop {
             let room = self.room.notified();
             {
@@ -217,7 +273,9 @@ impl Outbox {
                 if g.closing.is_some() {
                     return false;
                 }
-                if g.queue.len() < self.cap {
+                let fits = g.queue.is_empty()
+                    || (g.queue.len() < self.cap && g.bytes + size <= self.byte_cap / 2);
+                if fits {
                     drop(g);
                     if let Some(item) = item.take() {
                         return self.push(item, None) == Push::Queued;
@@ -225,7 +283,14 @@ impl Outbox {
                     return false;
                 }
             }
-            room.await;
+            tokio::select! {
+                () = room => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    metrics::counter!("fieldcast_gateway_reply_wait_closed_total").increment(1);
+                    self.close(Close::SLOW_CONSUMER);
+                    return false;
+                }
+            }
         }
     }
 
@@ -261,9 +326,11 @@ impl Outbox {
         self.lock().closing.is_some()
     }
 
-    /// Moves up to `max` frames into `buf`. `Err(close)` when the writer
-    /// must close now (queued frames are first drained if the close asks
-    /// for it).
+    /// Moves up to `max` frames, and about [`DRAIN_BYTES`] (at least one
+    /// frame), into `buf`. `Err(close)` when the writer must close now
+    /// (queued frames are first drained if the close asks for it). The byte
+    /// bound keeps the budget honest: what the writer holds while the
+    /// socket is full is out of the queue but still this connection's.
     pub fn drain(&self, buf: &mut Vec<Item>, max: usize) -> Result<(), Close> {
         let mut g = self.lock();
         if let Some(close) = g.closing {
@@ -271,10 +338,15 @@ impl Outbox {
                 return Err(close);
             }
         }
+        let mut taken = 0;
         for _ in 0..max {
+            if taken >= DRAIN_BYTES {
+                break;
+            }
             let Some(slot) = g.queue.pop_front() else {
                 break;
             };
+            taken += slot.item.bytes();
             let seq = g.head;
             g.head += 1;
             match slot.device {
@@ -285,6 +357,7 @@ impl Outbox {
                 }
                 None => g.strict -= 1,
             }
+            g.bytes -= slot.item.bytes();
             buf.push(slot.item);
         }
         // A burst may have grown the queue to 2 * cap slots; give the
@@ -309,6 +382,11 @@ impl Outbox {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes queued.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 }
 
@@ -377,6 +455,64 @@ mod tests {
             .collect();
         assert_eq!(results[..4], [Push::Queued; 4]);
         assert_eq!(results[4], Push::Overflow);
+    }
+
+    #[test]
+    fn bytes_bound_the_queue_like_frames_do() {
+        let o = Outbox::with_byte_cap(1000, 100);
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        let x40 = "x".repeat(40);
+        assert_eq!(o.push(text(&x40, Kind::Location), Some(&a)), Push::Queued);
+        assert_eq!(o.push(text(&x40, Kind::Location), Some(&b)), Push::Queued);
+        // Half the budget is queued: a location coalesces.
+        assert_eq!(
+            o.push(text("a2", Kind::Location), Some(&a)),
+            Push::Coalesced
+        );
+        assert_eq!(o.bytes(), 42);
+        // An event past the budget closes.
+        assert_eq!(
+            o.push(text(&"e".repeat(60), Kind::Event), None),
+            Push::Overflow
+        );
+        let mut buf = Vec::new();
+        assert_eq!(o.drain(&mut buf, 10), Err(Close::SLOW_CONSUMER));
+        // A frame larger than the whole budget still goes to an empty queue.
+        let o = Outbox::with_byte_cap(10, 100);
+        assert_eq!(
+            o.push(text(&"s".repeat(500), Kind::Reply), None),
+            Push::Queued
+        );
+        assert_eq!(drained(&o).len(), 1);
+        assert_eq!(o.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reply_left_unread_closes_the_connection() {
+        let o = Outbox::with_byte_cap(1000, 100).with_reply_wait(Duration::from_millis(50));
+        assert!(o.push_wait(text(&"s".repeat(80), Kind::Reply)).await);
+        // Over half the budget is waiting: the next reply waits, then
+        // closes, since nobody drains.
+        assert!(!o.push_wait(text(&"s".repeat(80), Kind::Reply)).await);
+        let mut buf = Vec::new();
+        assert_eq!(o.drain(&mut buf, 10), Err(Close::SLOW_CONSUMER));
+    }
+
+    #[tokio::test]
+    async fn a_reply_goes_in_once_the_client_reads() {
+        let o = Arc::new(Outbox::with_byte_cap(1000, 100));
+        assert!(o.push_wait(text(&"s".repeat(80), Kind::Reply)).await);
+        let reader = {
+            let o = o.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                drained(&o)
+            })
+        };
+        assert!(o.push_wait(text("pong", Kind::Reply)).await);
+        assert_eq!(reader.await.unwrap().len(), 1);
+        assert_eq!(drained(&o), ["pong"]);
     }
 
     #[test]

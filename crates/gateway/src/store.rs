@@ -150,23 +150,44 @@ impl Store {
     }
 
     /// The ids the geo index places in or near `bbox` (a superset; filter
-    /// exactly with the snapshot's lat/lon).
+    /// exactly with the snapshot's lat/lon). Every search box of
+    /// [`BBox::geosearch_boxes`] (the two parts of a box across the 180°
+    /// meridian, the meridian itself) goes in one round trip; the union is
+    /// returned, each id once.
     pub async fn bbox_candidates(&self, bbox: &BBox) -> Result<Vec<String>, StoreError> {
-        let Some((lon, lat, w, h)) = bbox.geosearch_args() else {
+        let Some(boxes) = bbox.geosearch_boxes() else {
             return self.fleet().await;
         };
-        let args: Vec<Value> = vec![
-            self.keys.geo.clone().into(),
-            "FROMLONLAT".into(),
-            lon.into(),
-            lat.into(),
-            "BYBOX".into(),
-            w.into(),
-            h.into(),
-            "km".into(),
-        ];
-        let v: Value = self.pool.next().custom(command("GEOSEARCH"), args).await?;
-        Ok(strings(v))
+        let pipe = self.pool.next().pipeline();
+        for (lon, lat, w, h) in boxes {
+            let args: Vec<Value> = vec![
+                self.keys.geo.clone().into(),
+                "FROMLONLAT".into(),
+                lon.into(),
+                lat.into(),
+                "BYBOX".into(),
+                w.into(),
+                h.into(),
+                "km".into(),
+            ];
+            let () = pipe.custom(command("GEOSEARCH"), args).await?;
+        }
+        // `try_all`: one result per command, so each GEOSEARCH's array
+        // stays apart whether one or three were sent.
+        let mut ids = Vec::new();
+        for reply in pipe.try_all::<Value>().await {
+            ids.extend(strings(reply?));
+        }
+        // The parts' search boxes overlap by their margins at the meridian.
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Whether `id` has a hot state (`EXISTS <prefix>dev:<id>`).
+    pub async fn has_state(&self, id: &str) -> Result<bool, StoreError> {
+        let n: i64 = self.pool.next().exists(self.keys.dev(id)).await?;
+        Ok(n > 0)
     }
 
     /// The hot state of each id that has one, one pipelined round trip per

@@ -67,8 +67,28 @@ pub(super) struct State {
     pub(super) observed: u64,
 }
 
-fn rect(b: &BBox) -> Rectangle<[f64; 2]> {
-    Rectangle::from_corners([b.min_lon, b.min_lat], [b.max_lon, b.max_lat])
+/// The R-tree entries of connection `id`'s viewport: one rectangle per
+/// plain part of the box, so a box across the 180° meridian is found from
+/// either side (the exact test is `BBox::contains`).
+fn entries(b: &BBox, id: ConnId) -> impl Iterator<Item = BoxEntry> {
+    b.parts().map(move |p| {
+        GeomWithData::new(
+            Rectangle::from_corners([p.min_lon, p.min_lat], [p.max_lon, p.max_lat]),
+            id,
+        )
+    })
+}
+
+fn insert_box(st: &mut State, b: &BBox, id: ConnId) {
+    for e in entries(b, id) {
+        st.boxes.insert(e);
+    }
+}
+
+fn remove_box(st: &mut State, b: &BBox, id: ConnId) {
+    for e in entries(b, id) {
+        st.boxes.remove(&e);
+    }
 }
 
 fn gauge(kind: &'static str, delta: f64) {
@@ -158,12 +178,10 @@ pub(super) fn add_selection(st: &mut State, id: ConnId, sel: &Selection) {
     }
     if let Some(b) = new_box {
         match old_box {
-            Some(Some(old)) => {
-                st.boxes.remove(&GeomWithData::new(rect(&old), id));
-            }
+            Some(Some(old)) => remove_box(st, &old, id),
             _ => gauge("bbox", 1.0),
         }
-        st.boxes.insert(GeomWithData::new(rect(&b), id));
+        insert_box(st, &b, id);
         // Devices of the old viewport that the new one does not hold are
         // forgotten; the new snapshot says what is inside now.
         clear_in_box(st, id);
@@ -235,10 +253,96 @@ pub(super) fn remove_selection(st: &mut State, id: ConnId, sel: &Selection) {
         gauge("fleet", -1.0);
     }
     if let Some(b) = gone_box {
-        st.boxes.remove(&GeomWithData::new(rect(&b), id));
+        remove_box(st, &b, id);
         for d in in_box {
             set_in_box(st, id, &d, false);
         }
         gauge("bbox", -1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::{Activation, Hub, Selection, Update};
+    use crate::auth::Scope;
+    use crate::geo::BBox;
+    use crate::outbox::{Item, Kind, Out, Outbox};
+
+    fn loc(device: &str, ts: i64, lon: f64, lat: f64) -> Update {
+        Update {
+            kind: Kind::Location,
+            device: Arc::from(device),
+            ts,
+            pos: Some((lon, lat)),
+            cursor: None,
+            item: Item {
+                out: Out::Text(format!("{device}@{ts}").into()),
+                kind: Kind::Location,
+                rx_ms: 0,
+            },
+        }
+    }
+
+    fn texts(o: &Outbox) -> Vec<String> {
+        let mut buf = Vec::new();
+        let _ = o.drain(&mut buf, usize::MAX);
+        buf.into_iter()
+            .filter_map(|i| match i.out {
+                Out::Text(t) => Some(t.as_str().to_owned()),
+                Out::Ping => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_box_across_the_meridian_gets_both_sides_and_leaves_nothing() {
+        let hub = Hub::new(1000);
+        let o = Arc::new(Outbox::new(100));
+        let r = hub.register(Arc::new(Scope::unrestricted()), o.clone(), Arc::default());
+        let wrapped = BBox::new([179.0, -1.0, -179.0, 1.0]).unwrap();
+        let sel = Selection {
+            bbox: Some(wrapped),
+            ..Default::default()
+        };
+        hub.begin(r.id, sel, false);
+        hub.activate(r.id, Activation::default());
+        assert_eq!(hub.lock().boxes.size(), 2);
+        hub.dispatch(loc("e", 1, 179.5, 0.0)); // east of the meridian: inside
+        hub.dispatch(loc("w", 1, -179.5, 0.0)); // west of it: inside
+        hub.dispatch(loc("x", 1, 0.0, 0.0)); // the other side of the world
+        hub.dispatch(loc("e", 2, 178.0, 0.0)); // leaves: sent once
+        hub.dispatch(loc("e", 3, 177.0, 0.0)); // outside: not sent
+        hub.dispatch(loc("w", 2, 180.0, 0.5)); // crosses the meridian, inside
+        assert_eq!(texts(&o), ["e@1", "w@1", "e@2", "w@2"]);
+
+        // A new plain box replaces both parts.
+        let plain = Selection {
+            bbox: Some(BBox::new([0.0, 0.0, 1.0, 1.0]).unwrap()),
+            ..Default::default()
+        };
+        hub.begin(r.id, plain, false);
+        hub.activate(r.id, Activation::default());
+        assert_eq!(hub.lock().boxes.size(), 1);
+        hub.dispatch(loc("w", 3, -179.5, 0.0));
+        assert!(texts(&o).is_empty());
+
+        // And a wrapped one replaces it again; dropping the connection
+        // removes every part.
+        hub.begin(
+            r.id,
+            Selection {
+                bbox: Some(wrapped),
+                ..Default::default()
+            },
+            false,
+        );
+        hub.activate(r.id, Activation::default());
+        assert_eq!(hub.lock().boxes.size(), 2);
+        drop(r);
+        assert_eq!(hub.connections(), 0);
+        assert_eq!(hub.lock().boxes.size(), 0);
+        assert!(hub.lock().in_box.is_empty());
     }
 }

@@ -1,24 +1,37 @@
 //! `/api/*` (PROTOCOL.md §5): query parameters parsed into types, scope
 //! checked, then the hot state (Redis) or the history (PostgreSQL).
+//!
+//! History responses (track, events) are streamed: a task of their own
+//! ([`stream`]) holds one slot of `FIELDCAST_HISTORY_CONCURRENCY` (429
+//! past it) and one pooled connection, reads the rows chunk by chunk and
+//! hands encoded chunks to the response body through a one-chunk channel.
+//! A client that does not take the next chunk within the send timeout is
+//! cut: the task ends the transaction and gives the connection back, and
+//! the body ends with an error, so the client sees a truncated transfer,
+//! never a short page that looks complete.
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use deadpool_postgres::{Object, Transaction};
 use fieldcast_core::{DeviceId, DeviceState};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use super::AppState;
 use crate::auth::{Authed, Scope};
 use crate::error::ApiError;
 use crate::geo::BBox;
-use crate::history::{self, EventCursor, EventsQuery, Point};
+use crate::history::{
+    self, EventCursor, EventRow, EventsQuery, HistoryError, Point, TrackQuery, CHUNK_ROWS,
+};
 
 /// Default and most rows of one track or events page.
 pub const DEFAULT_LIMIT: i64 = 10_000;
@@ -141,7 +154,10 @@ fn limit(v: Option<&str>) -> Result<i64, ApiError> {
 }
 
 /// `GET /api/devices/{id}/track`: streamed from PostgreSQL, never whole
-/// in memory (geojson keeps one timestamp per point until the end).
+/// in memory (geojson keeps one timestamp per point until the end). A
+/// device never seen (no hot state, nothing in history) is 404, like one
+/// outside the token's scope; a known device without points in the window
+/// gets an empty track.
 pub async fn track(
     State(s): State<AppState>,
     Authed(scope): Authed,
@@ -162,16 +178,7 @@ pub async fn track(
             ))
         }
     };
-    let next_header = if format == Format::Csv {
-        history::track_next(&s.pg, d.as_str(), from, to, limit)
-            .await
-            .map_err(ApiError::postgres)?
-    } else {
-        None
-    };
-    let rows = history::track(&s.pg, d.as_str(), from, to, limit)
-        .await
-        .map_err(ApiError::postgres)?;
+    let permit = history_slot(&s)?;
     let enc = TrackEncoder {
         format,
         device: Arc::from(d.as_str()),
@@ -180,20 +187,28 @@ pub async fn track(
         next: None,
         times: Vec::new(),
     };
-    let stream = track_body(enc, rows);
+    let job = Job::Track {
+        q: TrackQuery {
+            device: d.to_string(),
+            from,
+            to,
+            limit,
+        },
+        enc,
+    };
+    let (head, body) = stream(&s, permit, job).await?;
     let content_type = match format {
         Format::Json => "application/json",
         Format::GeoJson => "application/geo+json",
         Format::Csv => "text/csv; charset=utf-8",
     };
-    let mut resp = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, content_type)],
-        Body::from_stream(stream),
-    )
-        .into_response();
-    if let Some(next) = next_header.and_then(|n| HeaderValue::from_str(&n.to_string()).ok()) {
-        resp.headers_mut().insert("fieldcast-next", next);
+    let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response();
+    if format == Format::Csv {
+        // Present and empty when there is no next page (docs/gateway.md).
+        let next = head.next_header.map(|n| n.to_string()).unwrap_or_default();
+        if let Ok(v) = HeaderValue::from_str(&next) {
+            resp.headers_mut().insert("fieldcast-next", v);
+        }
     }
     Ok(resp)
 }
@@ -224,6 +239,12 @@ impl TrackEncoder {
             Format::Json => format!("{{\"device\":{},\"points\":[", self.device_json()),
             Format::GeoJson => "{\"type\":\"FeatureCollection\",\"features\":[{\"type\":\"Feature\",\"geometry\":{\"type\":\"LineString\",\"coordinates\":[".to_owned(),
             Format::Csv => "ts,lat,lon,alt,speed,heading,accuracy\n".to_owned(),
+        }
+    }
+
+    fn points(&mut self, ps: &[Point], out: &mut String) {
+        for p in ps {
+            self.point(p, out);
         }
     }
 
@@ -279,55 +300,6 @@ impl TrackEncoder {
     }
 }
 
-enum Phase {
-    Head,
-    Rows,
-    Done,
-}
-
-fn track_body(
-    enc: TrackEncoder,
-    rows: std::pin::Pin<
-        Box<dyn futures::Stream<Item = Result<Point, history::HistoryError>> + Send>,
-    >,
-) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    let chunks = rows.ready_chunks(512);
-    futures::stream::unfold(
-        (enc, chunks, Phase::Head),
-        |(mut enc, mut chunks, phase)| async move {
-            match phase {
-                Phase::Head => {
-                    let head = enc.head();
-                    Some((Ok(Bytes::from(head)), (enc, chunks, Phase::Rows)))
-                }
-                Phase::Rows => match chunks.next().await {
-                    Some(batch) => {
-                        let mut out = String::with_capacity(batch.len() * 96);
-                        for row in batch {
-                            match row {
-                                Ok(p) => enc.point(&p, &mut out),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "track stream failed");
-                                    return Some((
-                                        Err(std::io::Error::other(e)),
-                                        (enc, chunks, Phase::Done),
-                                    ));
-                                }
-                            }
-                        }
-                        Some((Ok(Bytes::from(out)), (enc, chunks, Phase::Rows)))
-                    }
-                    None => {
-                        let tail = enc.tail();
-                        Some((Ok(Bytes::from(tail)), (enc, chunks, Phase::Done)))
-                    }
-                },
-                Phase::Done => None,
-            }
-        },
-    )
-}
-
 #[derive(Deserialize)]
 pub struct EventsParams {
     device: Option<String>,
@@ -338,7 +310,8 @@ pub struct EventsParams {
     cursor: Option<String>,
 }
 
-/// `GET /api/events`: oldest first, `next` an opaque cursor.
+/// `GET /api/events`: oldest first, `next` an opaque cursor; streamed like
+/// the track.
 pub async fn events(
     State(s): State<AppState>,
     Authed(scope): Authed,
@@ -361,6 +334,7 @@ pub async fn events(
             return Ok(Json(serde_json::json!({"events": [], "next": null})).into_response());
         }
     }
+    let permit = history_slot(&s)?;
     let q = EventsQuery {
         device: p.device,
         kind: p.kind,
@@ -370,19 +344,334 @@ pub async fn events(
         after,
         scope: scope.device_like_patterns(),
     };
-    let (events, next) = history::events(&s.pg, &q)
-        .await
-        .map_err(ApiError::postgres)?;
-    #[derive(serde::Serialize)]
-    struct Page {
-        events: Vec<history::StoredEvent>,
-        next: Option<String>,
+    let enc = EventsEncoder {
+        limit: limit as usize,
+        n: 0,
+        last: None,
+        next: None,
+    };
+    let (_, body) = stream(&s, permit, Job::Events { q, enc }).await?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}
+
+/// Writes an events page, `{"events":[...],"next":...}`, a chunk at a time.
+struct EventsEncoder {
+    limit: usize,
+    /// Rows seen so far (the one past `limit` only sets `next`).
+    n: usize,
+    /// The cursor of the `limit`-th event, `next` if another follows.
+    last: Option<EventCursor>,
+    next: Option<EventCursor>,
+}
+
+impl EventsEncoder {
+    fn head(&self) -> &'static str {
+        "{\"events\":["
     }
-    Ok(Json(Page {
-        events,
-        next: next.map(|c| c.encode()),
+
+    fn rows(&mut self, rows: &[EventRow], out: &mut String) {
+        for r in rows {
+            self.n += 1;
+            if self.n > self.limit {
+                self.next = self.last.take();
+                return;
+            }
+            if self.n > 1 {
+                out.push(',');
+            }
+            // Strings, integers and raw JSON from jsonb: cannot fail.
+            out.push_str(&serde_json::to_string(&r.event).unwrap_or_default());
+            if self.n == self.limit {
+                self.last = Some(r.cursor());
+            }
+        }
+    }
+
+    fn tail(&self) -> String {
+        let next = self
+            .next
+            .as_ref()
+            .map_or("null".to_owned(), |c| format!("\"{}\"", c.encode()));
+        format!("],\"next\":{next}}}")
+    }
+}
+
+/// One streamed history response: what to read and how to write it.
+enum Job {
+    Track { q: TrackQuery, enc: TrackEncoder },
+    Events { q: EventsQuery, enc: EventsEncoder },
+}
+
+/// What the response head needs from the task before the body starts.
+#[derive(Debug, Default)]
+struct Head {
+    /// csv's `Fieldcast-Next`.
+    next_header: Option<i64>,
+}
+
+/// A chunk of body; `Last` ends a complete response.
+enum Frame {
+    Data(Bytes),
+    Last(Bytes),
+}
+
+/// Why a streamed response stopped before its end.
+#[derive(Debug)]
+enum Cut {
+    /// The client did not take a chunk within the send timeout.
+    Stalled,
+    /// The client went away (the body was dropped).
+    Gone,
+    /// The gateway is shutting down.
+    Shutdown,
+    /// A later chunk's query failed (its statement timeout, PostgreSQL).
+    Query(HistoryError),
+}
+
+impl Cut {
+    fn reason(&self) -> &'static str {
+        match self {
+            Cut::Stalled => "stalled",
+            Cut::Gone => "gone",
+            Cut::Shutdown => "shutdown",
+            Cut::Query(_) => "query",
+        }
+    }
+}
+
+/// A slot of the instance's history cap, or 429.
+fn history_slot(s: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+    s.history_limits.try_acquire().ok_or_else(|| {
+        metrics::counter!("fieldcast_gateway_history_rejected_total").increment(1);
+        ApiError::TooManyRequests {
+            message: format!(
+                "{} history requests are already running on this gateway; retry shortly",
+                s.history_limits.concurrency
+            ),
+            retry_after_secs: 1,
+        }
     })
-    .into_response())
+}
+
+fn history_error(e: HistoryError) -> ApiError {
+    if e.is_timeout() {
+        ApiError::Timeout(
+            "the history query took too long; ask for a shorter window or a smaller limit".into(),
+        )
+    } else {
+        ApiError::postgres(e)
+    }
+}
+
+/// Starts the task that serves `job`; returns once it has read the first
+/// chunk (so a failure or a 404 is still an error response, not a broken
+/// 200) with the head and the body that streams the rest.
+async fn stream(
+    s: &AppState,
+    permit: OwnedSemaphorePermit,
+    job: Job,
+) -> Result<(Head, Body), ApiError> {
+    let (head_tx, head_rx) = oneshot::channel();
+    // One chunk waits in the channel while hyper writes the one before:
+    // a response holds at most about two chunks in memory.
+    let (body_tx, body_rx) = mpsc::channel(1);
+    let task = s.clone();
+    // Tracked, so shutdown waits for the transaction to end.
+    s.tracker.spawn(async move {
+        run(task, job, head_tx, body_tx).await;
+        drop(permit);
+    });
+    let head = head_rx
+        .await
+        .map_err(|_| ApiError::postgres("the history task ended before its first chunk"))??;
+    let body = futures::stream::unfold(Some(body_rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Frame::Data(b)) => Some((Ok(b), Some(rx))),
+            Some(Frame::Last(b)) => Some((Ok(b), None)),
+            // The task stopped before the end: fail the body so hyper
+            // aborts the transfer instead of ending it as if complete.
+            None => Some((Err(std::io::Error::other("history response cut")), None)),
+        }
+    });
+    Ok((head, Body::from_stream(body)))
+}
+
+/// The task of one history response: a pooled connection, a transaction,
+/// the rows, then the connection back clean (or discarded).
+async fn run(
+    s: AppState,
+    job: Job,
+    head_tx: oneshot::Sender<Result<Head, ApiError>>,
+    body_tx: mpsc::Sender<Frame>,
+) {
+    let mut client: Object = match s.pg.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = head_tx.send(Err(ApiError::postgres(e)));
+            return;
+        }
+    };
+    let clean = match history::begin(&mut client, &s.history_limits).await {
+        Ok(txn) => {
+            if let Err(cut) = write(&s, &txn, job, head_tx, &body_tx).await {
+                metrics::counter!("fieldcast_gateway_history_cut_total", "reason" => cut.reason())
+                    .increment(1);
+                match &cut {
+                    Cut::Query(e) => tracing::warn!(error = %e, "history response failed midway"),
+                    Cut::Stalled => tracing::info!(
+                        timeout = ?s.history_limits.send_timeout,
+                        "history client stopped reading; response cut"
+                    ),
+                    Cut::Gone | Cut::Shutdown => {
+                        tracing::debug!(reason = cut.reason(), "history response cut")
+                    }
+                }
+            }
+            history::end(txn).await
+        }
+        Err(e) => {
+            let _ = head_tx.send(Err(history_error(e)));
+            false
+        }
+    };
+    if !clean {
+        history::discard(client);
+    }
+}
+
+/// Reads and sends the whole response. Errors before the head go to the
+/// handler through `head_tx` (and count as no cut).
+async fn write(
+    s: &AppState,
+    txn: &Transaction<'_>,
+    job: Job,
+    head_tx: oneshot::Sender<Result<Head, ApiError>>,
+    body_tx: &mpsc::Sender<Frame>,
+) -> Result<(), Cut> {
+    match job {
+        Job::Track { q, mut enc } => {
+            let first = async {
+                let next_header = if enc.format == Format::Csv {
+                    history::track_next(txn, &q).await.map_err(history_error)?
+                } else {
+                    None
+                };
+                let portal = history::track_portal(txn, &q)
+                    .await
+                    .map_err(history_error)?;
+                let rows = history::fetch_points(txn, &portal, CHUNK_ROWS)
+                    .await
+                    .map_err(history_error)?;
+                if rows.is_empty() && !seen(s, txn, &q.device).await? {
+                    return Err(ApiError::NotFound(format!("no device {:?}", q.device)));
+                }
+                Ok((Head { next_header }, portal, rows))
+            }
+            .await;
+            let (portal, mut rows) = match first {
+                Ok((head, portal, rows)) => {
+                    head_tx.send(Ok(head)).map_err(|_| Cut::Gone)?;
+                    (portal, rows)
+                }
+                Err(e) => {
+                    let _ = head_tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let mut out = enc.head();
+            loop {
+                enc.points(&rows, &mut out);
+                if rows.len() < CHUNK_ROWS {
+                    break;
+                }
+                send(
+                    s,
+                    body_tx,
+                    Frame::Data(Bytes::from(std::mem::take(&mut out))),
+                )
+                .await?;
+                rows = history::fetch_points(txn, &portal, CHUNK_ROWS)
+                    .await
+                    .map_err(Cut::Query)?;
+            }
+            out.push_str(&enc.tail());
+            send(s, body_tx, Frame::Last(Bytes::from(out))).await
+        }
+        Job::Events { q, mut enc } => {
+            let first = async {
+                let portal = history::events_portal(txn, &q)
+                    .await
+                    .map_err(history_error)?;
+                let rows = history::fetch_events(txn, &portal, CHUNK_ROWS)
+                    .await
+                    .map_err(history_error)?;
+                Ok::<_, ApiError>((portal, rows))
+            }
+            .await;
+            let (portal, mut rows) = match first {
+                Ok(first) => {
+                    head_tx.send(Ok(Head::default())).map_err(|_| Cut::Gone)?;
+                    first
+                }
+                Err(e) => {
+                    let _ = head_tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let mut out = enc.head().to_owned();
+            loop {
+                enc.rows(&rows, &mut out);
+                if rows.len() < CHUNK_ROWS {
+                    break;
+                }
+                send(
+                    s,
+                    body_tx,
+                    Frame::Data(Bytes::from(std::mem::take(&mut out))),
+                )
+                .await?;
+                rows = history::fetch_events(txn, &portal, CHUNK_ROWS)
+                    .await
+                    .map_err(Cut::Query)?;
+            }
+            out.push_str(&enc.tail());
+            send(s, body_tx, Frame::Last(Bytes::from(out))).await
+        }
+    }
+}
+
+/// Whether a device without points in the window was ever seen: a hot
+/// state in Redis, or anything of it in history (a device whose hot state
+/// is gone still has its track). Redis unreachable and nothing in history
+/// is 503, not a 404 that may be wrong.
+async fn seen(s: &AppState, txn: &Transaction<'_>, device: &str) -> Result<bool, ApiError> {
+    let hot = s.store.has_state(device).await;
+    if matches!(hot, Ok(true)) {
+        return Ok(true);
+    }
+    if history::seen(txn, device).await.map_err(history_error)? {
+        return Ok(true);
+    }
+    hot.map_err(ApiError::redis)
+}
+
+/// Hands one chunk to the body, waiting at most the send timeout for the
+/// client to take the one before.
+async fn send(s: &AppState, tx: &mpsc::Sender<Frame>, frame: Frame) -> Result<(), Cut> {
+    tokio::select! {
+        r = tokio::time::timeout(s.history_limits.send_timeout, tx.send(frame)) => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Cut::Gone),
+            Err(_) => Err(Cut::Stalled),
+        },
+        () = s.shutdown.cancelled() => Err(Cut::Shutdown),
+    }
 }
 
 #[derive(Deserialize)]
@@ -393,15 +682,24 @@ struct PublishBody<'a> {
 }
 
 /// `POST /api/publish`: needs the `publish` claim; fans out through Redis
-/// so every gateway instance delivers it.
+/// so every gateway instance delivers it. Only `application/json` (415
+/// otherwise: a browser page can send `text/plain` cross-origin without a
+/// preflight, JSON it cannot), at most `FIELDCAST_PUBLISH_MAX_BYTES` (413).
 pub async fn publish(
     State(s): State<AppState>,
     Authed(scope): Authed,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     if !scope.publish {
         return Err(ApiError::Forbidden("the token has no publish right".into()));
     }
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType(
+            "the body must be sent as Content-Type: application/json".into(),
+        ));
+    }
+    let body = read_body(&headers, body, s.history_limits.publish_max_bytes).await?;
     let b: PublishBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("body must be {{\"channel\",\"data\"}}: {e}")))?;
     if b.channel.is_empty() || b.channel.len() > 256 {
@@ -426,4 +724,97 @@ pub async fn publish(
         Json(serde_json::json!({"accepted": true})),
     )
         .into_response())
+}
+
+/// `Content-Type: application/json`, parameters (`; charset=utf-8`) allowed.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The whole body, at most `max` bytes: a declared `Content-Length` over it
+/// is refused before reading, a body that grows past it while read too.
+async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::PayloadTooLarge(format!("the body is larger than {max} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut data = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        if buf.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_type(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn only_json_bodies() {
+        assert!(is_json(&with_type("application/json")));
+        assert!(is_json(&with_type("Application/JSON; charset=utf-8")));
+        assert!(!is_json(&with_type("text/plain")));
+        assert!(!is_json(&with_type("application/jsonx")));
+        assert!(!is_json(&with_type("application/x-www-form-urlencoded")));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn events_pages_end_with_the_cursor_of_their_last_event() {
+        let row = |i: i64| EventRow {
+            event: history::StoredEvent {
+                device: "d".into(),
+                id: format!("e{i}"),
+                ts: i,
+                kind: "k".into(),
+                severity: "info".into(),
+                data: None,
+            },
+            ts_us: i * 1000,
+        };
+        let mut enc = EventsEncoder {
+            limit: 2,
+            n: 0,
+            last: None,
+            next: None,
+        };
+        let mut out = enc.head().to_owned();
+        enc.rows(&[row(1)], &mut out);
+        enc.rows(&[row(2), row(3)], &mut out);
+        out.push_str(&enc.tail());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["events"].as_array().unwrap().len(), 2);
+        let next = EventCursor::decode(v["next"].as_str().unwrap()).unwrap();
+        assert_eq!(next, row(2).cursor());
+
+        let mut enc = EventsEncoder {
+            limit: 5,
+            n: 0,
+            last: None,
+            next: None,
+        };
+        let mut out = enc.head().to_owned();
+        enc.rows(&[], &mut out);
+        out.push_str(&enc.tail());
+        assert_eq!(out, r#"{"events":[],"next":null}"#);
+    }
 }

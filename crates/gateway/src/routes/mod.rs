@@ -41,6 +41,10 @@ pub struct AppState {
     pub allowed_origins: Arc<[String]>,
     /// `--auth none`: no token protects the fleet, so the Origin does.
     pub open: bool,
+    /// Snapshots built at once (`FIELDCAST_SNAPSHOT_CONCURRENCY`).
+    pub snapshots: Arc<tokio::sync::Semaphore>,
+    /// Timeouts and the concurrency cap of the history API.
+    pub history_limits: crate::history::HistoryLimits,
     /// Tracks every socket task, so shutdown can wait for their 1001.
     pub tracker: TaskTracker,
     /// Cancelled on SIGTERM/SIGINT.

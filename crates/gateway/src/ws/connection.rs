@@ -30,6 +30,10 @@ use crate::store::{Snap, Store, StoreError};
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub queue: usize,
+    /// Bytes one connection may have queued (`FIELDCAST_WS_QUEUE_BYTES`).
+    pub queue_bytes: usize,
+    /// Devices per snapshot frame.
+    pub snapshot_frame_devices: usize,
     pub rate_per_sec: u32,
     pub max_subscriptions: usize,
     pub ping_interval: Duration,
@@ -42,6 +46,10 @@ pub struct Ctx {
     pub store: Store,
     /// A subscribe is answered only once the live feed is subscribed.
     pub health: Arc<crate::health::Health>,
+    /// Snapshots built at once on this instance: a Redis blip makes every
+    /// connection resync at the same moment, and each snapshot of a large
+    /// fleet is megabytes while it is being built.
+    pub snapshots: Arc<tokio::sync::Semaphore>,
     pub limits: Limits,
     /// Cancelled on SIGTERM: the writer sends 1001 and the task ends.
     pub shutdown: CancellationToken,
@@ -49,6 +57,8 @@ pub struct Ctx {
 
 const BATCH: usize = 256;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the close frame may wait for room in the socket.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a subscribe waits for this instance's live feed (a gateway
 /// that just started, or one whose Redis is reconnecting) before it is
 /// answered `unavailable`.
@@ -58,7 +68,10 @@ const FEED_WAIT: Duration = Duration::from_secs(5);
 pub async fn run(socket: WebSocket, scope: Scope, ctx: Ctx) {
     metrics::gauge!("fieldcast_gateway_connections").increment(1.0);
     let _gauge = scopeguard(|| metrics::gauge!("fieldcast_gateway_connections").decrement(1.0));
-    let outbox = Arc::new(Outbox::new(ctx.limits.queue));
+    let outbox = Arc::new(Outbox::with_byte_cap(
+        ctx.limits.queue,
+        ctx.limits.queue_bytes,
+    ));
     let signals = Arc::new(ConnSignals::default());
     let scope = Arc::new(scope);
     let reg = ctx
@@ -84,7 +97,7 @@ pub async fn run(socket: WebSocket, scope: Scope, ctx: Ctx) {
             // The reader asked for a close (rate limit, token expiry): let
             // the writer deliver it, briefly.
             if outbox.is_closing() {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT * 2, writer).await;
+                let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT + CLOSE_TIMEOUT, writer).await;
                 true
             } else {
                 false
@@ -106,6 +119,33 @@ pub async fn run(socket: WebSocket, scope: Scope, ctx: Ctx) {
         })
         .await;
     }
+}
+
+/// A snapshot as frames of at most `per_frame` devices, all but the last
+/// with `"more":true` (PROTOCOL.md §4), so no single frame (and no single
+/// write buffer) grows with the fleet. An empty snapshot is one frame.
+fn snapshot_frames(r: &Ref, states: &[DeviceState], per_frame: usize) -> Vec<String> {
+    let chunks: Vec<&[DeviceState]> = if states.is_empty() {
+        vec![states]
+    } else {
+        states.chunks(per_frame.max(1)).collect()
+    };
+    let last = chunks.len() - 1;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let frame = protocol::snapshot(r, part);
+            if i == last {
+                return frame;
+            }
+            // `snapshot` writes one JSON object; "more" joins it at the end.
+            match frame.strip_suffix('}') {
+                Some(body) => format!("{body},\"more\":true}}"),
+                None => frame,
+            }
+        })
+        .collect()
 }
 
 /// Runs `f` when dropped.
@@ -218,7 +258,9 @@ async fn write_loop(
             code: close.code,
             reason: close.reason.into(),
         };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        // A slow consumer's socket is full: its close frame leaves only
+        // once the client reads again, so it gets longer than the others.
+        let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, async {
             sink.send(Message::Close(Some(frame))).await?;
             sink.close().await
         })
@@ -422,11 +464,23 @@ impl Reader {
 
         let mut act = Activation::default();
         if sel.has_device_selector() {
-            let (states, in_box) = self.snapshot(&sel, &mut act).await?;
-            act.in_box = in_box;
-            let frame = protocol::snapshot(r, &states);
-            if !self.outbox.push_wait(Item::reply(frame)).await {
-                return Err(SubscribeError::Closing);
+            let frames = {
+                // Held while reading and serialising, never while waiting
+                // for the client to take the frames.
+                let _turn = self
+                    .ctx
+                    .snapshots
+                    .acquire()
+                    .await
+                    .map_err(|_| SubscribeError::Closing)?;
+                let (states, in_box) = self.snapshot(&sel, &mut act).await?;
+                act.in_box = in_box;
+                snapshot_frames(r, &states, self.ctx.limits.snapshot_frame_devices)
+            };
+            for frame in frames {
+                if !self.outbox.push_wait(Item::reply(frame)).await {
+                    return Err(SubscribeError::Closing);
+                }
             }
         }
 
@@ -573,5 +627,44 @@ impl Reader {
             after = Cursor::new(since.epoch, last);
         }
         Ok(Some(after))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(i: usize) -> DeviceState {
+        DeviceState {
+            device: format!("d{i}"),
+            ..DeviceState::default()
+        }
+    }
+
+    #[test]
+    fn large_snapshots_come_in_parts_marked_more() {
+        let states: Vec<DeviceState> = (0..5).map(state).collect();
+        let r: Ref = Some(serde_json::value::RawValue::from_string("\"7\"".into()).unwrap());
+        let frames = snapshot_frames(&r, &states, 2);
+        let parsed: Vec<serde_json::Value> = frames
+            .iter()
+            .map(|f| serde_json::from_str(f).unwrap())
+            .collect();
+        assert_eq!(parsed.len(), 3);
+        for (i, v) in parsed.iter().enumerate() {
+            assert_eq!(v["type"], "snapshot");
+            assert_eq!(v["ref"], "7");
+            assert_eq!(v.get("more").is_some(), i < 2, "{v}");
+        }
+        let devices: Vec<&str> = parsed
+            .iter()
+            .flat_map(|v| v["devices"].as_array().unwrap().iter())
+            .map(|d| d["device"].as_str().unwrap())
+            .collect();
+        assert_eq!(devices, ["d0", "d1", "d2", "d3", "d4"]);
+        let empty = snapshot_frames(&None, &[], 2);
+        assert_eq!(empty.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&empty[0]).unwrap();
+        assert!(v.get("more").is_none() && v["devices"].as_array().unwrap().is_empty());
     }
 }

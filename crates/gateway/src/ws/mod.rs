@@ -27,6 +27,7 @@ pub async fn upgrade(
         hub: s.hub.clone(),
         store: s.store.clone(),
         health: s.health.clone(),
+        snapshots: s.snapshots.clone(),
         limits: s.limits,
         shutdown: s.shutdown.clone(),
     };

@@ -152,6 +152,9 @@ struct Reply<'a> {
     r: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     devices: Option<&'a [DeviceState]>,
+    /// `true` on every frame of a large snapshot but its last (§4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    more: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cursor: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,6 +169,7 @@ impl<'a> Reply<'a> {
             ty,
             r: r.as_deref(),
             devices: None,
+            more: None,
             cursor: None,
             code: None,
             message: None,
@@ -181,6 +185,17 @@ impl<'a> Reply<'a> {
 pub fn snapshot(r: &Ref, devices: &[DeviceState]) -> String {
     Reply {
         devices: Some(devices),
+        ..Reply::new("snapshot", r)
+    }
+    .text()
+}
+
+/// One frame of a snapshot sent in parts: `"more":true` on all but the
+/// last (PROTOCOL.md §4); the last is exactly [`snapshot`].
+pub fn snapshot_part(r: &Ref, devices: &[DeviceState], more: bool) -> String {
+    Reply {
+        devices: Some(devices),
+        more: more.then_some(true),
         ..Reply::new("snapshot", r)
     }
     .text()
@@ -257,6 +272,15 @@ mod tests {
             panic!()
         };
         assert!(selection.bbox.is_some());
+        // minLon > maxLon: a box across the 180° meridian (§4).
+        let c =
+            Command::parse(r#"{"op":"subscribe","ref":"3","bbox":[170,-10,-170.5,10]}"#).unwrap();
+        let Command::Subscribe { selection, .. } = c else {
+            panic!()
+        };
+        let b = selection.bbox.unwrap();
+        assert!(b.wraps());
+        assert!(b.contains(-175.0, 0.0) && b.contains(175.0, 0.0) && !b.contains(0.0, 0.0));
         assert!(matches!(
             Command::parse(r#"{"op":"ping","ref":"7"}"#),
             Ok(Command::Ping { .. })
@@ -273,7 +297,11 @@ mod tests {
             r#"{"op":"subscribe","ref":"x"}"#,
             r#"{"op":"subscribe","ref":"x","devices":["a b"]}"#,
             r#"{"op":"subscribe","ref":"x","bbox":[1,2,3]}"#,
-            r#"{"op":"subscribe","ref":"x","bbox":[3,2,1,4]}"#,
+            r#"{"op":"subscribe","ref":"x","bbox":[1,4,3,2]}"#,
+            r#"{"op":"subscribe","ref":"x","bbox":[-181,0,0,1]}"#,
+            r#"{"op":"subscribe","ref":"x","bbox":[0,0,180.5,1]}"#,
+            r#"{"op":"subscribe","ref":"x","bbox":[0,-91,1,1]}"#,
+            r#"{"op":"subscribe","ref":"x","bbox":[0,0,"1",1]}"#,
             r#"{"op":"jump","ref":"x"}"#,
         ] {
             let e = Command::parse(bad).unwrap_err();
@@ -291,6 +319,11 @@ mod tests {
             error(&r, "forbidden", "no"),
             r#"{"type":"error","ref":"2","code":"forbidden","message":"no"}"#
         );
+        assert_eq!(
+            snapshot_part(&r, &[], true),
+            r#"{"type":"snapshot","ref":"2","devices":[],"more":true}"#
+        );
+        assert_eq!(snapshot_part(&r, &[], false), snapshot(&r, &[]));
         assert_eq!(
             subscribed(&None, "0123456789abcdef:3-4".parse().unwrap()),
             r#"{"type":"subscribed","cursor":"0123456789abcdef:3-4"}"#

@@ -335,6 +335,10 @@ pub async fn http(
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
+    if body.is_some() {
+        // /api/publish takes JSON only (415 otherwise).
+        req = req.header("content-type", "application/json");
+    }
     let req = req
         .body(http_body_util::Full::new(bytes::Bytes::from(
             body.unwrap_or("").to_owned(),
