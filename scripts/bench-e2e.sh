@@ -24,7 +24,9 @@ RSS_EVERY=${RSS_EVERY:-0}; OUT=${OUT:-target/bench}
 PORT=${PORT:-18831}; ADMIN=127.0.0.1:${ADMIN_PORT:-19465}; GW_PORT=${GW_PORT:-18090}
 DB=${DB:-fieldcast_bench_e2e}; PREFIX="benche2e$$:"
 T="${CARGO_TARGET_DIR:-target}/$PROFILE"
-scripts/services.sh >/dev/null
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+fc_setup build services
 if [ "${NO_BUILD:-0}" != 1 ]; then
   flag=(); [ "$PROFILE" = release ] && flag=(--release)
   cargo build "${flag[@]}" -q -p fieldcast-bridge -p fieldcast-gateway -p fieldcast-sim
@@ -32,7 +34,7 @@ fi
 mkdir -p "$OUT"
 . scripts/bench-world.sh
 
-mosquitto -c "$tmp/mosquitto.conf" >/dev/null 2>&1 & broker=$!; pids+=($broker)
+/usr/sbin/mosquitto -c "$tmp/mosquitto.conf" >/dev/null 2>&1 & broker=$!; pids+=("$broker")
 export FIELDCAST_MQTT_URL="mqtt://127.0.0.1:$PORT"
 sleep 0.5
 label=$(printf '%s\n' "$@" | awk 'f { print; exit } $0 == "--label" { f = 1 }')
@@ -48,21 +50,21 @@ if [ "$FLOOR" = 1 ]; then
   cat "$base-floor.txt"
 fi
 
-psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
-psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $DB" >/dev/null
+fc_psql -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
+fc_psql -qc "CREATE DATABASE $DB" >/dev/null
 export FIELDCAST_REDIS_PREFIX="$PREFIX"
-export FIELDCAST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
+FIELDCAST_DATABASE_URL=$(fc_pg_url "$DB"); export FIELDCAST_DATABASE_URL
 export FIELDCAST_JWT_SECRET="bench-$$-$RANDOM$RANDOM"
 export RUST_LOG=${RUST_LOG:-warn}
 
 FIELDCAST_MQTT_CLIENT_ID="bench-bridge-$$" FIELDCAST_ADMIN_ADDR="$ADMIN" FIELDCAST_SPOOL_DIR="$tmp/spool" \
-  "$T/fieldcast-bridge" & bridge=$!; pids+=($bridge)
+  "$T/fieldcast-bridge" & bridge=$!; pids+=("$bridge")
 for _ in $(seq 1 150); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.2; done
 watch=(--watch-pid "$bridge")
 gateways=(); gw_pids=()
 for i in $(seq 0 $((GATEWAYS - 1))); do
   addr=127.0.0.1:$((GW_PORT + i))
-  FIELDCAST_LISTEN="$addr" "$T/fieldcast-gateway" & p=$!; pids+=($p); gw_pids+=($p)
+  FIELDCAST_LISTEN="$addr" "$T/fieldcast-gateway" & p=$!; pids+=("$p"); gw_pids+=("$p")
   for _ in $(seq 1 150); do curl -sf "http://$addr/readyz" >/dev/null && break; sleep 0.2; done
   gateways+=(--gateway "ws://$addr/ws"); watch+=(--watch-pid "$p")
 done

@@ -12,11 +12,13 @@ cd "$(dirname "$0")/.."
 DEVICES=${DEVICES:-20000}; CONNS=${CONNS:-200}; RATE=${RATE:-1}; SECS=${SECS:-30}
 PORT=${PORT:-18830}; ADMIN=127.0.0.1:${ADMIN_PORT:-19464}
 DB=fieldcast_bench; PREFIX="bench$$:"
-scripts/services.sh >/dev/null
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+fc_setup build services
 T="${CARGO_TARGET_DIR:-target}"
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p fieldcast-bridge -p fieldcast-sim
 . scripts/bench-world.sh
-mosquitto -c "$tmp/mosquitto.conf" >/dev/null 2>&1 & pids+=($!)
+/usr/sbin/mosquitto -c "$tmp/mosquitto.conf" >/dev/null 2>&1 & pids+=($!)
 sleep 0.5
 sim() {
   "$T"/release/fieldcast-sim fleet --mqtt-url "mqtt://127.0.0.1:$PORT" --devices "$DEVICES" \
@@ -35,12 +37,12 @@ floor=$(wc -l < "$tmp/floor.txt")
 echo "floor: $floor messages received, $((floor / SECS)) msg/s"
 
 echo "== bridge: fleet -> mosquitto -> fieldcast-bridge -> Redis + PostgreSQL"
-psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
-psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $DB" >/dev/null
+fc_psql -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
+fc_psql -qc "CREATE DATABASE $DB" >/dev/null
 FIELDCAST_MQTT_URL="mqtt://127.0.0.1:$PORT" FIELDCAST_MQTT_CLIENT_ID="bench-bridge-$$" \
-FIELDCAST_REDIS_PREFIX="$PREFIX" FIELDCAST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" \
+FIELDCAST_REDIS_PREFIX="$PREFIX" FIELDCAST_DATABASE_URL="$(fc_pg_url "$DB")" \
 FIELDCAST_ADMIN_ADDR="$ADMIN" FIELDCAST_SPOOL_DIR="$tmp/spool" RUST_LOG=warn \
-  "$T"/release/fieldcast-bridge & bridge=$!; pids+=($bridge)
+  "$T"/release/fieldcast-bridge & bridge=$!; pids+=("$bridge")
 for _ in $(seq 1 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.2; done
 accepted() { curl -s "http://$ADMIN/metrics" | awk '/^fieldcast_bridge_messages_total/ { s += $2 } END { print s }'; }
 m0=$(accepted); r0=$(metric fieldcast_bridge_redis_messages_total)
@@ -64,4 +66,4 @@ awk -v m0="$m0" -v m1="$m1" -v r0="$r0" -v r1="$r1" -v c0="$c0" -v c1="$c1" -v t
   printf "redis CPU:  %.2f s (%.0f%% of one core; every client of this Redis counts)\n", rc1 - rc0, 100 * (rc1 - rc0) / el;
 }'
 sleep 2
-echo "history rows: $(psql -h 127.0.0.1 -U postgres -d $DB -qAtc 'SELECT count(*) FROM locations') (flushed every 30 s; the rest on SIGTERM)"
+echo "history rows: $(psql -X -w -d "$(fc_pg_url "$DB")" -qAtc 'SELECT count(*) FROM locations') (flushed every 30 s; the rest on SIGTERM)"

@@ -1,8 +1,10 @@
+# shellcheck shell=bash
 # Sourced by the bench scripts (bench-e2e.sh, bench-ingest.sh): a private
 # Mosquitto config on $PORT in a temp dir, and on exit a cleanup that stops
 # what the script started (the `pids` array, newest first, each to its end:
 # a bridge drains before its broker goes) and removes the database $DB, the
-# Redis keys under $PREFIX and the temp dir.
+# Redis keys under $PREFIX and the temp dir. Needs scripts/lib.sh sourced and
+# fc_pg_resolve (fc_setup) done.
 tmp=$(mktemp -d)
 pids=()
 cat > "$tmp/mosquitto.conf" <<CONF
@@ -18,7 +20,7 @@ bench_cleanup() {
     kill -TERM "${pids[i]}" 2>/dev/null || true
     wait "${pids[i]}" 2>/dev/null || true
   done
-  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  fc_psql -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
   redis-cli --scan --pattern "${PREFIX}*" | xargs -r -n 500 redis-cli del >/dev/null
   rm -rf "$tmp"
 }

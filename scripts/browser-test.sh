@@ -8,34 +8,29 @@
 # Redis key prefix and a fieldcast-bridge; the tests start (and restart)
 # fieldcast-gateway themselves. Screenshots land in tests/browser/screenshots/.
 #
-#   scripts/browser-test.sh              # every test (tests/browser/map.test.mjs)
+#   scripts/browser-test.sh              # every tests/browser/*.test.mjs
 #   scripts/browser-test.sh bench.mjs    # another file of tests/browser/ in the same setup
+#
+# Works on Node.js 18 (Debian 12) and later: --test-timeout, which Node
+# before 20.11 rejects, is passed only where `node` knows it; each test
+# bounds its own waits either way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-
-need_pkgs=()
-[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
-command -v npm >/dev/null 2>&1 || need_pkgs+=(nodejs npm)
-command -v mosquitto_pub >/dev/null 2>&1 || need_pkgs+=(mosquitto-clients)
-command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
-if [ "${#need_pkgs[@]}" -gt 0 ]; then
-  echo "installing: ${need_pkgs[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}"
-fi
-scripts/services.sh >/dev/null
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+fc_setup build services browser
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/fieldcast-browser.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT # until the full cleanup below takes over
 
 # The page: pinned npm packages, unit tests, and the committed dist/ must be what src/ builds to.
 (
   cd web
-  npm ci --no-audit --no-fund --loglevel=error
+  npm ci --prefer-offline --no-audit --no-fund --loglevel=error
   npm run --silent check
-  npm test --silent > /tmp/fieldcast-web-unit.log 2>&1 || { cat /tmp/fieldcast-web-unit.log; exit 1; }
+  npm test --silent > "$TMP/web-unit.log" 2>&1 || { cat "$TMP/web-unit.log"; exit 1; }
 )
-(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+(cd tests/browser && npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
 # FC_RELEASE=1: release binaries (the benchmark); FC_SKIP_BUILD=1: use the ones already built.
 PROFILE=debug
 [ -z "${FC_RELEASE:-}" ] || PROFILE=release
@@ -44,7 +39,6 @@ BIN_DIR="$(realpath -m "${CARGO_TARGET_DIR:-target}")/$PROFILE"
 
 free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
 
-TMP=$(mktemp -d /tmp/fieldcast-browser.XXXXXX)
 RUN="fcbt_$$_$RANDOM"
 DB="$RUN"
 PREFIX="$RUN:"
@@ -61,11 +55,14 @@ cleanup() {
     kill "${pids[$i]}" 2>/dev/null || true
     wait "${pids[$i]}" 2>/dev/null || true
   done
-  psql -h 127.0.0.1 -U postgres -d postgres -qAtc "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
+  fc_psql -qAtc "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
   redis-cli --scan --pattern "$PREFIX*" | xargs -r -n 500 redis-cli DEL >/dev/null 2>&1 || true
   if [ "$rc" -ne 0 ]; then
     echo "--- browser tests failed; service logs:" >&2
-    tail -n 40 "$TMP"/*.log >&2 2>/dev/null || true
+    for log in "$TMP"/*.log; do
+      # The web unit tests' log was shown already if they failed.
+      [ "$log" = "$TMP/web-unit.log" ] || tail -v -n 40 "$log" >&2 2>/dev/null || true
+    done
   fi
   rm -rf "$TMP"
   exit "$rc"
@@ -73,11 +70,11 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 sed -e "s/^listener 1883 127.0.0.1/listener $MQTT_PORT 127.0.0.1/" mosquitto/dev.conf > "$TMP/mosquitto.conf"
-mosquitto -c "$TMP/mosquitto.conf" > "$TMP/mosquitto.log" 2>&1 &
+/usr/sbin/mosquitto -c "$TMP/mosquitto.conf" > "$TMP/mosquitto.log" 2>&1 &
 pids+=($!)
 
-psql -h 127.0.0.1 -U postgres -d postgres -qAtc "CREATE DATABASE \"$DB\"" >/dev/null
-DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
+fc_psql -qAtc "CREATE DATABASE \"$DB\"" >/dev/null
+DATABASE_URL=$(fc_pg_url "$DB")
 
 FIELDCAST_MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT" \
 FIELDCAST_MQTT_CLIENT_ID="$RUN-bridge" \
@@ -98,4 +95,10 @@ curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null || { echo "bridge not
 export FC_ROOT="$ROOT" FC_BIN_DIR="$BIN_DIR" FC_TMP="$TMP" FC_MQTT_PORT="$MQTT_PORT" FC_GATEWAY_PORT="$GATEWAY_PORT" \
   FC_JWT_SECRET="browser-test-$RANDOM$RANDOM" FC_REDIS_PREFIX="$PREFIX" FC_DATABASE_URL="$DATABASE_URL"
 cd tests/browser
-node --test --test-concurrency=1 --test-timeout=300000 "${@:-map.test.mjs}"
+tests=("$@")
+if [ "${#tests[@]}" -eq 0 ]; then
+  for t in *.test.mjs; do tests+=("$t"); done
+fi
+timeout_flag=()
+node --help | grep -q -- '--test-timeout' && timeout_flag=(--test-timeout=300000)
+node --test --test-concurrency=1 "${timeout_flag[@]}" "${tests[@]}"

@@ -42,19 +42,70 @@ pub fn shared_redis_url() -> String {
     env_or("FIELDCAST_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 }
 
-/// A superuser connection to the shared PostgreSQL server, used to create and
-/// drop test databases: `FIELDCAST_TEST_PG_URL`, else
-/// `postgres://postgres@127.0.0.1:5432/postgres`.
+/// An admin connection (superuser, or a role with CREATEDB) to the shared
+/// PostgreSQL server, used to create and drop test databases, found in the
+/// order `scripts/lib.sh` resolves it:
+///
+/// 1. `FIELDCAST_TEST_PG_URL` (`scripts/test.sh` sets it from that
+///    resolution);
+/// 2. `FIELDCAST_PG_ADMIN_URL=` in `$XDG_CONFIG_HOME/fieldcast/pg.env`
+///    (default `~/.config/fieldcast/pg.env`), where the scripts keep the
+///    `fieldcast` role's generated password when PostgreSQL asks for one on
+///    127.0.0.1, as Debian's and Ubuntu's packages do;
+/// 3. `postgres://postgres@127.0.0.1:5432/postgres` (trust authentication,
+///    as on CI).
 pub fn pg_admin_url() -> String {
-    env_or(
-        "FIELDCAST_TEST_PG_URL",
-        "postgres://postgres@127.0.0.1:5432/postgres",
-    )
+    const TRUST: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+    match std::env::var("FIELDCAST_TEST_PG_URL") {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => pg_env_file()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .and_then(|text| admin_url_in(&text))
+            .unwrap_or_else(|| TRUST.to_owned()),
+    }
+}
+
+/// Where the scripts keep the PostgreSQL login they made.
+fn pg_env_file() -> Option<std::path::PathBuf> {
+    let config = match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(dir) if !dir.is_empty() => std::path::PathBuf::from(dir),
+        _ => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".config"),
+    };
+    Some(config.join("fieldcast/pg.env"))
+}
+
+/// The URL of the last non-empty `FIELDCAST_PG_ADMIN_URL=` line of a
+/// `pg.env` file's text.
+fn admin_url_in(text: &str) -> Option<String> {
+    text.lines().rev().find_map(|line| {
+        let url = line.trim().strip_prefix("FIELDCAST_PG_ADMIN_URL=")?.trim();
+        (!url.is_empty()).then(|| url.to_owned())
+    })
 }
 
 fn env_or(var: &str, default: &str) -> String {
     match std::env::var(var) {
         Ok(v) if !v.trim().is_empty() => v,
         _ => default.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admin_url_in;
+
+    #[test]
+    fn pg_env_file_gives_its_admin_url() {
+        let text = "# Written by scripts/lib.sh\n\
+                    FIELDCAST_PG_ADMIN_URL=postgres://fieldcast:ab12@127.0.0.1:5432/postgres\n\
+                    PGUSER=fieldcast\n";
+        assert_eq!(
+            admin_url_in(text).as_deref(),
+            Some("postgres://fieldcast:ab12@127.0.0.1:5432/postgres")
+        );
+        assert_eq!(
+            admin_url_in("PGUSER=fieldcast\nFIELDCAST_PG_ADMIN_URL=\n"),
+            None
+        );
     }
 }

@@ -471,9 +471,11 @@ impl Drop for ReadyWatch {
     }
 }
 
-/// A size-limited tmpfs mounted on a directory (the tests run as root),
+/// A size-limited tmpfs mounted on a directory, owned by the test's user,
 /// unmounted on drop — lazily if something still holds a file in it, so a
-/// failing test never leaves a mount behind.
+/// failing test never leaves a mount behind. Mounting needs root: as root
+/// `mount` runs directly, as another user through `sudo -n` (passwordless
+/// sudo, as `scripts/test.sh` on a fresh machine has).
 pub struct Tmpfs {
     path: std::path::PathBuf,
 }
@@ -482,13 +484,16 @@ impl Tmpfs {
     /// Mounts a tmpfs of `size` (`mount -o size=`, e.g. `48k`) on `path`,
     /// creating the directory first.
     pub fn mount(path: &std::path::Path, size: &str) -> Tmpfs {
+        use std::os::unix::fs::MetadataExt as _;
         std::fs::create_dir_all(path).unwrap();
-        let status = std::process::Command::new("mount")
+        // /proc/self belongs to the process's effective user and group.
+        let me = std::fs::metadata("/proc/self").unwrap();
+        let status = as_root("mount")
             .args([
                 "-t",
                 "tmpfs",
                 "-o",
-                &format!("size={size},mode=0755"),
+                &format!("size={size},mode=0755,uid={},gid={}", me.uid(), me.gid()),
                 "tmpfs",
             ])
             .arg(path)
@@ -496,7 +501,7 @@ impl Tmpfs {
             .expect("run mount");
         assert!(
             status.success(),
-            "mount -t tmpfs on {} failed ({status}); the test must run as root",
+            "mount -t tmpfs on {} failed ({status}); the test needs root or passwordless sudo",
             path.display()
         );
         Tmpfs {
@@ -508,7 +513,7 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let umount = |lazy: bool| {
-            let mut c = std::process::Command::new("umount");
+            let mut c = as_root("umount");
             if lazy {
                 c.arg("-l");
             }
@@ -520,5 +525,18 @@ impl Drop for Tmpfs {
         if !umount(false) && !umount(true) {
             eprintln!("could not unmount the tmpfs on {}", self.path.display());
         }
+    }
+}
+
+/// `program` as root: itself when we are root, else `sudo -n program`.
+fn as_root(program: &str) -> std::process::Command {
+    use std::os::unix::fs::MetadataExt as _;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if root {
+        std::process::Command::new(program)
+    } else {
+        let mut c = std::process::Command::new("sudo");
+        c.args(["-n", program]);
+        c
     }
 }
