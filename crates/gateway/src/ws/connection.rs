@@ -134,17 +134,7 @@ fn snapshot_frames(r: &Ref, states: &[DeviceState], per_frame: usize) -> Vec<Str
     chunks
         .into_iter()
         .enumerate()
-        .map(|(i, part)| {
-            let frame = protocol::snapshot(r, part);
-            if i == last {
-                return frame;
-            }
-            // `snapshot` writes one JSON object; "more" joins it at the end.
-            match frame.strip_suffix('}') {
-                Some(body) => format!("{body},\"more\":true}}"),
-                None => frame,
-            }
-        })
+        .map(|(i, part)| protocol::snapshot_part(r, part, i != last))
         .collect()
 }
 

@@ -182,16 +182,8 @@ impl<'a> Reply<'a> {
     }
 }
 
-pub fn snapshot(r: &Ref, devices: &[DeviceState]) -> String {
-    Reply {
-        devices: Some(devices),
-        ..Reply::new("snapshot", r)
-    }
-    .text()
-}
-
 /// One frame of a snapshot sent in parts: `"more":true` on all but the
-/// last (PROTOCOL.md §4); the last is exactly [`snapshot`].
+/// last (PROTOCOL.md §4); a snapshot of one part is just the last.
 pub fn snapshot_part(r: &Ref, devices: &[DeviceState], more: bool) -> String {
     Reply {
         devices: Some(devices),
@@ -323,7 +315,10 @@ mod tests {
             snapshot_part(&r, &[], true),
             r#"{"type":"snapshot","ref":"2","devices":[],"more":true}"#
         );
-        assert_eq!(snapshot_part(&r, &[], false), snapshot(&r, &[]));
+        assert_eq!(
+            snapshot_part(&r, &[], false),
+            r#"{"type":"snapshot","ref":"2","devices":[]}"#
+        );
         assert_eq!(
             subscribed(&None, "0123456789abcdef:3-4".parse().unwrap()),
             r#"{"type":"subscribed","cursor":"0123456789abcdef:3-4"}"#
