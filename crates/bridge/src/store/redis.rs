@@ -13,7 +13,8 @@ use fieldcast_core::live::{self, fmt_f64};
 use fieldcast_core::Kind;
 
 use crate::metrics::{KindLabel, Metrics};
-use crate::queue::{Batch, DeadLetter, Reliable};
+use crate::queue::Batch;
+use crate::record::{DeadLetter, Reliable};
 
 /// How many events the live event log keeps (approximately).
 pub const EVENT_LOG_MAXLEN: u64 = 100_000;
