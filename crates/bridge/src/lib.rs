@@ -32,7 +32,6 @@
 
 pub mod ack;
 pub mod admin;
-pub mod backoff;
 pub mod config;
 pub mod health;
 pub mod metrics;
@@ -141,8 +140,12 @@ impl Opened {
         );
         tracing::info!(spool = %std::path::absolute(&config.spool_dir).unwrap_or_else(|_| config.spool_dir.clone()).display(), "spool directory");
         let pg = Arc::new(Pg::new(store::postgres::pool(&config.store.database_url)?));
-        let redis_client =
-            store::redis::client(&config.store.redis_url).context("bad FIELDCAST_REDIS_URL")?;
+        let redis_client = fieldcast_service::redis::builder(
+            &config.store.redis_url,
+            fieldcast_service::redis::WhileDown::Fail,
+        )
+        .and_then(|b| b.build())
+        .context("bad FIELDCAST_REDIS_URL")?;
         // init() would fail while Redis is down; the client reconnects by
         // itself, so start it in the background and let health report it.
         let _connection = redis_client.connect();

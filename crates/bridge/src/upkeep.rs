@@ -9,11 +9,11 @@ use std::time::Duration;
 use fred::interfaces::ClientLike;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store::postgres::Pg;
 use crate::store::redis::RedisSink;
+use fieldcast_core::Backoff;
 
 /// Applies migrations and keeps partitions and retention up to date: at
 /// start (retrying with backoff until PostgreSQL answers) and hourly.

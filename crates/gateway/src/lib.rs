@@ -26,7 +26,6 @@ pub mod config;
 pub mod cursor;
 pub mod error;
 pub mod feed;
-pub mod geo;
 pub mod health;
 pub mod history;
 pub mod hub;

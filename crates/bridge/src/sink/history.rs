@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::LogLimiter;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
@@ -20,6 +19,7 @@ use crate::record::LocationRow;
 use crate::sink::dead_letter_unstorable;
 use crate::store::postgres::Pg;
 use crate::store::spool::{Record, Spool};
+use fieldcast_core::LogLimiter;
 
 /// Every accepted location into the history table (see the module doc).
 pub struct Batcher {

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::{Backoff, LogLimiter};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::queue::{Batch, Queue};
 use crate::sink::{dead_letter_refused, pause};
 use crate::store::redis::RedisSink;
+use fieldcast_core::{Backoff, LogLimiter};
 
 /// Takes the live and dead-letter lanes of the [`Queue`] to Redis. Several
 /// run side by side (`FIELDCAST_SINK_WORKERS`): each batch holds at most one

@@ -28,12 +28,12 @@ use tokio_util::sync::CancellationToken;
 
 use fieldcast_core::live as live_json;
 
-use crate::backoff::{Backoff, LogLimiter};
 use crate::metrics::{Metrics, TableLabel};
 use crate::queue::{Batch, Queue};
 use crate::record::{DeadLetter, Reliable};
 use crate::store::postgres::Unstorable;
 use crate::store::spool::Record;
+use fieldcast_core::{Backoff, LogLimiter};
 
 /// The dead-letter reason of a row a store refused for its content.
 pub const STORE_REJECTED: &str = "store_rejected";

@@ -20,13 +20,13 @@ use std::time::Duration;
 use tokio::sync::{Mutex, MutexGuard, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::{Backoff, LogLimiter};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::queue::{Batch, Queue};
 use crate::record::Reliable;
 use crate::store::redis::RedisSink;
 use crate::store::spool::{Record, SegmentReader, Spool, SpoolError};
+use fieldcast_core::{Backoff, LogLimiter};
 
 pub struct Outbox {
     spool: Spool,

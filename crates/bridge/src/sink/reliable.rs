@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::Acker;
-use crate::backoff::{Backoff, LogLimiter};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::queue::{Batch, Queue};
@@ -19,6 +18,7 @@ use crate::sink::{dead_letter_refused, dead_letter_unstorable, pause};
 use crate::store::postgres::{Pg, Unstorable};
 use crate::store::redis::RedisSink;
 use crate::store::spool::{Record, Spool};
+use fieldcast_core::{Backoff, LogLimiter};
 
 /// How long the reliable lane waits for Redis before it defers a batch's
 /// Redis side to the outbox: well inside the broker's patience, so a Redis

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::{Backoff, LogLimiter};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::sink::dead_letter_unstorable;
 use crate::store::postgres::{Pg, PgError};
 use crate::store::spool::{Rows, SegmentReader, Spool, SpoolError};
+use fieldcast_core::{Backoff, LogLimiter};
 
 /// Records read from a spool segment at a time.
 const REPLAY_CHUNK: usize = 5_000;

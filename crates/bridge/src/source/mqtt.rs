@@ -22,12 +22,12 @@ use tokio_util::sync::CancellationToken;
 use fieldcast_core::{Kind, Limits, Message};
 
 use crate::ack::AckToken;
-use crate::backoff::{Backoff, LogLimiter};
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::{KindLabel, Metrics};
 use crate::queue::Queue;
 use crate::record::{DeadLetter, LocationRow, Reliable};
+use fieldcast_core::{Backoff, LogLimiter};
 
 /// Capacity of rumqttc's request channel (subscribe and every PUBACK go
 /// through it). Far above any sane broker inflight window, so an ack never

@@ -11,8 +11,8 @@ use super::pending::{Floors, Pending};
 use super::{ConnId, ConnSignals, Selection, Update};
 use crate::auth::Scope;
 use crate::cursor::Cursor;
-use crate::geo::BBox;
 use crate::outbox::Outbox;
+use fieldcast_core::geo::BBox;
 
 pub(super) struct Conn {
     pub(super) scope: Arc<Scope>,
@@ -267,8 +267,8 @@ mod tests {
 
     use super::super::{Activation, Hub, Selection, Update};
     use crate::auth::Scope;
-    use crate::geo::BBox;
     use crate::outbox::{Item, Kind, Out, Outbox};
+    use fieldcast_core::geo::BBox;
 
     fn loc(device: &str, ts: i64, lon: f64, lat: f64) -> Update {
         Update {

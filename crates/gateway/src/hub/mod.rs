@@ -28,8 +28,8 @@ use tokio::sync::Notify;
 
 use crate::auth::Scope;
 use crate::cursor::Cursor;
-use crate::geo::BBox;
 use crate::outbox::{Close, Item, Kind, Outbox, Push};
+use fieldcast_core::geo::BBox;
 
 use index::{add_selection, clear_in_box, remove_selection, set_in_box, wants, Conn, State};
 pub use pending::Activation;

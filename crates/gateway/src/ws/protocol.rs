@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::cursor::Cursor;
-use crate::geo::BBox;
 use crate::hub::Selection;
+use fieldcast_core::geo::BBox;
 
 /// A client's `ref`, echoed back verbatim (a string or a number).
 pub type Ref = Option<Box<RawValue>>;
