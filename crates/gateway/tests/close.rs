@@ -28,10 +28,22 @@ async fn a_flood_is_closed_with_1008_even_with_frames_in_flight() {
             .unwrap();
         let (mut tx, mut rx) = stream.split();
         let frame = json!({"op": "ping", "ref": "p".repeat(1024)}).to_string();
-        // Sends for 1.5 s (until the socket refuses): long after the gateway
-        // decided to close, well inside its 2 s drain.
+        // A burst of 1000 frames, five times the rate limit however slowly
+        // this machine runs, then more for 1.5 s (until the socket
+        // refuses): long after the gateway decided to close, well inside
+        // its 2 s drain.
         let sender = tokio::spawn(async move {
             let until = tokio::time::Instant::now() + std::time::Duration::from_millis(1500);
+            for _ in 0..1000 {
+                if tx
+                    .feed(WsMessage::Text(frame.clone().into()))
+                    .await
+                    .is_err()
+                {
+                    return tx;
+                }
+            }
+            let _ = tx.flush().await;
             while tokio::time::Instant::now() < until {
                 if tx
                     .send(WsMessage::Text(frame.clone().into()))

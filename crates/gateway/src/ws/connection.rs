@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::protocol::{self, Command, Ref, Since};
 use crate::auth::Scope;
 use crate::cursor::Cursor;
-use crate::hub::{Activation, ConnId, ConnSignals, Hub, Selection};
+use crate::hub::{Activation, ConnId, ConnSignals, Hub, Mode, Selection};
 use crate::outbox::{Close, Item, Kind, Out, Outbox};
 use crate::store::{Snap, Store, StoreError};
 
@@ -396,7 +396,7 @@ impl Reader {
                     let m = "the live feed is not subscribed yet; subscribe again shortly";
                     return self.reply(protocol::error(&r, "unavailable", m)).await;
                 }
-                if let Err(e) = self.subscribe(&r, selection, since, false).await {
+                if let Err(e) = self.subscribe(&r, selection, since, Mode::Subscribe).await {
                     self.ctx.hub.abort(self.id);
                     if let SubscribeError::Store(e) = e {
                         tracing::warn!(conn = self.id, error = %e, "subscribe failed");
@@ -434,7 +434,7 @@ impl Reader {
             return;
         }
         let since = self.ctx.hub.resume_cursor(self.id).map(Since::Cursor);
-        if let Err(e) = self.subscribe(&None, selection, since, true).await {
+        if let Err(e) = self.subscribe(&None, selection, since, Mode::Resync).await {
             self.ctx.hub.abort(self.id);
             tracing::warn!(conn = self.id, error = %e, "resync failed; will retry on the next reconnect");
         }
@@ -446,11 +446,11 @@ impl Reader {
         r: &Ref,
         sel: Selection,
         since: Option<Since>,
-        resync: bool,
+        mode: Mode,
     ) -> Result<(), SubscribeError> {
         let hub = &self.ctx.hub;
         let store = &self.ctx.store;
-        hub.begin(self.id, sel.clone(), resync);
+        hub.begin(self.id, sel.clone(), mode);
 
         let mut act = Activation::default();
         if sel.has_device_selector() {
@@ -511,7 +511,7 @@ impl Reader {
             }
         }
         act.cursor_floor = Some(floor);
-        if !resync {
+        if mode == Mode::Subscribe {
             act.before.push(Item::reply(protocol::subscribed(r, floor)));
         }
         hub.activate(self.id, act);
