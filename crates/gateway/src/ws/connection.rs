@@ -19,7 +19,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{self, Command, Ref, Since};
+use super::protocol::{self, Command, Ref, Since, WsError};
 use crate::auth::Scope;
 use crate::cursor::Cursor;
 use crate::hub::{Activation, ConnId, ConnSignals, Hub, Mode, Selection};
@@ -329,7 +329,7 @@ impl Reader {
                     }
                     match frame {
                         Message::Text(t) => self.command(t.as_str()).await,
-                        Message::Binary(_) => self.reply(protocol::error(&None, "bad_request", "frames are JSON text")).await,
+                        Message::Binary(_) => self.reply(protocol::error(&None, WsError::BadRequest, "frames are JSON text")).await,
                         Message::Close(_) => return,
                         Message::Ping(_) | Message::Pong(_) => {}
                     }
@@ -348,7 +348,7 @@ impl Reader {
                     }
                 }
                 () = expiry_sleep => {
-                    self.outbox.push(Item::reply(protocol::error(&None, "token_expired", "the token has expired")), None);
+                    self.outbox.push(Item::reply(protocol::error(&None, WsError::TokenExpired, "the token has expired")), None);
                     self.outbox.close(Close::TOKEN_EXPIRED);
                     return;
                 }
@@ -364,7 +364,7 @@ impl Reader {
     async fn command(&self, text: &str) {
         match Command::parse(text) {
             Err(bad) => {
-                self.reply(protocol::error(&bad.r, "bad_request", &bad.message))
+                self.reply(protocol::error(&bad.r, WsError::BadRequest, &bad.message))
                     .await
             }
             Ok(Command::Ping { r }) => self.reply(protocol::pong(&r)).await,
@@ -378,7 +378,9 @@ impl Reader {
                 since,
             }) => {
                 if let Some(what) = self.forbidden(&selection) {
-                    return self.reply(protocol::error(&r, "forbidden", &what)).await;
+                    return self
+                        .reply(protocol::error(&r, WsError::Forbidden, &what))
+                        .await;
                 }
                 let count = self.ctx.hub.subscription_count(self.id)
                     + selection.devices.len()
@@ -389,12 +391,14 @@ impl Reader {
                         self.ctx.limits.max_subscriptions
                     );
                     return self
-                        .reply(protocol::error(&r, "too_many_subscriptions", &m))
+                        .reply(protocol::error(&r, WsError::TooManySubscriptions, &m))
                         .await;
                 }
                 if !self.ctx.health.feed_up(FEED_WAIT).await {
                     let m = "the live feed is not subscribed yet; subscribe again shortly";
-                    return self.reply(protocol::error(&r, "unavailable", m)).await;
+                    return self
+                        .reply(protocol::error(&r, WsError::Unavailable, m))
+                        .await;
                 }
                 if let Err(e) = self.subscribe(&r, selection, since, Mode::Subscribe).await {
                     self.ctx.hub.abort(self.id);
@@ -402,7 +406,7 @@ impl Reader {
                         tracing::warn!(conn = self.id, error = %e, "subscribe failed");
                         self.reply(protocol::error(
                             &r,
-                            "unavailable",
+                            WsError::Unavailable,
                             "live state is unavailable, try again",
                         ))
                         .await;
@@ -502,7 +506,7 @@ impl Reader {
                 .outbox
                 .push_wait(Item::reply(protocol::error(
                     r,
-                    "cursor_expired",
+                    WsError::CursorExpired,
                     why.message(),
                 )))
                 .await

@@ -209,9 +209,40 @@ pub fn pong(r: &Ref) -> String {
     Reply::new("pong", r).text()
 }
 
-pub fn error(r: &Ref, code: &str, message: &str) -> String {
+/// The `code` of an `error` frame (PROTOCOL.md §4), as HTTP has
+/// `ApiError`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsError {
+    /// The frame is not a valid command.
+    BadRequest,
+    /// A device or channel outside the token's scope.
+    Forbidden,
+    /// The token expired; the connection closes after this frame.
+    TokenExpired,
+    /// More subscriptions than `FIELDCAST_WS_MAX_SUBSCRIPTIONS`.
+    TooManySubscriptions,
+    /// Redis or the live feed is away; try again.
+    Unavailable,
+    /// The cursor cannot be replayed; reload history over HTTP.
+    CursorExpired,
+}
+
+impl WsError {
+    pub fn code(self) -> &'static str {
+        match self {
+            WsError::BadRequest => "bad_request",
+            WsError::Forbidden => "forbidden",
+            WsError::TokenExpired => "token_expired",
+            WsError::TooManySubscriptions => "too_many_subscriptions",
+            WsError::Unavailable => "unavailable",
+            WsError::CursorExpired => "cursor_expired",
+        }
+    }
+}
+
+pub fn error(r: &Ref, code: WsError, message: &str) -> String {
     Reply {
-        code: Some(code),
+        code: Some(code.code()),
         message: Some(message),
         ..Reply::new("error", r)
     }
@@ -308,7 +339,7 @@ mod tests {
         let r: Ref = Some(RawValue::from_string("\"2\"".into()).unwrap());
         assert_eq!(pong(&r), r#"{"type":"pong","ref":"2"}"#);
         assert_eq!(
-            error(&r, "forbidden", "no"),
+            error(&r, WsError::Forbidden, "no"),
             r#"{"type":"error","ref":"2","code":"forbidden","message":"no"}"#
         );
         assert_eq!(
