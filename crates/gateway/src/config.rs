@@ -49,8 +49,12 @@ pub struct Config {
     #[arg(long, env = "FIELDCAST_FEED_BUFFER", default_value = "65536")]
     pub feed_buffer: NonZeroUsize,
 
-    /// Map page: XYZ tile URL template (`https://tiles.example/{z}/{x}/{y}.png`);
-    /// none = a plain background with a graticule.
+    /// Map page: an XYZ tile URL template
+    /// (`https://tiles.example/{z}/{x}/{y}.png`), passed to the page as it
+    /// is, or the path of a local MBTiles or PMTiles v3 archive (a value
+    /// without `://` and `{z}`, or ending in `.mbtiles`/`.pmtiles`), which
+    /// the gateway serves at `/tiles/{z}/{x}/{y}`; none = a plain
+    /// background with a graticule.
     #[arg(long, env = "FIELDCAST_MAP_TILES")]
     pub map_tiles: Option<String>,
 
@@ -148,6 +152,9 @@ pub enum ConfigError {
     PingInterval,
     #[error("FIELDCAST_WS_SEND_BUFFER must be at most 64 MiB (0 = kernel autotuning)")]
     SendBuffer,
+    /// A local tile archive that cannot be opened or is not valid.
+    #[error("FIELDCAST_MAP_TILES: {0}")]
+    MapTiles(String),
 }
 
 impl Config {
@@ -167,6 +174,16 @@ impl Config {
         }
         if self.ws_send_buffer > 64 << 20 {
             return Err(ConfigError::SendBuffer);
+        }
+        // Opened once here to check it (cheap: a header and a directory, or
+        // SQLite's schema), so a bad archive fails before anything starts.
+        if let Some(path) = self
+            .map_tiles
+            .as_deref()
+            .and_then(crate::tiles::archive_path)
+        {
+            crate::tiles::TileSource::open(&path)
+                .map_err(|e| ConfigError::MapTiles(format!("{e:#}")))?;
         }
         Ok(())
     }
@@ -211,5 +228,20 @@ mod tests {
         let c = Config::try_parse_from(["g", "--auth", "none", "--ws-send-buffer", "1000000000"])
             .unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::SendBuffer)));
+    }
+
+    #[test]
+    fn map_tiles_is_a_url_template_or_an_archive_that_opens() {
+        let with = |v: &str| {
+            Config::try_parse_from(["g", "--auth", "none", "--map-tiles", v])
+                .unwrap()
+                .validate()
+        };
+        assert!(with("https://tile.example/{z}/{x}/{y}.png").is_ok());
+        let e = with("/nonexistent/site.mbtiles").unwrap_err().to_string();
+        assert!(
+            e.starts_with("FIELDCAST_MAP_TILES: ") && e.contains("/nonexistent/site.mbtiles"),
+            "{e}"
+        );
     }
 }

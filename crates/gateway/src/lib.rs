@@ -16,7 +16,8 @@
 //!
 //! Around it: [`auth`] (JWT -> [`auth::Scope`]), [`routes`] (`/api/*` with
 //! [`history`] for SQL, `/healthz`, `/readyz` from [`health`], `/metrics`),
-//! [`config`]. [`serve`] wires them and owns shutdown.
+//! [`tiles`] (map tiles from a local MBTiles/PMTiles archive), [`config`].
+//! [`serve`] wires them and owns shutdown.
 
 // Tests may unwrap: a panic there is the failure report.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -32,6 +33,7 @@ pub mod hub;
 pub mod outbox;
 pub mod routes;
 pub mod store;
+pub mod tiles;
 pub mod ws;
 
 use std::sync::{Arc, OnceLock};
@@ -85,6 +87,42 @@ fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
     }
 }
 
+/// The tile archive `FIELDCAST_MAP_TILES` names, opened and checked, or
+/// `None` for an online URL template (or no tiles).
+async fn open_tiles(config: &Config) -> anyhow::Result<Option<Arc<tiles::TileSource>>> {
+    let Some(path) = config.map_tiles.as_deref().and_then(tiles::archive_path) else {
+        return Ok(None);
+    };
+    let source = tokio::task::spawn_blocking(move || tiles::TileSource::open(&path))
+        .await
+        .context("tile archive open task")?
+        .context("FIELDCAST_MAP_TILES")?;
+    tracing::info!(
+        path = %source.path().display(),
+        format = source.format_name(),
+        kind = source.kind().as_str(),
+        min_zoom = source.min_zoom(),
+        max_zoom = source.max_zoom(),
+        "serving map tiles at /tiles/{{z}}/{{x}}/{{y}}"
+    );
+    Ok(Some(Arc::new(source)))
+}
+
+/// The map page's `/config.json`: [`routes::assets::page_config`], with
+/// the tile fields pointing at `/tiles/*` when the gateway serves an
+/// archive (its attribution unless `FIELDCAST_MAP_ATTRIBUTION` is set).
+fn page_config(config: &Config, tiles: Option<&tiles::TileSource>) -> serde_json::Value {
+    let mut page = routes::assets::page_config(config);
+    if let Some(t) = tiles {
+        let operator_attribution = config
+            .map_attribution
+            .as_deref()
+            .is_some_and(|a| !a.trim().is_empty());
+        t.apply_to_page_config(&mut page, operator_attribution);
+    }
+    page
+}
+
 /// Runs the gateway on `listener` until `shutdown` is cancelled, then
 /// closes every WebSocket with 1001 and returns.
 ///
@@ -95,6 +133,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let tiles = open_tiles(&config).await?;
     let prometheus = prometheus();
     metrics::gauge!("fieldcast_gateway_connections").increment(0.0);
 
@@ -150,7 +189,8 @@ pub async fn serve(
     });
 
     let state = routes::AppState {
-        page_config: Arc::new(routes::assets::page_config(&config)),
+        page_config: Arc::new(page_config(&config, tiles.as_deref())),
+        tiles,
         auth: auth::Authenticator::from_config(&config),
         store: store.clone(),
         pg,

@@ -1,6 +1,7 @@
 //! The HTTP surface: `/ws` (upgrade, in [`crate::ws`]), `/api/*`
 //! ([`api`]), the unauthenticated `/healthz`, `/readyz`, `/metrics`
-//! ([`ops`]) and the map page `/`, `/assets/*`, `/config.json` ([`assets`]).
+//! ([`ops`]), the map page `/`, `/assets/*`, `/config.json` ([`assets`])
+//! and its map tiles `/tiles/{z}/{x}/{y}` ([`crate::tiles`]).
 
 pub mod api;
 pub mod assets;
@@ -51,6 +52,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The map page's `/config.json`.
     pub page_config: Arc<serde_json::Value>,
+    /// The local tile archive behind `/tiles/*`, when `FIELDCAST_MAP_TILES`
+    /// names one.
+    pub tiles: Option<Arc<crate::tiles::TileSource>>,
 }
 
 impl FromRef<AppState> for Authenticator {
@@ -77,6 +81,11 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(assets::index))
         .route("/assets/{file}", get(assets::asset))
         .route("/config.json", get(assets::config))
+        // Public like the page: the street map says nothing about the
+        // fleet, and the map loads tiles as plain <img>/fetch GETs that
+        // carry no token, so neither a token nor the Origin rule can guard
+        // them (another site showing the same street map costs nothing).
+        .route("/tiles/{z}/{x}/{y}", get(crate::tiles::tile))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
