@@ -24,9 +24,9 @@
 //! - [`upkeep`]: schema upkeep, store probes, the event log's trim.
 //! - [`config`], [`admin`], [`metrics`], [`health`]: what operators set and see.
 //!
-//! [`start`] opens the stores ([`Opened`]), spawns the pipeline
-//! ([`Running`]) and returns a future that drains it on shutdown
-//! ([`Running::drain`]): stop reading from the broker, drain the queue
+//! [`start`] opens the stores (`Opened`), spawns the pipeline
+//! (`Running`) and returns a future that drains it on shutdown
+//! (`Running::drain`): stop reading from the broker, drain the queue
 //! into the sinks, flush the history batch, send the last acks,
 //! disconnect — all under `--shutdown-timeout`.
 

@@ -60,7 +60,7 @@ pub async fn maintain_schema(
 }
 
 /// Probes PostgreSQL and Redis every second, and checks what the bridge
-/// needs of Redis once per connection (see [`check_redis`]).
+/// needs of Redis once per connection (see `check_redis`).
 pub async fn check_health(
     pg: Arc<Pg>,
     redis: fred::prelude::Client,

@@ -5,7 +5,7 @@
 //! The event loop is polled without pause, so keepalive holds whatever the
 //! sinks are doing: a message the queue has no room for waits in a small
 //! hold-back buffer ([`Held`]) instead of stalling `poll()`. QoS 1 messages
-//! are acknowledged by the sink ([`Acker`]) only after they are stored, so
+//! are acknowledged by the sink ([`crate::ack::Acker`]) only after they are stored, so
 //! the broker's inflight window bounds how many QoS 1 messages can be held
 //! back; QoS 0 locations beyond [`HELD_MAX`] are shed and counted
 //! (`fieldcast_bridge_shed_total`), never accepted and then lost.

@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use super::protocol::{self, Command, Ref, Since, WsError};
 use crate::auth::Scope;
 use crate::cursor::Cursor;
-use crate::hub::{Activation, ConnId, ConnSignals, Hub, Mode, Selection};
-use crate::outbox::{Close, Item, Kind, Out, Outbox};
-use crate::store::{Snap, Store, StoreError};
+use crate::live::hub::{Activation, ConnId, ConnSignals, Hub, Mode, Selection};
+use crate::live::outbox::{Close, Item, Kind, Out, Outbox};
+use crate::store::redis::{Snap, Store, StoreError};
 
 /// Per-connection limits, from the configuration.
 #[derive(Debug, Clone, Copy)]

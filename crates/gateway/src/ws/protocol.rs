@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::cursor::Cursor;
-use crate::hub::Selection;
+use crate::live::hub::Selection;
 use fieldcast_core::geo::BBox;
 
 /// A client's `ref`, echoed back verbatim (a string or a number).

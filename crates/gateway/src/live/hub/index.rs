@@ -11,7 +11,7 @@ use super::pending::{Floors, Pending};
 use super::{ConnId, ConnSignals, Selection, Update};
 use crate::auth::Scope;
 use crate::cursor::Cursor;
-use crate::outbox::Outbox;
+use crate::live::outbox::Outbox;
 use fieldcast_core::geo::BBox;
 
 pub(super) struct Conn {
@@ -267,7 +267,7 @@ mod tests {
 
     use super::super::{Activation, Hub, Mode, Selection, Update};
     use crate::auth::Scope;
-    use crate::outbox::{Item, Kind, Out, Outbox};
+    use crate::live::outbox::{Item, Kind, Out, Outbox};
     use fieldcast_core::geo::BBox;
 
     fn loc(device: &str, ts: i64, lon: f64, lat: f64) -> Update {

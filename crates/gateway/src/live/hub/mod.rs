@@ -1,7 +1,7 @@
 //! The hub: which local connection wants which update.
 //!
 //! In: parsed live updates and channel messages from the feed task
-//! ([`crate::feed`]). Out: frames offered to each receiver's [`Outbox`].
+//! ([`crate::live::feed`]). Out: frames offered to each receiver's [`Outbox`].
 //!
 //! Indexes keep the work per update proportional to its receivers: device ->
 //! connections, channel -> connections, the set of fleet subscribers, an
@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 
 use crate::auth::Scope;
 use crate::cursor::Cursor;
-use crate::outbox::{Close, Item, Kind, Outbox, Push};
+use crate::live::outbox::{Close, Item, Kind, Outbox, Push};
 use fieldcast_core::geo::BBox;
 
 use index::{add_selection, clear_in_box, remove_selection, set_in_box, wants, Conn, State};

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::outbox::Out;
+use crate::live::outbox::Out;
 
 fn loc(device: &str, ts: i64, lon: f64, lat: f64) -> Update {
     Update {

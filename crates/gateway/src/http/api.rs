@@ -25,10 +25,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
-use super::AppState;
 use crate::auth::{Authed, Scope};
-use crate::error::ApiError;
-use crate::history::{
+use crate::http::error::ApiError;
+use crate::state::AppState;
+use crate::store::history::{
     self, EventCursor, EventRow, EventsQuery, HistoryError, Point, TrackQuery, CHUNK_ROWS,
 };
 use fieldcast_core::geo::BBox;

@@ -20,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cursor::Cursor;
 use crate::health::Health;
-use crate::hub::{Hub, Update};
-use crate::outbox::{Item, Kind, Out};
+use crate::live::hub::{Hub, Update};
+use crate::live::outbox::{Item, Kind, Out};
 use fieldcast_core::Backoff;
 
-use crate::store::{builder, Keys, StoreError};
+use crate::store::redis::{builder, Keys, StoreError};
 
 /// Runs until `shutdown`; reconnects by itself (fred's policy: exponential
 /// backoff with jitter).

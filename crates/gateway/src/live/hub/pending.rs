@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Selection, Update};
 use crate::cursor::Cursor;
-use crate::outbox::{Item, Kind};
+use crate::live::outbox::{Item, Kind};
 
 /// What a connection learnt from its snapshot and replay, handed to
 /// [`super::Hub::activate`] to filter the buffered updates.
