@@ -70,30 +70,36 @@ export async function waitFor(what, f, ms = 30000, every = 200) {
   }
 }
 
-/** The gateway under test: a real `target/debug/fieldcast-gateway` process. */
+/**
+ * The gateway under test: a real `target/debug/fieldcast-gateway` process.
+ * `env`: variables to set on top of the test setup's, or to unset (null),
+ * e.g. `{ FIELDCAST_MAP_TILES: null }` for a gateway without tiles whatever
+ * the caller's environment says.
+ */
 export class Gateway {
-  constructor() {
+  constructor({ env: extra = {} } = {}) {
     this.proc = null;
     this.starts = 0;
+    this.extraEnv = extra;
   }
 
   async start() {
     this.starts += 1;
     const log = openSync(join(env.tmp, `gateway-${this.starts}.log`), 'a');
-    this.proc = spawn(join(binDir, 'fieldcast-gateway'), [], {
-      env: {
-        ...process.env,
-        FIELDCAST_LISTEN: `127.0.0.1:${env.gatewayPort}`,
-        FIELDCAST_REDIS_URL: env.redisUrl,
-        FIELDCAST_REDIS_PREFIX: env.prefix,
-        FIELDCAST_DATABASE_URL: env.databaseUrl,
-        FIELDCAST_JWT_SECRET: env.secret,
-        FIELDCAST_SHUTDOWN_GRACE: '2s',
-        FIELDCAST_MAP_STALE: '10m',
-        RUST_LOG: process.env.RUST_LOG || 'info',
-      },
-      stdio: ['ignore', log, log],
-    });
+    const childEnv = {
+      ...process.env,
+      FIELDCAST_LISTEN: `127.0.0.1:${env.gatewayPort}`,
+      FIELDCAST_REDIS_URL: env.redisUrl,
+      FIELDCAST_REDIS_PREFIX: env.prefix,
+      FIELDCAST_DATABASE_URL: env.databaseUrl,
+      FIELDCAST_JWT_SECRET: env.secret,
+      FIELDCAST_SHUTDOWN_GRACE: '2s',
+      FIELDCAST_MAP_STALE: '10m',
+      RUST_LOG: process.env.RUST_LOG || 'info',
+      ...this.extraEnv,
+    };
+    for (const [k, v] of Object.entries(childEnv)) if (v == null) delete childEnv[k];
+    this.proc = spawn(join(binDir, 'fieldcast-gateway'), [], { env: childEnv, stdio: ['ignore', log, log] });
     writeFileSync(join(env.tmp, 'gateway.pid'), String(this.proc.pid));
     const proc = this.proc;
     this.exited = new Promise((resolve) => proc.once('exit', (code, sig) => resolve({ code, sig })));

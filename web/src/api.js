@@ -1,5 +1,7 @@
-// Token and HTTP API (PROTOCOL.md §5). The token comes from `?token=`, then
-// from sessionStorage (set by the login prompt), else the prompt asks for it.
+// Token and HTTP API (PROTOCOL.md §5). The token comes from `?token=` (taken
+// once: kept in sessionStorage and removed from the address bar and the
+// history entry, so it is not bookmarked, shared or shown), then from
+// sessionStorage (set by the login prompt), else the prompt asks for it.
 
 const KEY = 'fieldcast.token';
 
@@ -8,6 +10,10 @@ export class AuthError extends Error {}
 export function tokenFromPage() {
   const url = new URL(location.href);
   const t = url.searchParams.get('token');
+  if (url.searchParams.has('token')) {
+    url.searchParams.delete('token');
+    history.replaceState(history.state, '', `${url.pathname}${url.search}${url.hash}`);
+  }
   if (t) {
     sessionStorage.setItem(KEY, t);
     return t;

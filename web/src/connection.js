@@ -1,6 +1,9 @@
 // The WebSocket client (PROTOCOL.md §4): subscribe, reconnect with
 // exponential backoff and full jitter, resume events with the `since`
-// cursor, and report the state live / reconnecting / offline.
+// cursor, and report the state live / reconnecting / offline. The state
+// comes from the socket alone: navigator.onLine is false in a browser with
+// no network but loopback, as on an air-gapped site whose gateway answers
+// fine, so it never makes the page say "offline".
 
 const BASE_DELAY = 500;
 const MAX_DELAY = 15000;
@@ -27,8 +30,8 @@ export class Connection {
     this.lastFrame = 0;
     this.pendingRefs = new Map();
     setInterval(() => this.keepalive(), 5000);
+    // The network is back: retry now rather than at the end of the backoff.
     addEventListener('online', () => this.reconnectNow());
-    addEventListener('offline', () => this.setState('offline'));
   }
 
   url() {
@@ -92,7 +95,7 @@ export class Connection {
     this.failures += 1;
     const cap = Math.min(MAX_DELAY, BASE_DELAY * 2 ** Math.min(this.failures - 1, 10));
     const delay = Math.round(cap / 2 + Math.random() * (cap / 2)); // jitter
-    const offline = !navigator.onLine || this.failures > OFFLINE_AFTER;
+    const offline = this.failures > OFFLINE_AFTER;
     this.setState(offline ? 'offline' : 'reconnecting', `retry in ${(delay / 1000).toFixed(1)} s`);
     clearTimeout(this.timer);
     this.timer = setTimeout(() => this.open(), delay);

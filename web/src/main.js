@@ -6,6 +6,9 @@ import { Connection } from './connection.js';
 import { Store } from './store.js';
 import { DevicesLayer } from './map/devices-layer.js';
 import { Graticule } from './map/graticule.js';
+import { Basemap, basemapPane } from './map/basemap.js';
+import { VectorTiles } from './map/vector-tiles.js';
+import { tileSource, viewBbox } from './geo.js';
 import { DeviceList } from './panel/device-list.js';
 import { EventFeed } from './panel/event-feed.js';
 import { Tracks } from './panel/tracks.js';
@@ -51,12 +54,21 @@ async function start() {
   const mode = params.get('live') || (known.length > FLEET_LIMIT ? 'bbox' : 'fleet');
   document.body.dataset.mode = mode;
 
-  // Map: plain background + graticule always; tiles on top when configured.
+  // Map: the offline basemap (sea until it has loaded, after the first
+  // paint) and a graticule always; tiles on top when configured, raster or
+  // vector, with the basemap showing where they have none.
   const map = L.map('map', { zoomControl: true, worldCopyJump: true, preferCanvas: true, minZoom: 2 });
+  basemapPane(map);
+  const basemap = new Basemap({ attribution: 'Natural Earth' }).addTo(map);
   new Graticule().addTo(map);
-  const tiles = params.get('tiles') ?? config.tiles;
-  if (tiles) {
-    L.tileLayer(tiles, { maxZoom: 19, attribution: config.attribution || '' }).addTo(map);
+  const source = tileSource(config, params);
+  const attribution = config.attribution || '';
+  if (source?.format === 'vector') {
+    new VectorTiles(source.url, { nativeMaxZoom: source.maxZoom, attribution }).addTo(map);
+  } else if (source) {
+    const opts = { maxZoom: 19, attribution };
+    if (source.maxZoom != null) opts.maxNativeZoom = source.maxZoom;
+    L.tileLayer(source.url, opts).addTo(map);
   }
   const located = known.filter((d) => d.lat != null);
   if (located.length) {
@@ -80,17 +92,17 @@ async function start() {
 
   // ---- the live connection
   let bbox = null;
-  const viewBbox = () => {
+  // The view plus 20 %, across the 180° meridian as minLon > maxLon.
+  const viewBox = () => {
     const b = map.getBounds().pad(0.2);
-    const c = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
-    return [c(b.getWest(), -180, 180), c(b.getSouth(), -90, 90), c(b.getEast(), -180, 180), c(b.getNorth(), -90, 90)].map((v) => Number(v.toFixed(5)));
+    return viewBbox(b.getWest(), b.getSouth(), b.getEast(), b.getNorth());
   };
   const connState = document.getElementById('conn-state');
   const conn = new Connection(token, {
     subscriptions(cursor) {
       const since = cursor ? { since: cursor } : {};
       if (mode === 'fleet') return [{ op: 'subscribe', fleet: true, ...since }];
-      bbox = viewBbox();
+      bbox = viewBox();
       const frames = [{ op: 'subscribe', bbox, ...since }];
       if (selected) frames.push({ op: 'subscribe', devices: [selected] });
       return frames;
@@ -162,7 +174,7 @@ async function start() {
     clearTimeout(moveTimer);
     moveTimer = setTimeout(() => {
       if (mode !== 'bbox') return;
-      const next = viewBbox();
+      const next = viewBox();
       if (bbox && next.every((v, i) => v === bbox[i])) return;
       bbox = next;
       conn.send({ op: 'subscribe', bbox });
@@ -294,8 +306,10 @@ async function start() {
   }, 1000);
   store.changed();
   conn.open();
+  // The basemap after the first paint: devices and the connection come first.
+  requestAnimationFrame(() => setTimeout(() => basemap.load('/assets/basemap.json').catch((e) => console.warn('basemap', e)), 0));
 
-  window.fieldcast = { handle, stats, store, map, layer, conn, feed, tracks, list, select, mode, marker: (id) => layer.marker(id) };
+  window.fieldcast = { handle, stats, store, map, layer, conn, feed, tracks, list, select, mode, basemap, marker: (id) => layer.marker(id) };
 }
 
 start().catch((e) => {

@@ -41,7 +41,9 @@ export const Graticule = L.Layer.extend({
       ctx.moveTo(x, 0);
       ctx.lineTo(x, size.y);
       ctx.stroke();
-      ctx.fillText(`${lon.toFixed(digits)}°`, x + 2, size.y - 4);
+      // Past the 180° meridian the labels go on from -180°, as the world does.
+      const shown = lon - 360 * Math.floor((lon + 180) / 360);
+      ctx.fillText(`${shown.toFixed(digits)}°`, x + 2, size.y - 4);
     }
     for (let lat = Math.ceil(Math.max(-85, b.getSouth()) / step) * step; lat <= Math.min(85, b.getNorth()); lat += step) {
       const y = Math.round(map.latLngToContainerPoint([lat, b.getWest()]).y) + 0.5;
