@@ -231,7 +231,9 @@ test("a device's track is drawn over the basemap", async () => {
   assert.ok(drawn.rgba[3] > 150 && drawn.rgba.slice(0, 3).every((v, i) => Math.abs(v - want[i]) <= 3), `${drawn.rgba} vs ${drawn.color}`);
   // ... over land: the basemap under the track (beside the line) is Germany.
   assert.deepEqual(await page.evaluate(() => window.fieldcast.basemap?.pixelAt([53.0, 11.2])), hex('#f4f2ec'));
-  for (const [id] of LORRIES) assert.ok(await page.evaluate((d) => window.fieldcast.marker(d), id), `${id} drawn`);
+  // Markers redraw after the view change: waited for, not assumed (a loaded
+  // machine takes longer than the sleep above).
+  for (const [id] of LORRIES) await waitFor(`${id} drawn`, () => page.evaluate((d) => window.fieldcast.marker(d), id));
   const path = await shot('offline-02-track');
   await copyFile(path, join(env.root, 'docs/map-basemap.png'));
 });

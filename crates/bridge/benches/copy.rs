@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The location history's binary COPY encoding, without a database: a batch
 //! of 10 000 rows (`FIELDCAST_BATCH_ROWS`'s default) over 1 000 devices,
-//! every optional field present, encoded by `sink::postgres::LocationCopy`
+//! every optional field present, encoded by `store::postgres::LocationCopy`
 //! (header, per-row dedup on device + `ts`, tuples, trailer).
 //!
 //! - `encode_10000_locations`: `encode_locations`, the batch in one buffer.
@@ -21,7 +21,7 @@ mod rows;
 use rows::rows;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fieldcast_bridge::sink::postgres::{encode_locations, LocationCopy};
+use fieldcast_bridge::store::postgres::{encode_locations, LocationCopy};
 
 const ROWS: usize = 10_000;
 const DEVICES: usize = 1_000;

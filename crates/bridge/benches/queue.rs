@@ -24,7 +24,8 @@ use rows::rows;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use fieldcast_bridge::metrics::Metrics;
-use fieldcast_bridge::queue::{Capacity, LocationRow, Queue};
+use fieldcast_bridge::queue::{Capacity, Queue};
+use fieldcast_bridge::record::LocationRow;
 
 const BURST: usize = 10_000;
 /// `FIELDCAST_SINK_BATCH`'s default.

@@ -9,6 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -54,4 +55,14 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// Serves [`router`] on `listener` until `stop`.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, stop: CancellationToken) {
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "admin server failed");
+    }
 }

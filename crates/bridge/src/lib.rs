@@ -2,55 +2,70 @@
 //! history out.
 //!
 //! ```text
-//!  broker ──> source::mqtt ──> queue ──┬─ live ─────> sink::live (run_live) ──> Redis (Lua: state, geo, live)
-//!  (QoS 0/1,   parse+validate           ├─ reliable ─> sink::live (run_reliable) ──> PostgreSQL (events,
-//!   manual     reject -> DLQ            │              status) | spool, then Redis, then PUBACK in order
-//!   acks)                               └─ history ──> sink::history ──> PostgreSQL COPY (locations) | spool
+//!  broker ──> source::mqtt ──> queue ──┬─ live ─────> sink::live ─────> store::redis (Lua: state, geo, live)
+//!  (QoS 0/1,   parse+validate           ├─ reliable ─> sink::reliable ─> store::postgres (events, status)
+//!   manual     reject -> DLQ            │                                | store::spool, then store::redis
+//!   acks)                               │                                (or sink::outbox), then ack
+//!                                       └─ history ──> sink::history ──> store::postgres COPY (locations)
+//!                                                                        | store::spool -> sink::replay
 //! ```
 //!
-//! - [`config`]: flags and environment ([`Config`]).
-//! - [`source::mqtt`]: the subscriber; never blocks keepalive.
-//! - [`queue`]: the bounded, coalescing queue between them.
-//! - [`sink`]: Redis and PostgreSQL writers, the location batcher, the
-//!   spool replayer, schema upkeep ([`db`]).
-//! - [`spool`]: the fsync'd local spool used while PostgreSQL is down.
-//! - [`admin`], [`metrics`], [`health`]: what operators see.
+//! Roles, then adapters:
+//! - [`source::mqtt`]: the subscriber; never blocks keepalive. [`ack`]: the
+//!   PUBACKs that leave only once a message is stored, in order.
+//! - [`queue`]: the bounded lanes between them; [`record`]: every row and
+//!   record they carry.
+//! - [`sink`]: the loops that drain the lanes ([`sink::live`],
+//!   [`sink::reliable`], [`sink::history`]) and what they owe later
+//!   ([`sink::outbox`], [`sink::replay`]).
+//! - [`store`]: the clients — [`store::redis`], [`store::postgres`],
+//!   [`store::spool`] (fsync'd, while PostgreSQL is down),
+//!   [`store::schema`] (migrations, partitions).
+//! - [`upkeep`]: schema upkeep, store probes, the event log's trim.
+//! - [`config`], [`admin`], [`metrics`], [`health`]: what operators set and see.
 //!
-//! Shutdown: stop reading from the broker, drain the queue into the sinks,
-//! flush the history batch, send the last acks, disconnect — all under
-//! `--shutdown-timeout`.
+//! [`start`] opens the stores (`Opened`), spawns the pipeline
+//! (`Running`) and returns a future that drains it on shutdown
+//! (`Running::drain`): stop reading from the broker, drain the queue
+//! into the sinks, flush the history batch, send the last acks,
+//! disconnect — all under `--shutdown-timeout`.
 
+pub mod ack;
 pub mod admin;
-pub mod backoff;
 pub mod config;
-pub mod db;
 pub mod health;
 pub mod metrics;
 pub mod queue;
+pub mod record;
 pub mod sink;
 pub mod source;
-pub mod spool;
+pub mod store;
+pub mod upkeep;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use fred::interfaces::ClientLike;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 
+use ack::Acker;
 use health::Health;
 use metrics::Metrics;
 use queue::{Capacity, Queue};
-use sink::history::{maintain_schema, Batcher, Replayer};
+use sink::history::Batcher;
 use sink::live::LiveSink;
 use sink::outbox::Outbox;
-use sink::postgres::Pg;
-use sink::redis::RedisSink;
-use source::mqtt::{Acker, Source};
-use spool::Spool;
+use sink::reliable::ReliableSink;
+use sink::replay::{ReplayTiming, Replayer};
+use source::mqtt::Source;
+use store::postgres::Pg;
+use store::redis::RedisSink;
+use store::spool::Spool;
 
 /// A running bridge's shared parts, for tests and the admin server.
 pub struct Handles {
@@ -76,163 +91,262 @@ pub async fn start(
     impl std::future::Future<Output = anyhow::Result<()>>,
 )> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
-    let retention_ms = i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX);
+    let opened = Opened::open(&config).await?;
+    let handles = Handles {
+        metrics: opened.metrics.clone(),
+        health: opened.health.clone(),
+        admin_addr: opened.admin_addr,
+    };
+    let running = Running::spawn(&config, opened, shutdown);
+    Ok((handles, running.drain()))
+}
 
-    let listener = tokio::net::TcpListener::bind(config.admin_addr)
-        .await
-        .with_context(|| {
+/// Everything the bridge opens before a task starts, each step failing
+/// with an error that names the setting at fault.
+struct Opened {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    listener: tokio::net::TcpListener,
+    admin_addr: std::net::SocketAddr,
+    spool: Spool,
+    outbox: Arc<Outbox>,
+    pg: Arc<Pg>,
+    redis_client: fred::prelude::Client,
+    queue: Arc<Queue>,
+    mqtt: (rumqttc::AsyncClient, rumqttc::EventLoop),
+}
+
+impl Opened {
+    async fn open(config: &Config) -> anyhow::Result<Opened> {
+        let metrics = Arc::new(Metrics::new());
+        let listener = tokio::net::TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on FIELDCAST_ADMIN_ADDR {}",
+                    config.admin_addr
+                )
+            })?;
+        let admin_addr = listener.local_addr()?;
+        let spool = Spool::open(&config.spool_dir).with_context(|| {
             format!(
-                "cannot listen on FIELDCAST_ADMIN_ADDR {}",
-                config.admin_addr
+                "cannot open the spool directory {}",
+                config.spool_dir.display()
             )
         })?;
-    let admin_addr = listener.local_addr()?;
-
-    let spool = Spool::open(&config.spool_dir).with_context(|| {
-        format!(
-            "cannot open the spool directory {}",
-            config.spool_dir.display()
+        let outbox = Arc::new(
+            Outbox::open(&config.spool_dir.join("outbox"))
+                .with_context(|| "cannot open the outbox in the spool directory")?,
+        );
+        tracing::info!(spool = %std::path::absolute(&config.spool_dir).unwrap_or_else(|_| config.spool_dir.clone()).display(), "spool directory");
+        let pg = Arc::new(Pg::new(store::postgres::pool(&config.store.database_url)?));
+        let redis_client = fieldcast_service::redis::builder(
+            &config.store.redis_url,
+            fieldcast_service::redis::WhileDown::Fail,
         )
-    })?;
-    let outbox = Arc::new(
-        Outbox::open(&config.spool_dir.join("outbox"))
-            .with_context(|| "cannot open the outbox in the spool directory")?,
-    );
-    tracing::info!(spool = %std::path::absolute(&config.spool_dir).unwrap_or_else(|_| config.spool_dir.clone()).display(), "spool directory");
-    let pg = Arc::new(Pg::new(sink::postgres::pool(&config.store.database_url)?));
-    let redis_client =
-        sink::redis::client(&config.store.redis_url).context("bad FIELDCAST_REDIS_URL")?;
-    // init() would fail while Redis is down; the client reconnects by itself,
-    // so start it in the background and let health report the state.
-    let _connection = redis_client.connect();
-    let redis = RedisSink::new(redis_client.clone(), &config.store.redis_prefix);
+        .and_then(|b| b.build())
+        .context("bad FIELDCAST_REDIS_URL")?;
+        // init() would fail while Redis is down; the client reconnects by
+        // itself, so start it in the background and let health report it.
+        let _connection = redis_client.connect();
+        let queue = Arc::new(Queue::new(
+            Capacity {
+                live: config.live_capacity,
+                reliable: config.queue_capacity,
+                history: config.batch_rows.max(10_000) * 4,
+                deadletters: 10_000,
+            },
+            metrics.clone(),
+        ));
+        let mqtt = source::mqtt::connect(config)?;
+        Ok(Opened {
+            metrics,
+            health: Arc::new(Health::default()),
+            listener,
+            admin_addr,
+            spool,
+            outbox,
+            pg,
+            redis_client,
+            queue,
+            mqtt,
+        })
+    }
+}
 
-    let queue = Arc::new(Queue::new(
-        Capacity {
-            live: config.live_capacity,
-            reliable: config.queue_capacity,
-            history: config.batch_rows.max(10_000) * 4,
-            deadletters: 10_000,
-        },
-        metrics.clone(),
-    ));
-    let (client, eventloop) = source::mqtt::connect(&config)?;
+/// The tokens that stop a running bridge, in the order they are cancelled.
+struct Stops {
+    /// The caller's (SIGTERM): the source stops taking messages — QoS 1
+    /// ones stay unacknowledged, for the broker to redeliver — and the
+    /// queue is closed, so the sinks drain what it holds and end.
+    shutdown: CancellationToken,
+    /// The shutdown deadline: sinks give up on what they cannot write
+    /// (nothing of it was acknowledged).
+    abandon: CancellationToken,
+    /// After the sinks ended and the last PUBACKs left: the source stops
+    /// polling the broker and disconnects.
+    stop_polling: CancellationToken,
+    /// Last: the admin server, store probes, schema upkeep, the event-log
+    /// trim, the spool replayer and the outbox drain.
+    background: CancellationToken,
+}
 
-    let tracker = TaskTracker::new();
-    // Background loops stop on `background`; the pipeline stops in order.
-    let background = CancellationToken::new();
-    let stop_reading = shutdown.clone();
-    let stop_polling = CancellationToken::new();
-    let abandon = CancellationToken::new();
+/// A spawned pipeline: what [`Running::drain`] waits for, in order.
+struct Running {
+    stops: Stops,
+    tracker: TaskTracker,
+    live: Vec<JoinHandle<()>>,
+    reliable: JoinHandle<()>,
+    history: JoinHandle<()>,
+    source: JoinHandle<()>,
+    queue: Arc<Queue>,
+    redis_client: fred::prelude::Client,
+    timeout: Duration,
+}
 
-    tracker.spawn({
-        let app = admin::router(health.clone(), metrics.clone());
-        let stop = background.clone();
-        async move {
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "admin server failed");
+impl Running {
+    fn spawn(config: &Config, o: Opened, shutdown: CancellationToken) -> Running {
+        let stops = Stops {
+            shutdown,
+            abandon: CancellationToken::new(),
+            stop_polling: CancellationToken::new(),
+            background: CancellationToken::new(),
+        };
+        let tracker = TaskTracker::new();
+        let retention_ms = i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX);
+        let bg = &stops.background;
+        tracker.spawn(admin::serve(
+            o.listener,
+            admin::router(o.health.clone(), o.metrics.clone()),
+            bg.clone(),
+        ));
+        tracker.spawn(upkeep::check_health(
+            o.pg.clone(),
+            o.redis_client.clone(),
+            o.health.clone(),
+            o.metrics.clone(),
+            bg.clone(),
+        ));
+        tracker.spawn(upkeep::maintain_schema(
+            o.pg.clone(),
+            o.health.clone(),
+            config.retention,
+            bg.clone(),
+        ));
+        tracker.spawn(upkeep::trim_event_log(
+            RedisSink::new(o.redis_client.clone(), &config.store.redis_prefix),
+            bg.clone(),
+        ));
+        tracker.spawn(
+            Replayer {
+                spool: o.spool.clone(),
+                pg: o.pg.clone(),
+                queue: o.queue.clone(),
+                health: o.health.clone(),
+                metrics: o.metrics.clone(),
+                batch_rows: config.batch_rows,
+                retention_ms,
+                timing: ReplayTiming::default(),
             }
+            .run(bg.clone()),
+        );
+        let (client, eventloop) = o.mqtt;
+        let source = tracker.spawn(
+            Source {
+                client: client.clone(),
+                filters: source::mqtt::filters(config.mqtt_shared_group.as_deref()),
+                queue: o.queue.clone(),
+                metrics: o.metrics.clone(),
+                health: o.health.clone(),
+                limits: config.limits(),
+            }
+            .run(
+                eventloop,
+                stops.shutdown.clone(),
+                stops.stop_polling.clone(),
+            ),
+        );
+        let redis = Arc::new(RedisSink::new(
+            o.redis_client.clone(),
+            &config.store.redis_prefix,
+        ));
+        tracker.spawn(sink::outbox::drain(
+            o.outbox.clone(),
+            redis.clone(),
+            o.queue.clone(),
+            o.health.clone(),
+            o.metrics.clone(),
+            config.sink_batch,
+            bg.clone(),
+        ));
+        let live_sink = LiveSink {
+            queue: o.queue.clone(),
+            redis: redis.clone(),
+            health: o.health.clone(),
+            metrics: o.metrics.clone(),
+            batch_size: config.sink_batch,
+        };
+        let live = (0..config.sink_workers)
+            .map(|_| tracker.spawn(live_sink.clone().run(stops.abandon.clone())))
+            .collect();
+        let reliable = tracker.spawn(
+            ReliableSink {
+                queue: o.queue.clone(),
+                redis,
+                pg: o.pg.clone(),
+                spool: o.spool.clone(),
+                outbox: o.outbox,
+                acker: Acker::new(client),
+                health: o.health.clone(),
+                metrics: o.metrics.clone(),
+                batch_size: config.sink_batch,
+            }
+            .run(stops.abandon.clone()),
+        );
+        let history = tracker.spawn(
+            Batcher {
+                queue: o.queue.clone(),
+                pg: o.pg,
+                spool: o.spool,
+                health: o.health,
+                metrics: o.metrics,
+                flush_interval: config.flush_interval,
+                batch_rows: config.batch_rows,
+                memory_rows: config.history_memory_rows,
+                retention_ms,
+            }
+            .run(stops.abandon.clone()),
+        );
+        tracker.close();
+        Running {
+            stops,
+            tracker,
+            live,
+            reliable,
+            history,
+            source,
+            queue: o.queue,
+            redis_client: o.redis_client,
+            timeout: config.shutdown_timeout,
         }
-    });
-    tracker.spawn(check_health(
-        pg.clone(),
-        redis_client.clone(),
-        health.clone(),
-        metrics.clone(),
-        background.clone(),
-    ));
-    tracker.spawn(maintain_schema(
-        pg.clone(),
-        health.clone(),
-        config.retention,
-        background.clone(),
-    ));
-    tracker.spawn(trim_event_log(
-        RedisSink::new(redis_client.clone(), &config.store.redis_prefix),
-        background.clone(),
-    ));
-    tracker.spawn(
-        Replayer {
-            spool: spool.clone(),
-            pg: pg.clone(),
-            queue: queue.clone(),
-            health: health.clone(),
-            metrics: metrics.clone(),
-            batch_rows: config.batch_rows,
-            retention_ms,
-            timing: sink::history::ReplayTiming::default(),
-        }
-        .run(background.clone()),
-    );
-    let source = tracker.spawn(
-        Source {
-            client: client.clone(),
-            filters: source::mqtt::filters(config.mqtt_shared_group.as_deref()),
-            queue: queue.clone(),
-            metrics: metrics.clone(),
-            health: health.clone(),
-            limits: config.limits(),
-        }
-        .run(eventloop, stop_reading.clone(), stop_polling.clone()),
-    );
-    let redis = Arc::new(redis);
-    tracker.spawn(sink::outbox::drain(
-        outbox.clone(),
-        redis.clone(),
-        queue.clone(),
-        health.clone(),
-        metrics.clone(),
-        config.sink_batch,
-        background.clone(),
-    ));
-    let sink = LiveSink {
-        queue: queue.clone(),
-        redis,
-        pg: pg.clone(),
-        spool: spool.clone(),
-        outbox,
-        acker: Acker::new(client),
-        health: health.clone(),
-        metrics: metrics.clone(),
-        batch_size: config.sink_batch,
-    };
-    let live: Vec<_> = (0..config.sink_workers)
-        .map(|_| tracker.spawn(sink.clone().run_live(abandon.clone())))
-        .collect();
-    let reliable = tracker.spawn(sink.run_reliable(abandon.clone()));
-    let history = tracker.spawn(
-        Batcher {
-            queue: queue.clone(),
-            pg: pg.clone(),
-            spool: spool.clone(),
-            health: health.clone(),
-            metrics: metrics.clone(),
-            flush_interval: config.flush_interval,
-            batch_rows: config.batch_rows,
-            memory_rows: config.history_memory_rows,
-            retention_ms,
-        }
-        .run(abandon.clone()),
-    );
-    tracker.close();
+    }
 
-    let handles = Handles {
-        metrics: metrics.clone(),
-        health: health.clone(),
-        admin_addr,
-    };
-    let timeout = config.shutdown_timeout;
-    let done = async move {
-        shutdown.cancelled().await;
+    /// Waits for `shutdown`, then stops the bridge in the order of [`Stops`].
+    async fn drain(self) -> anyhow::Result<()> {
+        let Running {
+            stops,
+            tracker,
+            live,
+            reliable,
+            history,
+            source,
+            queue,
+            redis_client,
+            timeout,
+        } = self;
+        stops.shutdown.cancelled().await;
         tracing::info!("shutting down: draining the queue and flushing history");
         queue.close();
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
         let drained = async {
             for worker in live {
                 let _ = worker.await;
@@ -242,113 +356,19 @@ pub async fn start(
         };
         tokio::select! {
             _ = drained => {}
-            _ = &mut deadline => {
+            _ = tokio::time::sleep(timeout) => {
                 tracing::warn!(?timeout, "shutdown deadline reached; unacknowledged messages will be redelivered");
-                abandon.cancel();
+                stops.abandon.cancel();
             }
         }
         // Give the last PUBACKs a moment to leave through the event loop.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        stop_polling.cancel();
+        stops.stop_polling.cancel();
         let _ = source.await;
-        background.cancel();
+        stops.background.cancel();
         let _ = redis_client.quit().await;
         tracker.wait().await;
         tracing::info!("bridge stopped");
         Ok(())
-    };
-    Ok((handles, done))
-}
-
-/// Probes PostgreSQL and Redis every second, and checks what the bridge
-/// needs of Redis once per connection (see [`check_redis`]).
-async fn check_health(
-    pg: Arc<Pg>,
-    redis: fred::prelude::Client,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    // Checked again after every reconnect: the Redis that answers may not
-    // be the one checked before (a restart, a failover).
-    let mut checked: Option<RedisFit> = None;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        health.set_pg(pg.ping().await);
-        let redis_ok = matches!(
-            tokio::time::timeout(Duration::from_secs(2), redis.ping::<String>(None)).await,
-            Ok(Ok(_))
-        );
-        if !redis_ok {
-            checked = None;
-        } else if checked.is_none() {
-            checked = check_redis(&redis, &metrics).await;
-        }
-        let fit = checked.as_ref().is_some_and(|f| f.version_ok);
-        health.set_redis(redis_ok && fit);
-        metrics.spool_writable.set(i64::from(health.spool()));
-        metrics.ready.set(i64::from(health.ready()));
-    }
-}
-
-/// What was learnt about the Redis server.
-struct RedisFit {
-    version_ok: bool,
-}
-
-/// Redis 7.0 or newer is required (the event log's `XINFO` fields and
-/// `XTRIM MINID`); an eviction policy that may remove the bridge's keys
-/// (hot state, dedup keys, the event log) is a warning: under memory
-/// pressure it would lose live state or push an event twice. `None` when
-/// Redis could not be asked.
-async fn check_redis(redis: &fred::prelude::Client, metrics: &Metrics) -> Option<RedisFit> {
-    use fred::types::InfoKind;
-    let info: String =
-        tokio::time::timeout(Duration::from_secs(2), redis.info(Some(InfoKind::All)))
-            .await
-            .ok()?
-            .ok()?;
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-    };
-    let version = field("redis_version").unwrap_or("unknown");
-    let major = version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse::<u32>().ok())
-        .unwrap_or(0);
-    let version_ok = major >= 7;
-    metrics.redis_version_ok.set(i64::from(version_ok));
-    if !version_ok {
-        tracing::error!(
-            version,
-            "Redis 7.0 or newer is required; the bridge stays not-ready"
-        );
-    }
-    let policy = field("maxmemory_policy").unwrap_or("unknown");
-    let risky = policy != "noeviction";
-    metrics.redis_eviction_risk.set(i64::from(risky));
-    if risky {
-        tracing::warn!(policy, "Redis maxmemory-policy may evict the bridge's keys (hot state, event log, dedup); set it to noeviction");
-    }
-    Some(RedisFit { version_ok })
-}
-
-async fn trim_event_log(redis: RedisSink, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = redis.trim_events(fieldcast_core::time::now_ms()).await {
-            tracing::debug!(error = %e, "event log trim failed");
-        }
     }
 }

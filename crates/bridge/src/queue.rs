@@ -27,85 +27,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
-use fieldcast_core::{DeviceId, Event, Location, Status};
+use fieldcast_core::DeviceId;
 
 use crate::metrics::{LaneLabel, Metrics};
-
-/// What is needed to acknowledge one QoS 1 PUBLISH later.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AckToken {
-    pub pkid: u16,
-}
-
-/// A location on its way to the hot state.
-#[derive(Debug, Clone)]
-pub struct LiveLocation {
-    pub device: DeviceId,
-    pub loc: Location,
-    /// Bridge receive time, epoch ms.
-    pub rx: i64,
-}
-
-/// An accepted location for the history table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LocationRow {
-    pub device: DeviceId,
-    pub loc: Location,
-    pub received_at: i64,
-}
-
-/// An item that must not be lost and whose acknowledgement keeps its order.
-#[derive(Debug, Clone)]
-pub enum Reliable {
-    Status {
-        device: DeviceId,
-        status: Status,
-        rx: i64,
-        ack: Option<AckToken>,
-    },
-    Event {
-        device: DeviceId,
-        event: Event,
-        rx: i64,
-        ack: Option<AckToken>,
-    },
-    /// A QoS 1 message with nothing left to store (a location, whose
-    /// history row is already queued, or a rejected message).
-    AckOnly(AckToken),
-}
-
-impl Reliable {
-    pub fn ack(&self) -> Option<AckToken> {
-        match self {
-            Reliable::Status { ack, .. } | Reliable::Event { ack, .. } => *ack,
-            Reliable::AckOnly(a) => Some(*a),
-        }
-    }
-}
-
-/// A rejected message for `<prefix>deadletter`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
-    pub topic: String,
-    pub reason: &'static str,
-    pub received_at: i64,
-    /// The first 1 KiB of the payload, invalid UTF-8 replaced.
-    pub payload: String,
-}
-
-impl DeadLetter {
-    pub const PAYLOAD_BYTES: usize = 1024;
-
-    pub fn new(topic: &str, reason: &'static str, received_at: i64, payload: &[u8]) -> Self {
-        let head = &payload[..payload.len().min(Self::PAYLOAD_BYTES)];
-        DeadLetter {
-            topic: topic.chars().take(1024).collect(),
-            reason,
-            received_at,
-            payload: String::from_utf8_lossy(head).into_owned(),
-        }
-    }
-}
+use crate::record::{DeadLetter, LiveLocation, LocationRow, Reliable};
 
 /// What the Redis sink takes in one go.
 #[derive(Debug, Default, Clone)]
@@ -438,6 +363,8 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ack::AckToken;
+    use fieldcast_core::Location;
 
     fn q(live: usize, reliable: usize) -> Queue {
         Queue::new(

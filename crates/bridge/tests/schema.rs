@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use fieldcast_bridge::db;
+use fieldcast_bridge::store::schema as db;
 use fieldcast_testkit::PgDb;
 
 async fn partitions(c: &tokio_postgres::Client) -> Vec<String> {
@@ -109,7 +109,7 @@ async fn retention_drops_old_partitions_and_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_have_timeouts_and_upkeep_gives_up_a_held_lock() {
     let pg = PgDb::create().await.unwrap();
-    let pool = fieldcast_bridge::sink::postgres::pool(&pg.url).unwrap();
+    let pool = fieldcast_bridge::store::postgres::pool(&pg.url).unwrap();
     let mut c = pool.get().await.unwrap();
     for (setting, want) in [("statement_timeout", "15s"), ("lock_timeout", "5s")] {
         let row = c.query_one(&format!("SHOW {setting}"), &[]).await.unwrap();

@@ -4,7 +4,7 @@
 //!
 //! The merge itself (forward-only `ts` check, `HSET` of the device hash,
 //! `GEOADD`, `PUBLISH`) is a Lua script run inside Redis
-//! (`crates/bridge/src/sink/lua/location.lua`) and is not measured here. What the
+//! (`crates/bridge/src/store/lua/location.lua`) and is not measured here. What the
 //! bridge does per location in Rust is serialise the live message once
 //! (`live::location_json`), wrap it in the `{"rx","msg"}` envelope
 //! (`live::envelope`) and format the hash fields (`live::fmt_f64`); those are
@@ -68,7 +68,7 @@ fn serialise(c: &mut Criterion) {
         })
     });
     // The location's hash fields, formatted as the Redis sink's
-    // `apply_once` (crates/bridge/src/sink/redis.rs) passes them to the script.
+    // `apply_once` (crates/bridge/src/store/redis.rs) passes them to the script.
     g.bench_function("location_hash_fields", |b| {
         b.iter(|| {
             let l = black_box(&loc);

@@ -8,15 +8,25 @@
 //!   bridge counts and dead-letters.
 //! - [`live`]: the JSON shapes of PROTOCOL.md §4 (`location`, `status`,
 //!   `event`, `DeviceState`), serialised once and shared.
+//! - [`geo`]: [`geo::BBox`], one box type and parser, across the 180°
+//!   meridian too.
+//! - [`keys`]: the Redis key layout both services share.
+//! - [`backoff`]: exponential backoff with jitter, and a log limiter, for
+//!   every retry.
 //! - [`time`]: epoch-millisecond helpers.
 
+pub mod backoff;
+pub mod geo;
 pub mod id;
+pub mod keys;
 pub mod live;
 pub mod payload;
 pub mod time;
 pub mod topic;
 
+pub use backoff::{Backoff, LogLimiter};
 pub use id::{DeviceId, DeviceIdError};
+pub use keys::Keys;
 pub use live::{DeviceState, LiveEnvelope, LiveHeader};
 pub use payload::{Event, Limits, Location, Message, Reject, RejectReason, Severity, Status};
 pub use topic::{Kind, Topic, TopicError};

@@ -27,9 +27,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fieldcast_core::{live, Location};
 use fieldcast_gateway::auth::Scope;
-use fieldcast_gateway::feed::parse_live;
-use fieldcast_gateway::hub::{Activation, ConnSignals, Hub, Registration, Selection, Update};
-use fieldcast_gateway::outbox::{Item, Outbox};
+use fieldcast_gateway::live::feed::parse_live;
+use fieldcast_gateway::live::hub::{
+    Activation, ConnSignals, Hub, Mode, Registration, Selection, Update,
+};
+use fieldcast_gateway::live::outbox::{Item, Outbox};
 
 const RECEIVERS: usize = 10_000;
 /// `FIELDCAST_WS_QUEUE`'s default.
@@ -73,7 +75,7 @@ impl Fanout {
                 outbox.clone(),
                 Arc::new(ConnSignals::default()),
             );
-            hub.begin(reg.id, selection.clone(), false);
+            hub.begin(reg.id, selection.clone(), Mode::Subscribe);
             hub.activate(reg.id, Activation::default());
             outboxes.push(outbox);
             registrations.push(reg);

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::config::{AuthMode, Config};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Leeway on `exp` and `nbf`, seconds (PROTOCOL.md §4).
 pub const LEEWAY_SECS: u64 = 30;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
+use crate::store::redis::Store;
 
 /// What the probe and the feed last saw.
 #[derive(Debug)]

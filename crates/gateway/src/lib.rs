@@ -2,21 +2,22 @@
 //! PROTOCOL.md §4–5, fed by what `fieldcast-bridge` writes to Redis
 //! (docs/redis-layout.md).
 //!
-//! The path of a live update, by module:
+//! The path of a live update, by folder:
 //!
-//! - [`feed`]: the instance's one Redis subscriber (`<prefix>live`,
+//! - [`live::feed`]: the instance's one Redis subscriber (`<prefix>live`,
 //!   `<prefix>push`) parses each message once into a shared frame;
-//! - [`hub`]: indexes (device, fleet, bbox R-tree, channel) find the local
-//!   connections that want it;
-//! - [`outbox`]: each connection's bounded queue (locations coalesce,
-//!   events never drop, overflow closes with 4008);
+//! - [`live::hub`]: indexes (device, fleet, bbox R-tree, channel) find the
+//!   local connections that want it;
+//! - [`live::outbox`]: each connection's queue, bounded in bytes
+//!   (locations coalesce, events never drop, overflow closes with 4008);
 //! - [`ws::connection`]: the socket's writer drains the outbox, several
 //!   frames per flush; its reader obeys [`ws::protocol`] commands, reading
-//!   snapshots and replays through [`store`].
+//!   snapshots and replays through [`store::redis`].
 //!
-//! Around it: [`auth`] (JWT -> [`auth::Scope`]), [`routes`] (`/api/*` with
-//! [`history`] for SQL, `/healthz`, `/readyz` from [`health`], `/metrics`),
-//! [`tiles`] (map tiles from a local MBTiles/PMTiles archive), [`config`].
+//! Around it: [`http`] (`/api/*` with [`store::history`] for SQL, the map
+//! page and its tiles, `/healthz`, `/readyz` from [`health`], `/metrics`),
+//! [`auth`] (JWT -> [`auth::Scope`]), [`state`] (what handlers and
+//! connections share), [`config`].
 //! [`serve`] wires them and owns shutdown.
 
 // Tests may unwrap: a panic there is the failure report.
@@ -25,16 +26,11 @@
 pub mod auth;
 pub mod config;
 pub mod cursor;
-pub mod error;
-pub mod feed;
-pub mod geo;
 pub mod health;
-pub mod history;
-pub mod hub;
-pub mod outbox;
-pub mod routes;
+pub mod http;
+pub mod live;
+pub mod state;
 pub mod store;
-pub mod tiles;
 pub mod ws;
 
 use std::sync::{Arc, OnceLock};
@@ -90,11 +86,15 @@ fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
 
 /// The tile archive `FIELDCAST_MAP_TILES` names, opened and checked, or
 /// `None` for an online URL template (or no tiles).
-async fn open_tiles(config: &Config) -> anyhow::Result<Option<Arc<tiles::TileSource>>> {
-    let Some(path) = config.map_tiles.as_deref().and_then(tiles::archive_path) else {
+async fn open_tiles(config: &Config) -> anyhow::Result<Option<Arc<http::tiles::TileSource>>> {
+    let Some(path) = config
+        .map_tiles
+        .as_deref()
+        .and_then(http::tiles::archive_path)
+    else {
         return Ok(None);
     };
-    let source = tokio::task::spawn_blocking(move || tiles::TileSource::open(&path))
+    let source = tokio::task::spawn_blocking(move || http::tiles::TileSource::open(&path))
         .await
         .context("tile archive open task")?
         .context("FIELDCAST_MAP_TILES")?;
@@ -109,11 +109,11 @@ async fn open_tiles(config: &Config) -> anyhow::Result<Option<Arc<tiles::TileSou
     Ok(Some(Arc::new(source)))
 }
 
-/// The map page's `/config.json`: [`routes::assets::page_config`], with
+/// The map page's `/config.json`: [`http::assets::page_config`], with
 /// the tile fields pointing at `/tiles/*` when the gateway serves an
 /// archive (its attribution unless `FIELDCAST_MAP_ATTRIBUTION` is set).
-fn page_config(config: &Config, tiles: Option<&tiles::TileSource>) -> serde_json::Value {
-    let mut page = routes::assets::page_config(config);
+fn page_config(config: &Config, tiles: Option<&http::tiles::TileSource>) -> serde_json::Value {
+    let mut page = http::assets::page_config(config);
     if let Some(t) = tiles {
         let operator_attribution = config
             .map_attribution
@@ -138,12 +138,12 @@ pub async fn serve(
     let prometheus = prometheus();
     metrics::gauge!("fieldcast_gateway_connections").increment(0.0);
 
-    let store = store::Store::connect(&config.store.redis_url, &config.store.redis_prefix)
+    let store = store::redis::Store::connect(&config.store.redis_url, &config.store.redis_prefix)
         .context("redis client")?;
-    let pg = history::pool(&config.store.database_url, config.database_pool.get())
+    let pg = store::history::pool(&config.store.database_url, config.database_pool.get())
         .context("postgresql pool")?;
     let queue = config.ws_queue.get();
-    let hub = hub::Hub::new((queue * 16).max(65_536));
+    let hub = live::hub::Hub::new((queue * 16).max(65_536));
     let health = Arc::new(health::Health::default());
     let tracker = TaskTracker::new();
 
@@ -157,7 +157,7 @@ pub async fn serve(
             shutdown.clone(),
         );
         async move {
-            if let Err(e) = feed::run(url, feed_buffer, keys, hub, health, shutdown).await {
+            if let Err(e) = live::feed::run(url, feed_buffer, keys, hub, health, shutdown).await {
                 tracing::error!(error = %e, "live feed stopped");
             }
         }
@@ -189,7 +189,7 @@ pub async fn serve(
         }
     });
 
-    let state = routes::AppState {
+    let state = state::AppState {
         page_config: Arc::new(page_config(&config, tiles.as_deref())),
         tiles,
         auth: auth::Authenticator::from_config(&config),
@@ -217,7 +217,7 @@ pub async fn serve(
         snapshots: Arc::new(tokio::sync::Semaphore::new(
             config.snapshot_concurrency.get(),
         )),
-        history_limits: history::HistoryLimits::from_config(&config),
+        history_limits: store::history::HistoryLimits::from_config(&config),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     };
@@ -231,7 +231,7 @@ pub async fn serve(
     }
     let send_buffer = config.ws_send_buffer;
     let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
-    axum::serve(listener, routes::router(state))
+    axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
         .context("http server")?;

@@ -64,48 +64,68 @@ async fn unread_fleet_subscribes_are_bounded_then_closed() {
     assert!(parts > 1, "a 20 000-device snapshot is several frames");
 
     let before = rss_kib();
-    let mut greedy = gw.ws(&t).await;
-    let sender = async {
-        for i in 0..500 {
-            let cmd = json!({"op":"subscribe","ref":i,"fleet":true}).to_string();
-            if greedy
-                .stream
-                .feed(WsMessage::Text(cmd.into()))
-                .await
-                .is_err()
-            {
-                break;
+    let greedy = gw.ws(&t).await;
+    let (mut tx, mut rx) = greedy.stream.split();
+    // The gateway stops reading once replies back up, so the sends may
+    // block: they run on their own while this side watches and then reads.
+    let sender = tokio::spawn(async move {
+        let send_all = async {
+            for i in 0..500 {
+                let cmd = json!({"op":"subscribe","ref":i,"fleet":true}).to_string();
+                if tx.feed(WsMessage::Text(cmd.into())).await.is_err() {
+                    return;
+                }
             }
-        }
-        let _ = greedy.stream.flush().await;
-    };
-    // The gateway stops reading once replies back up; the sends may block.
-    let _ = tokio::time::timeout(Duration::from_secs(10), sender).await;
-    // Unread for longer than REPLY_WAIT (5 s): the gateway closes it.
-    // Watch memory meanwhile, then read what the gateway did send (the
-    // close frame waits for room up to 10 s).
+            let _ = tx.flush().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(30), send_all).await;
+        tx
+    });
+    // Unread for longer than REPLY_WAIT (5 s): the gateway gives up on it
+    // (counted). Memory is watched meanwhile.
     let mut peak = rss_kib();
-    for _ in 0..14 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        peak = peak.max(rss_kib());
-    }
-    let grown_mib = peak.saturating_sub(before) / 1024;
-    eprintln!("RSS before {before} KiB, peak {peak} KiB: +{grown_mib} MiB");
-    assert!(grown_mib < 300, "grew by {grown_mib} MiB");
-    // Closed, not fed: the gateway gave up on it (4008), counted.
     let mut closed = 0.0;
-    for _ in 0..40 {
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        peak = peak.max(rss_kib());
         closed = gw.metric("fieldcast_gateway_reply_wait_closed_total").await;
         if closed >= 1.0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(
         closed >= 1.0,
         "the unread client was closed as a slow consumer"
     );
-    drop(greedy);
+    // Closed, not fed: reading now, the client gets what was queued within
+    // the budget and then the close frame with 4008 (it waits for room in
+    // the socket for up to 10 s).
+    let mut frames = 0usize;
+    let mut bytes = 0usize;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(15), rx.next()).await {
+            Ok(Some(Ok(WsMessage::Close(f)))) => {
+                break Ended::Close(f.map_or(1005, |f| u16::from(f.code)))
+            }
+            Ok(Some(Ok(WsMessage::Text(t)))) => {
+                frames += 1;
+                bytes += t.len();
+                peak = peak.max(rss_kib());
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => break Ended::Dropped,
+            Err(_) => panic!("no close frame within 15 s after {frames} frames"),
+        }
+    };
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    eprintln!(
+        "RSS before {before} KiB, peak {peak} KiB: +{grown_mib} MiB; \
+         the unread client got {frames} frames ({} KiB) before its close",
+        bytes / 1024
+    );
+    assert_eq!(end, Ended::Close(4008), "after {frames} frames");
+    assert!(grown_mib < 300, "grew by {grown_mib} MiB");
+    let _ = sender.await;
 
     // The reading client is unaffected.
     ok.send(json!({"op":"ping","ref":"p"})).await;

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use fieldcast_gateway::tiles::TileSource;
+use fieldcast_gateway::http::tiles::TileSource;
 use fieldcast_gateway::Config;
 use http_body_util::BodyExt;
 use hyper::HeaderMap;
@@ -360,7 +360,7 @@ async fn pmtiles_vector_fixture() {
 
 /// `fixtures/make_pmtiles.py`'s rule for `leaves.pmtiles`.
 fn leaves_fixture_tile(z: u32, x: u32, y: u32) -> Option<Vec<u8>> {
-    if (3 * x + 5 * y + z) % 7 == 0 {
+    if (3 * x + 5 * y + z).is_multiple_of(7) {
         return None;
     }
     let i = (31 * x + 17 * y + 7 * z) % 97;

@@ -21,61 +21,29 @@ use tokio_util::sync::CancellationToken;
 
 use fieldcast_core::time::now_ms;
 use fieldcast_gateway::{AuthMode, Config};
-use fieldcast_testkit::{shared_redis_url, unique, wait_until, Mosquitto, PgDb};
+use fieldcast_testkit::chain::Chain;
+use fieldcast_testkit::{shared_redis_url, unique, wait_until};
 use support::*;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A private broker, a bridge on it, and two gateways sharing its prefix.
+/// testkit's [`Chain`] (a private broker and a bridge on it), and two
+/// gateways sharing its prefix.
 struct World {
-    _broker: Mosquitto,
+    chain: Chain,
     mqtt_url: String,
     prefix: String,
-    _db: PgDb,
-    _spool: tempfile::TempDir,
-    bridge_stop: CancellationToken,
-    bridge_done: JoinHandle<anyhow::Result<()>>,
     a: Gateway,
     b: Gateway,
 }
 
 impl World {
     async fn start() -> World {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
-            .try_init();
-        let broker = Mosquitto::start().await.expect("private mosquitto");
-        let db = PgDb::create().await.expect("test database");
-        let prefix = format!("{}:", unique("gwb"));
-        let spool = tempfile::tempdir().unwrap();
-        let redis_url = shared_redis_url();
-        let store = fieldcast_service::StoreArgs {
-            redis_url: redis_url.clone(),
-            redis_prefix: prefix.clone(),
-            database_url: db.url.clone(),
-        };
-        let config = fieldcast_bridge::Config::for_tests(
-            &broker.url,
-            &unique("bridge"),
-            store,
-            spool.path(),
-        );
-        let bridge_stop = CancellationToken::new();
-        let (handles, done) = fieldcast_bridge::start(config, bridge_stop.clone())
-            .await
-            .expect("bridge starts");
-        let bridge_done = tokio::spawn(done);
-        let h = &handles;
-        wait_until(WAIT, "bridge ready", || async move { h.health.ready() })
-            .await
-            .expect("bridge becomes ready");
-
+        let chain = Chain::start("gwb").await.expect("broker and bridge");
+        let store = chain.store();
         let gateway_config = || {
-            let mut c = Config::for_tests(&redis_url, &prefix, &db.url);
+            let mut c =
+                Config::for_tests(&store.redis_url, &store.redis_prefix, &store.database_url);
             c.auth = AuthMode::Jwt;
             c.jwt_secret = Some(SECRET.into());
             c
@@ -83,13 +51,9 @@ impl World {
         let a = Gateway::start(gateway_config()).await;
         let b = Gateway::start(gateway_config()).await;
         World {
-            mqtt_url: broker.url.clone(),
-            prefix,
-            _broker: broker,
-            _db: db,
-            _spool: spool,
-            bridge_stop,
-            bridge_done,
+            mqtt_url: chain.broker.url.clone(),
+            prefix: chain.prefix.clone(),
+            chain,
             a,
             b,
         }
@@ -98,11 +62,7 @@ impl World {
     async fn stop(self) {
         self.a.stop().await;
         self.b.stop().await;
-        self.bridge_stop.cancel();
-        self.bridge_done
-            .await
-            .expect("bridge task")
-            .expect("bridge shut down cleanly");
+        self.chain.stop().await.expect("bridge shut down cleanly");
     }
 }
 

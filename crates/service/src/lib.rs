@@ -4,7 +4,11 @@
 //! - [`StoreArgs`]: `FIELDCAST_REDIS_URL`, `FIELDCAST_REDIS_PREFIX` and
 //!   `FIELDCAST_DATABASE_URL` (PROTOCOL.md), flattened into each binary's
 //!   clap configuration;
-//! - [`shutdown_on_signal`]: one cancellation token for SIGTERM and SIGINT.
+//! - [`shutdown_on_signal`]: one cancellation token for SIGTERM and SIGINT;
+//! - [`redis::builder`]: the one Redis client builder, with its retry
+//!   settings.
+
+pub mod redis;
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;

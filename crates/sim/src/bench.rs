@@ -279,7 +279,10 @@ fn build_report(
         selection: match config.watch {
             Watch::Fleet => "fleet".into(),
             Watch::Subset(k) => format!("watch:{k}"),
-            Watch::Bbox(b) => format!("bbox:{},{},{},{}", b[0], b[1], b[2], b[3]),
+            Watch::Bbox(b) => format!(
+                "bbox:{},{},{},{}",
+                b.min_lon, b.min_lat, b.max_lon, b.max_lat
+            ),
         },
         gateways: if config.floor {
             Vec::new()

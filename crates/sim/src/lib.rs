@@ -8,7 +8,7 @@
 //!   turned into payload bytes by [`payload`] (PROTOCOL.md §2 shapes);
 //! - [`fleet`]: the `fleet` command, which schedules every device's sends
 //!   and publishes them over MQTT connections that reconnect with
-//!   [`backoff`], until stopped, then brings each device offline cleanly.
+//!   [`fieldcast_core::backoff`], until stopped, then brings each device offline cleanly.
 //!
 //! Around it:
 //!
@@ -19,7 +19,6 @@
 //!   interval, end-to-end latency and success on its own `/metrics`;
 //! - [`token`]: gateway tokens, given or minted from the shared secret.
 
-pub mod backoff;
 pub mod bench;
 pub mod device;
 pub mod fleet;

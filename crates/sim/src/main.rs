@@ -8,8 +8,7 @@ use clap::{Parser, Subcommand};
 use fieldcast_sim::bench::{self, BenchArgs};
 use fieldcast_sim::fleet::{self, FleetArgs};
 use fieldcast_sim::probe::{self, ProbeArgs};
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::error;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,8 +46,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let shutdown = fieldcast_service::shutdown_on_signal();
 
     match cli.command {
         Command::Fleet(args) => {
@@ -114,29 +112,4 @@ async fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// Cancels `shutdown` on Ctrl-C or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        r = ctrl_c => if let Err(e) = r { error!(error = %e, "cannot listen for Ctrl-C"); return; },
-        _ = term => {}
-    }
-    info!("stopping");
-    shutdown.cancel();
 }

@@ -3,6 +3,7 @@
 //! for `subscribed`, and read the handful of fields they look at in server
 //! frames without building a JSON tree.
 
+use fieldcast_core::geo::BBox;
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -37,8 +38,7 @@ pub enum WsError {
 pub enum Selector {
     Fleet,
     Devices(Vec<String>),
-    /// `[minLon, minLat, maxLon, maxLat]`.
-    Bbox([f64; 4]),
+    Bbox(BBox),
 }
 
 impl Selector {
@@ -49,7 +49,9 @@ impl Selector {
             Selector::Devices(d) => {
                 serde_json::json!({"op":"subscribe","ref":reference,"devices":d})
             }
-            Selector::Bbox(b) => serde_json::json!({"op":"subscribe","ref":reference,"bbox":b}),
+            Selector::Bbox(b) => {
+                serde_json::json!({"op":"subscribe","ref":reference,"bbox":b.to_array()})
+            }
         };
         frame.to_string()
     }

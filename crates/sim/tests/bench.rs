@@ -29,7 +29,7 @@ async fn bench(world: &World, extra: &[&str]) -> Report {
     let mut args = vec![
         "bench",
         "--mqtt-url",
-        &world.broker.url,
+        &world.chain.broker.url,
         "--gateway",
         &url,
         "--jwt-secret",

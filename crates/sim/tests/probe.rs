@@ -31,7 +31,7 @@ async fn probe_reports_end_to_end_success_and_failure() {
     let config = Cli::try_parse_from([
         "probe",
         "--mqtt-url",
-        &world.broker.url,
+        &world.chain.broker.url,
         "--gateway",
         &good,
         "--gateway",

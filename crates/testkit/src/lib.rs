@@ -19,6 +19,8 @@
 //! Modules: `util` (ports, names, [`wait_until`]) · `process` (spawn, wait
 //! for the port, kill) · `mosquitto` · `redis` · `postgres` · `proxy`.
 
+#[cfg(feature = "chain")]
+pub mod chain;
 mod mosquitto;
 mod postgres;
 mod process;

@@ -1,6 +1,6 @@
 //! Location rows shared by the bridge's benches (included with `#[path]`).
 
-use fieldcast_bridge::queue::LocationRow;
+use fieldcast_bridge::record::LocationRow;
 use fieldcast_core::{DeviceId, Location};
 
 /// The benches' "now", epoch ms.

@@ -1,41 +1,26 @@
-//! The two sink loops. Live: locations and dead letters straight to Redis.
-//! Reliable: events and status durably first (PostgreSQL or the spool),
-//! then their Redis side (directly, or through the outbox while Redis is
-//! away), then the acks in order. Separate loops, so a PostgreSQL commit
-//! never delays a location. See [`crate::sink`].
+//! The live loop: locations and dead letters straight to Redis, in one
+//! pipeline per batch, so a location never waits for a PostgreSQL commit
+//! (history has its own lane, [`crate::sink::history`]).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use fieldcast_core::live;
-
-use crate::backoff::{Backoff, LogLimiter};
 use crate::health::Health;
-use crate::metrics::{Metrics, TableLabel};
-use crate::queue::{Batch, DeadLetter, Queue, Reliable};
-use crate::sink::outbox::Outbox;
-use crate::sink::postgres::{EventRow, Pg, StatusRow, Unstorable};
-use crate::sink::redis::RedisSink;
-use crate::sink::{dead_letter_unstorable, STORE_REJECTED};
-use crate::source::mqtt::Acker;
-use crate::spool::{Record, Spool};
+use crate::metrics::Metrics;
+use crate::queue::{Batch, Queue};
+use crate::sink::{dead_letter_refused, pause};
+use crate::store::redis::RedisSink;
+use fieldcast_core::{Backoff, LogLimiter};
 
-/// How long the reliable lane waits for Redis before it defers a batch's
-/// Redis side to the outbox: well inside the broker's patience, so a Redis
-/// that hangs never holds acknowledgements back for long.
-const REDIS_STEP_TIMEOUT: Duration = Duration::from_secs(1);
-
+/// Takes the live and dead-letter lanes of the [`Queue`] to Redis. Several
+/// run side by side (`FIELDCAST_SINK_WORKERS`): each batch holds at most one
+/// location per device, so their order across workers does not matter.
 #[derive(Clone)]
 pub struct LiveSink {
     pub queue: Arc<Queue>,
     pub redis: Arc<RedisSink>,
-    pub pg: Arc<Pg>,
-    pub spool: Spool,
-    pub outbox: Arc<Outbox>,
-    pub acker: Acker,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub batch_size: usize,
@@ -45,185 +30,11 @@ impl LiveSink {
     /// Drains the live lanes until the queue is closed and empty. `abandon`
     /// is the shutdown deadline: past it a batch that cannot be written is
     /// dropped from the live path (history has its locations).
-    pub async fn run_live(self, abandon: CancellationToken) {
+    pub async fn run(self, abandon: CancellationToken) {
         let mut log = LogLimiter::new(5, Duration::from_secs(10));
         while let Some(batch) = self.queue.next_live(self.batch_size).await {
             if !self.write_redis(&batch, &abandon, &mut log).await {
                 break;
-            }
-        }
-    }
-
-    /// Drains the reliable lane until the queue is closed and empty. Past
-    /// `abandon` nothing more is written: what is left stays unacknowledged
-    /// and the broker redelivers it.
-    pub async fn run_reliable(self, abandon: CancellationToken) {
-        let mut log = LogLimiter::new(5, Duration::from_secs(10));
-        while let Some(batch) = self.queue.next_reliable(self.batch_size).await {
-            let Some(refused) = self.store_durably(&batch, &abandon, &mut log).await else {
-                break;
-            };
-            // Rows the store refused were dead-lettered: they must not
-            // appear live either. Their acks still go out.
-            let owed = Batch {
-                reliable: batch
-                    .reliable
-                    .iter()
-                    .filter(|r| !matches!(r, Reliable::AckOnly(_)) && !refused.contains(&key(r)))
-                    .cloned()
-                    .collect(),
-                ..Batch::default()
-            };
-            if !self.redis_or_outbox(&owed, &abandon, &mut log).await {
-                break;
-            }
-            for item in &batch.reliable {
-                if let Some(t) = item.ack() {
-                    if let Err(e) = self.acker.ack(t).await {
-                        // The connection is gone; the broker redelivers
-                        // unacknowledged messages and every write is
-                        // idempotent.
-                        tracing::debug!(error = %e, "ack not sent");
-                    }
-                    self.metrics.acks_pending.dec();
-                }
-            }
-        }
-    }
-
-    /// Events and status reports into PostgreSQL, or the spool. Returns the
-    /// keys of the rows PostgreSQL refused for their content (dead-lettered
-    /// here); `None` means neither store worked before `abandon`.
-    async fn store_durably(
-        &self,
-        batch: &Batch,
-        abandon: &CancellationToken,
-        log: &mut LogLimiter,
-    ) -> Option<HashSet<ItemKey>> {
-        let mut statuses = Vec::new();
-        let mut events = Vec::new();
-        for r in &batch.reliable {
-            match r {
-                Reliable::Status {
-                    device, status, rx, ..
-                } => statuses.push(StatusRow {
-                    device: device.clone(),
-                    status: status.clone(),
-                    received_at: *rx,
-                }),
-                Reliable::Event {
-                    device, event, rx, ..
-                } => events.push(EventRow {
-                    device: device.clone(),
-                    event: event.clone(),
-                    received_at: *rx,
-                }),
-                Reliable::AckOnly(_) => {}
-            }
-        }
-        if statuses.is_empty() && events.is_empty() {
-            return Some(HashSet::new());
-        }
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            if self.health.pg() {
-                match self
-                    .pg
-                    .write_durable_isolating(&statuses, &events, &self.metrics)
-                    .await
-                {
-                    Ok(bad) => {
-                        // Nothing waits on the spool any more.
-                        self.health.set_spool(true);
-                        let refused = bad.iter().map(unstorable_key).collect();
-                        dead_letter_unstorable(&self.queue, &self.metrics, log, bad);
-                        return Some(refused);
-                    }
-                    Err(_) => self.health.set_pg(false),
-                }
-            }
-            let records: Vec<Record> = statuses
-                .iter()
-                .map(Record::from)
-                .chain(events.iter().map(Record::from))
-                .collect();
-            let n = records.len() as u64;
-            match self.spool.append(records).await {
-                Ok(()) => {
-                    self.health.set_spool(true);
-                    self.metrics.spooled_records.inc_by(n);
-                    return Some(HashSet::new());
-                }
-                Err(e) => {
-                    // Nothing is acknowledged until one of them works: the
-                    // queue fills and the source holds back.
-                    self.health.set_spool(false);
-                    if log.allow().is_some() {
-                        tracing::error!(error = %e, "cannot store events: PostgreSQL is down and the spool failed; holding acknowledgements back");
-                    }
-                }
-            }
-            if !self.pause(&mut backoff, abandon).await {
-                return None;
-            }
-        }
-    }
-
-    /// The Redis side of stored items: applied now when nothing is owed and
-    /// Redis answers, else appended to the outbox. `false` means neither
-    /// worked before `abandon`.
-    async fn redis_or_outbox(
-        &self,
-        batch: &Batch,
-        abandon: &CancellationToken,
-        log: &mut LogLimiter,
-    ) -> bool {
-        if batch.is_empty() {
-            return true;
-        }
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            {
-                let _gate = self.outbox.gate().await;
-                if !self.outbox.pending() && self.health.redis() {
-                    match tokio::time::timeout(
-                        REDIS_STEP_TIMEOUT,
-                        self.redis.apply_isolating(batch, &self.metrics),
-                    )
-                    .await
-                    {
-                        Ok(Ok(bad)) => {
-                            dead_letter_refused(&self.queue, &self.metrics, log, bad);
-                            return true;
-                        }
-                        Ok(Err(e)) => {
-                            self.health.set_redis(false);
-                            if let Some(suppressed) = log.allow() {
-                                tracing::warn!(error = %e, suppressed, "redis is failing; deferring to the outbox");
-                            }
-                        }
-                        Err(_) => {
-                            self.health.set_redis(false);
-                            if let Some(suppressed) = log.allow() {
-                                tracing::warn!(timeout = ?REDIS_STEP_TIMEOUT, suppressed, "redis did not answer; deferring to the outbox");
-                            }
-                        }
-                    }
-                }
-                // A batch that timed out may have reached Redis after all;
-                // replaying it from the outbox changes nothing (see there).
-                match self.outbox.defer(&batch.reliable, &self.metrics).await {
-                    Ok(()) => return true,
-                    Err(e) => {
-                        self.health.set_spool(false);
-                        if log.allow().is_some() {
-                            tracing::error!(error = %e, "cannot write the outbox while Redis is down; holding acknowledgements back");
-                        }
-                    }
-                }
-            }
-            if !self.pause(&mut backoff, abandon).await {
-                return false;
             }
         }
     }
@@ -249,92 +60,9 @@ impl LiveSink {
                     }
                 }
             }
-            if !self.pause(&mut backoff, abandon).await {
+            if !pause(&mut backoff, abandon).await {
                 return false;
             }
-        }
-    }
-
-    async fn pause(&self, backoff: &mut Backoff, abandon: &CancellationToken) -> bool {
-        tokio::select! {
-            _ = abandon.cancelled() => false,
-            _ = tokio::time::sleep(backoff.next_delay()) => true,
-        }
-    }
-}
-
-/// Identifies a stored item: (device, event id) or (device, status ts).
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub(crate) enum ItemKey {
-    Status(String, i64),
-    Event(String, String),
-    Other,
-}
-
-fn key(r: &Reliable) -> ItemKey {
-    match r {
-        Reliable::Status { device, status, .. } => ItemKey::Status(device.to_string(), status.ts),
-        Reliable::Event { device, event, .. } => {
-            ItemKey::Event(device.to_string(), event.id.clone())
-        }
-        Reliable::AckOnly(_) => ItemKey::Other,
-    }
-}
-
-fn unstorable_key(u: &Unstorable) -> ItemKey {
-    match u {
-        Unstorable::Status(r, _) => ItemKey::Status(r.device.to_string(), r.status.ts),
-        Unstorable::Event(r, _) => ItemKey::Event(r.device.to_string(), r.event.id.clone()),
-        Unstorable::Location(..) => ItemKey::Other,
-    }
-}
-
-/// Dead-letters items Redis refused for their content (one-item batches
-/// from `RedisSink::apply_isolating`) and counts them.
-pub fn dead_letter_refused(
-    queue: &Queue,
-    metrics: &Metrics,
-    log: &mut LogLimiter,
-    bad: Vec<Batch>,
-) {
-    let now = fieldcast_core::time::now_ms();
-    for b in bad {
-        metrics
-            .store_rejected
-            .get_or_create(&TableLabel { table: "redis" })
-            .inc();
-        let dl = if let Some(l) = b.locations.first() {
-            let id = l.device.as_str();
-            Some((
-                format!("devices/{id}/location"),
-                live::location_json(id, &l.loc),
-            ))
-        } else if let Some(r) = b.reliable.first() {
-            match r {
-                Reliable::Status { device, status, .. } => Some((
-                    format!("devices/{device}/status"),
-                    live::status_json(device.as_str(), status),
-                )),
-                Reliable::Event { device, event, .. } => Some((
-                    format!("devices/{device}/events"),
-                    live::event_json(device.as_str(), event),
-                )),
-                Reliable::AckOnly(_) => None,
-            }
-        } else {
-            // A dead letter the list refused cannot go to the list either.
-            None
-        };
-        if let Some(suppressed) = log.allow() {
-            tracing::error!(item = ?dl.as_ref().map(|d| &d.0), suppressed, "redis refused an item for its content; dead-lettered");
-        }
-        if let Some((topic, payload)) = dl {
-            queue.push_deadletter(DeadLetter::new(
-                &topic,
-                STORE_REJECTED,
-                now,
-                payload.as_bytes(),
-            ));
         }
     }
 }

@@ -1,15 +1,16 @@
-//! The sinks, fed by the queue.
+//! The loops that drain the queue, each lane its own (see
+//! [`crate::queue`]), over the clients of [`crate::store`].
 //!
-//! - [`live`]: two tasks. One takes live locations and dead letters to
-//!   Redis in one pipeline per batch. The other takes the reliable lane:
-//!   events and status reports are stored durably (PostgreSQL, or the
-//!   fsync'd spool while it is down), then go to Redis in one pipeline — or,
-//!   while Redis is away, to the [`outbox`] — then the QoS 1 messages are
-//!   acknowledged in order.
-//! - [`outbox`]: the Redis work owed for stored messages, replayed in order.
+//! - [`live`]: live locations and dead letters to Redis, one pipeline per
+//!   batch; several workers.
+//! - [`reliable`]: events and status reports stored durably (PostgreSQL,
+//!   or the fsync'd spool while it is down), then to Redis — or, while
+//!   Redis is away, to the [`outbox`] — then the QoS 1 messages are
+//!   acknowledged in order; one task.
 //! - [`history`]: the location batcher (binary COPY every flush interval or
-//!   when a batch is full) and the spool replayer.
-//! - [`redis`], [`postgres`]: the two stores.
+//!   when a batch is full).
+//! - [`outbox`], [`replay`]: what the loops owe later — the Redis side of
+//!   stored messages, and the spool's rows for PostgreSQL.
 //!
 //! Every store error is one of two kinds (`PgError::is_permanent`,
 //! `RedisSinkError::is_permanent`): an outage, retried with backoff and
@@ -20,13 +21,19 @@
 pub mod history;
 pub mod live;
 pub mod outbox;
-pub mod postgres;
-pub mod redis;
+pub mod reliable;
+pub mod replay;
 
-use crate::backoff::LogLimiter;
+use tokio_util::sync::CancellationToken;
+
+use fieldcast_core::live as live_json;
+
 use crate::metrics::{Metrics, TableLabel};
-use crate::queue::{DeadLetter, Queue};
-use postgres::Unstorable;
+use crate::queue::{Batch, Queue};
+use crate::record::{DeadLetter, Reliable};
+use crate::store::postgres::Unstorable;
+use crate::store::spool::Record;
+use fieldcast_core::{Backoff, LogLimiter};
 
 /// The dead-letter reason of a row a store refused for its content.
 pub const STORE_REJECTED: &str = "store_rejected";
@@ -45,19 +52,19 @@ pub fn dead_letter_unstorable(
             Unstorable::Location(r, why) => (
                 "locations",
                 format!("devices/{}/location", r.device),
-                crate::spool::Record::from(r),
+                Record::from(r),
                 why,
             ),
             Unstorable::Status(r, why) => (
                 "device_status",
                 format!("devices/{}/status", r.device),
-                crate::spool::Record::from(r),
+                Record::from(r),
                 why,
             ),
             Unstorable::Event(r, why) => (
                 "events",
                 format!("devices/{}/events", r.device),
-                crate::spool::Record::from(r),
+                Record::from(r),
                 why,
             ),
         };
@@ -70,5 +77,64 @@ pub fn dead_letter_unstorable(
             .inc();
         let payload = serde_json::to_vec(&record).unwrap_or_default();
         queue.push_deadletter(DeadLetter::new(&topic, STORE_REJECTED, now, &payload));
+    }
+}
+
+/// Dead-letters items Redis refused for their content (one-item batches
+/// from `RedisSink::apply_isolating`) and counts them.
+pub fn dead_letter_refused(
+    queue: &Queue,
+    metrics: &Metrics,
+    log: &mut LogLimiter,
+    bad: Vec<Batch>,
+) {
+    let now = fieldcast_core::time::now_ms();
+    for b in bad {
+        metrics
+            .store_rejected
+            .get_or_create(&TableLabel { table: "redis" })
+            .inc();
+        let dl = if let Some(l) = b.locations.first() {
+            let id = l.device.as_str();
+            Some((
+                format!("devices/{id}/location"),
+                live_json::location_json(id, &l.loc),
+            ))
+        } else if let Some(r) = b.reliable.first() {
+            match r {
+                Reliable::Status { device, status, .. } => Some((
+                    format!("devices/{device}/status"),
+                    live_json::status_json(device.as_str(), status),
+                )),
+                Reliable::Event { device, event, .. } => Some((
+                    format!("devices/{device}/events"),
+                    live_json::event_json(device.as_str(), event),
+                )),
+                Reliable::AckOnly(_) => None,
+            }
+        } else {
+            // A dead letter the list refused cannot go to the list either.
+            None
+        };
+        if let Some(suppressed) = log.allow() {
+            tracing::error!(item = ?dl.as_ref().map(|d| &d.0), suppressed, "redis refused an item for its content; dead-lettered");
+        }
+        if let Some((topic, payload)) = dl {
+            queue.push_deadletter(DeadLetter::new(
+                &topic,
+                STORE_REJECTED,
+                now,
+                payload.as_bytes(),
+            ));
+        }
+    }
+}
+
+/// Waits out the next backoff delay; `false` when `abandon` (the shutdown
+/// deadline) came first.
+pub(crate) async fn pause(backoff: &mut Backoff, abandon: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = abandon.cancelled() => false,
+        _ = tokio::time::sleep(backoff.next_delay()) => true,
     }
 }

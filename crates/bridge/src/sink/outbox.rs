@@ -20,12 +20,13 @@ use std::time::Duration;
 use tokio::sync::{Mutex, MutexGuard, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::{Backoff, LogLimiter};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::queue::{Batch, Queue, Reliable};
-use crate::sink::redis::RedisSink;
-use crate::spool::{Record, SegmentReader, Spool, SpoolError};
+use crate::queue::{Batch, Queue};
+use crate::record::Reliable;
+use crate::store::redis::RedisSink;
+use crate::store::spool::{Record, SegmentReader, Spool, SpoolError};
+use fieldcast_core::{Backoff, LogLimiter};
 
 pub struct Outbox {
     spool: Spool,
@@ -194,7 +195,7 @@ impl Drainer<'_> {
                     .apply_isolating(&batch, self.metrics)
                     .await
                     .map_err(|e| e.to_string())?;
-                super::live::dead_letter_refused(self.queue, self.metrics, log, bad);
+                super::dead_letter_refused(self.queue, self.metrics, log, bad);
             }
         }
         Ok(())

@@ -5,7 +5,7 @@
 //! The event loop is polled without pause, so keepalive holds whatever the
 //! sinks are doing: a message the queue has no room for waits in a small
 //! hold-back buffer ([`Held`]) instead of stalling `poll()`. QoS 1 messages
-//! are acknowledged by the sink ([`Acker`]) only after they are stored, so
+//! are acknowledged by the sink ([`crate::ack::Acker`]) only after they are stored, so
 //! the broker's inflight window bounds how many QoS 1 messages can be held
 //! back; QoS 0 locations beyond [`HELD_MAX`] are shed and counted
 //! (`fieldcast_bridge_shed_total`), never accepted and then lost.
@@ -16,18 +16,18 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ClientError, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter};
 use tokio_util::sync::CancellationToken;
 
 use fieldcast_core::{Kind, Limits, Message};
 
-use crate::backoff::{Backoff, LogLimiter};
+use crate::ack::AckToken;
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::{KindLabel, Metrics};
-use crate::queue::{AckToken, DeadLetter, LocationRow, Queue, Reliable};
+use crate::queue::Queue;
+use crate::record::{DeadLetter, LocationRow, Reliable};
+use fieldcast_core::{Backoff, LogLimiter};
 
 /// Capacity of rumqttc's request channel (subscribe and every PUBACK go
 /// through it). Far above any sane broker inflight window, so an ack never
@@ -81,24 +81,6 @@ pub fn connect(
     net.set_connection_timeout(5);
     eventloop.set_network_options(net);
     Ok((client, eventloop))
-}
-
-/// Sends PUBACKs for stored messages.
-#[derive(Clone)]
-pub struct Acker {
-    client: AsyncClient,
-}
-
-impl Acker {
-    pub fn new(client: AsyncClient) -> Self {
-        Acker { client }
-    }
-
-    pub async fn ack(&self, t: AckToken) -> Result<(), ClientError> {
-        let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new());
-        p.pkid = t.pkid;
-        self.client.ack(&p).await
-    }
 }
 
 pub struct Source {

@@ -19,12 +19,12 @@ use futures::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{self, Command, Ref, Since};
+use super::protocol::{self, Command, Ref, Since, WsError};
 use crate::auth::Scope;
 use crate::cursor::Cursor;
-use crate::hub::{Activation, ConnId, ConnSignals, Hub, Selection};
-use crate::outbox::{Close, Item, Kind, Out, Outbox};
-use crate::store::{Snap, Store, StoreError};
+use crate::live::hub::{Activation, ConnId, ConnSignals, Hub, Mode, Selection};
+use crate::live::outbox::{Close, Item, Kind, Out, Outbox};
+use crate::store::redis::{Snap, Store, StoreError};
 
 /// Per-connection limits, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -134,17 +134,7 @@ fn snapshot_frames(r: &Ref, states: &[DeviceState], per_frame: usize) -> Vec<Str
     chunks
         .into_iter()
         .enumerate()
-        .map(|(i, part)| {
-            let frame = protocol::snapshot(r, part);
-            if i == last {
-                return frame;
-            }
-            // `snapshot` writes one JSON object; "more" joins it at the end.
-            match frame.strip_suffix('}') {
-                Some(body) => format!("{body},\"more\":true}}"),
-                None => frame,
-            }
-        })
+        .map(|(i, part)| protocol::snapshot_part(r, part, i != last))
         .collect()
 }
 
@@ -339,7 +329,7 @@ impl Reader {
                     }
                     match frame {
                         Message::Text(t) => self.command(t.as_str()).await,
-                        Message::Binary(_) => self.reply(protocol::error(&None, "bad_request", "frames are JSON text")).await,
+                        Message::Binary(_) => self.reply(protocol::error(&None, WsError::BadRequest, "frames are JSON text")).await,
                         Message::Close(_) => return,
                         Message::Ping(_) | Message::Pong(_) => {}
                     }
@@ -358,7 +348,7 @@ impl Reader {
                     }
                 }
                 () = expiry_sleep => {
-                    self.outbox.push(Item::reply(protocol::error(&None, "token_expired", "the token has expired")), None);
+                    self.outbox.push(Item::reply(protocol::error(&None, WsError::TokenExpired, "the token has expired")), None);
                     self.outbox.close(Close::TOKEN_EXPIRED);
                     return;
                 }
@@ -374,7 +364,7 @@ impl Reader {
     async fn command(&self, text: &str) {
         match Command::parse(text) {
             Err(bad) => {
-                self.reply(protocol::error(&bad.r, "bad_request", &bad.message))
+                self.reply(protocol::error(&bad.r, WsError::BadRequest, &bad.message))
                     .await
             }
             Ok(Command::Ping { r }) => self.reply(protocol::pong(&r)).await,
@@ -388,7 +378,9 @@ impl Reader {
                 since,
             }) => {
                 if let Some(what) = self.forbidden(&selection) {
-                    return self.reply(protocol::error(&r, "forbidden", &what)).await;
+                    return self
+                        .reply(protocol::error(&r, WsError::Forbidden, &what))
+                        .await;
                 }
                 let count = self.ctx.hub.subscription_count(self.id)
                     + selection.devices.len()
@@ -399,20 +391,22 @@ impl Reader {
                         self.ctx.limits.max_subscriptions
                     );
                     return self
-                        .reply(protocol::error(&r, "too_many_subscriptions", &m))
+                        .reply(protocol::error(&r, WsError::TooManySubscriptions, &m))
                         .await;
                 }
                 if !self.ctx.health.feed_up(FEED_WAIT).await {
                     let m = "the live feed is not subscribed yet; subscribe again shortly";
-                    return self.reply(protocol::error(&r, "unavailable", m)).await;
+                    return self
+                        .reply(protocol::error(&r, WsError::Unavailable, m))
+                        .await;
                 }
-                if let Err(e) = self.subscribe(&r, selection, since, false).await {
+                if let Err(e) = self.subscribe(&r, selection, since, Mode::Subscribe).await {
                     self.ctx.hub.abort(self.id);
                     if let SubscribeError::Store(e) = e {
                         tracing::warn!(conn = self.id, error = %e, "subscribe failed");
                         self.reply(protocol::error(
                             &r,
-                            "unavailable",
+                            WsError::Unavailable,
                             "live state is unavailable, try again",
                         ))
                         .await;
@@ -444,7 +438,7 @@ impl Reader {
             return;
         }
         let since = self.ctx.hub.resume_cursor(self.id).map(Since::Cursor);
-        if let Err(e) = self.subscribe(&None, selection, since, true).await {
+        if let Err(e) = self.subscribe(&None, selection, since, Mode::Resync).await {
             self.ctx.hub.abort(self.id);
             tracing::warn!(conn = self.id, error = %e, "resync failed; will retry on the next reconnect");
         }
@@ -456,11 +450,11 @@ impl Reader {
         r: &Ref,
         sel: Selection,
         since: Option<Since>,
-        resync: bool,
+        mode: Mode,
     ) -> Result<(), SubscribeError> {
         let hub = &self.ctx.hub;
         let store = &self.ctx.store;
-        hub.begin(self.id, sel.clone(), resync);
+        hub.begin(self.id, sel.clone(), mode);
 
         let mut act = Activation::default();
         if sel.has_device_selector() {
@@ -512,7 +506,7 @@ impl Reader {
                 .outbox
                 .push_wait(Item::reply(protocol::error(
                     r,
-                    "cursor_expired",
+                    WsError::CursorExpired,
                     why.message(),
                 )))
                 .await
@@ -521,7 +515,7 @@ impl Reader {
             }
         }
         act.cursor_floor = Some(floor);
-        if !resync {
+        if mode == Mode::Subscribe {
             act.before.push(Item::reply(protocol::subscribed(r, floor)));
         }
         hub.activate(self.id, act);

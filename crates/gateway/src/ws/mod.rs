@@ -9,8 +9,8 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::Authed;
-use crate::error::ApiError;
-use crate::routes::AppState;
+use crate::http::error::ApiError;
+use crate::state::AppState;
 
 /// Initial read buffer of a socket (bytes); it grows for larger frames.
 /// Client commands are a few hundred bytes; every idle connection pays it.

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::cursor::Cursor;
-use crate::geo::BBox;
-use crate::hub::Selection;
+use crate::live::hub::Selection;
+use fieldcast_core::geo::BBox;
 
 /// A client's `ref`, echoed back verbatim (a string or a number).
 pub type Ref = Option<Box<RawValue>>;
@@ -182,16 +182,8 @@ impl<'a> Reply<'a> {
     }
 }
 
-pub fn snapshot(r: &Ref, devices: &[DeviceState]) -> String {
-    Reply {
-        devices: Some(devices),
-        ..Reply::new("snapshot", r)
-    }
-    .text()
-}
-
 /// One frame of a snapshot sent in parts: `"more":true` on all but the
-/// last (PROTOCOL.md §4); the last is exactly [`snapshot`].
+/// last (PROTOCOL.md §4); a snapshot of one part is just the last.
 pub fn snapshot_part(r: &Ref, devices: &[DeviceState], more: bool) -> String {
     Reply {
         devices: Some(devices),
@@ -217,9 +209,40 @@ pub fn pong(r: &Ref) -> String {
     Reply::new("pong", r).text()
 }
 
-pub fn error(r: &Ref, code: &str, message: &str) -> String {
+/// The `code` of an `error` frame (PROTOCOL.md §4), as HTTP has
+/// `ApiError`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsError {
+    /// The frame is not a valid command.
+    BadRequest,
+    /// A device or channel outside the token's scope.
+    Forbidden,
+    /// The token expired; the connection closes after this frame.
+    TokenExpired,
+    /// More subscriptions than `FIELDCAST_WS_MAX_SUBSCRIPTIONS`.
+    TooManySubscriptions,
+    /// Redis or the live feed is away; try again.
+    Unavailable,
+    /// The cursor cannot be replayed; reload history over HTTP.
+    CursorExpired,
+}
+
+impl WsError {
+    pub fn code(self) -> &'static str {
+        match self {
+            WsError::BadRequest => "bad_request",
+            WsError::Forbidden => "forbidden",
+            WsError::TokenExpired => "token_expired",
+            WsError::TooManySubscriptions => "too_many_subscriptions",
+            WsError::Unavailable => "unavailable",
+            WsError::CursorExpired => "cursor_expired",
+        }
+    }
+}
+
+pub fn error(r: &Ref, code: WsError, message: &str) -> String {
     Reply {
-        code: Some(code),
+        code: Some(code.code()),
         message: Some(message),
         ..Reply::new("error", r)
     }
@@ -316,14 +339,17 @@ mod tests {
         let r: Ref = Some(RawValue::from_string("\"2\"".into()).unwrap());
         assert_eq!(pong(&r), r#"{"type":"pong","ref":"2"}"#);
         assert_eq!(
-            error(&r, "forbidden", "no"),
+            error(&r, WsError::Forbidden, "no"),
             r#"{"type":"error","ref":"2","code":"forbidden","message":"no"}"#
         );
         assert_eq!(
             snapshot_part(&r, &[], true),
             r#"{"type":"snapshot","ref":"2","devices":[],"more":true}"#
         );
-        assert_eq!(snapshot_part(&r, &[], false), snapshot(&r, &[]));
+        assert_eq!(
+            snapshot_part(&r, &[], false),
+            r#"{"type":"snapshot","ref":"2","devices":[]}"#
+        );
         assert_eq!(
             subscribed(&None, "0123456789abcdef:3-4".parse().unwrap()),
             r#"{"type":"subscribed","cursor":"0123456789abcdef:3-4"}"#

@@ -212,7 +212,7 @@ return 1
 
 /// The bridge's script itself, so the feeder and the bridge cannot drift
 /// apart on the event log's epoch rule.
-const EVENT_LUA: &str = include_str!("../../../bridge/src/sink/lua/event.lua");
+const EVENT_LUA: &str = include_str!("../../../bridge/src/store/lua/event.lua");
 
 /// A gateway running `serve` on a port-0 listener.
 pub struct Gateway {

@@ -2,6 +2,7 @@
 //! area, seed, broker) plus receivers, timing, token and watched processes,
 //! checked into a [`BenchConfig`].
 
+use fieldcast_core::geo::BBox;
 use std::time::Duration;
 
 use crate::fleet::{FleetArgs, FleetConfig};
@@ -44,7 +45,7 @@ pub struct BenchArgs {
     /// Each client subscribes to this box instead: minLon,minLat,maxLon,maxLat.
     #[arg(long, env = "FIELDCAST_BENCH_BBOX", conflicts_with = "watch",
           value_parser = parse_bbox, allow_hyphen_values = true)]
-    pub bbox: Option<[f64; 4]>,
+    pub bbox: Option<BBox>,
 
     /// Receivers are plain MQTT subscribers on the broker instead of gateway clients: the
     /// one-hop floor of this machine.
@@ -87,7 +88,7 @@ pub enum Watch {
     Fleet,
     /// K consecutive devices per client.
     Subset(usize),
-    Bbox([f64; 4]),
+    Bbox(BBox),
 }
 
 /// A benchmark, checked and typed.
@@ -235,28 +236,16 @@ impl DeviceRange {
     }
 }
 
-fn parse_bbox(s: &str) -> Result<[f64; 4], String> {
-    let v: Vec<f64> = s
-        .split(',')
-        .map(|p| p.trim().parse::<f64>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| format!("{s:?}: expected minLon,minLat,maxLon,maxLat"))?;
-    match v[..] {
-        [a, b, c, d]
-            if v.iter().all(|x| x.is_finite())
-                && (-180.0..=180.0).contains(&a)
-                && (-180.0..=180.0).contains(&c)
-                && (-90.0..=90.0).contains(&b)
-                && (-90.0..=90.0).contains(&d)
-                && a <= c
-                && b <= d =>
-        {
-            Ok([a, b, c, d])
-        }
-        _ => Err(format!(
-            "{s:?}: expected minLon,minLat,maxLon,maxLat with min <= max"
-        )),
+fn parse_bbox(s: &str) -> Result<BBox, String> {
+    let b = BBox::parse_query(s).map_err(|e| format!("{s:?}: {e}"))?;
+    // The bench's devices and its accounting live on one side of the
+    // meridian; a wrapped box would expect nothing.
+    if b.wraps() {
+        return Err(format!(
+            "{s:?}: expected minLon,minLat,maxLon,maxLat with min <= max (the bench does not take boxes across the 180° meridian)"
+        ));
     }
+    Ok(b)
 }
 
 #[cfg(test)]

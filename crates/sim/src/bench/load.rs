@@ -27,9 +27,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::log::{SendLog, Sent};
-use crate::backoff::Backoff;
 use crate::device::Device;
 use crate::fleet::FleetConfig;
+use fieldcast_core::Backoff;
 
 /// Counters of the load, over the whole run (warm-up included).
 #[derive(Debug, Default)]
@@ -134,7 +134,7 @@ async fn drive(
             Err(error) => {
                 link.send_replace(false);
                 stats.connection_errors.fetch_add(1, Relaxed);
-                let delay = backoff.next_delay(&mut rng);
+                let delay = backoff.next_delay_with(&mut rng);
                 warn!(%error, retry_in = ?delay, "bench load: MQTT connection failed");
                 tokio::select! {
                     _ = stop.cancelled() => break,

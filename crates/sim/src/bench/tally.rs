@@ -9,6 +9,7 @@
 //! newer location of that device was: coalesced, latest-wins) and
 //! *missing* (nothing newer arrived: the client's map is stale).
 
+use fieldcast_core::geo::BBox;
 use hdrhistogram::Histogram;
 
 use super::args::DeviceRange;
@@ -36,8 +37,8 @@ pub struct Slot {
 #[derive(Debug)]
 pub struct Tally {
     pub range: DeviceRange,
-    /// `[minLon, minLat, maxLon, maxLat]` for a bbox client.
-    pub bbox: Option<[f64; 4]>,
+    /// A bbox client's box (the gateway's own test: edges included).
+    pub bbox: Option<BBox>,
     pub slots: Vec<Slot>,
     /// Device-to-client latency of delivered window messages, µs.
     pub latency: Histogram<u64>,
@@ -55,7 +56,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn new(range: DeviceRange, bbox: Option<[f64; 4]>) -> Self {
+    pub fn new(range: DeviceRange, bbox: Option<BBox>) -> Self {
         Tally {
             range,
             bbox,
@@ -99,7 +100,7 @@ impl Tally {
             return;
         }
         if let Some(b) = self.bbox {
-            if !inside(b, sent.lat, sent.lon) {
+            if !b.contains(sent.lon, sent.lat) {
                 self.outside += 1;
                 return;
             }
@@ -127,7 +128,7 @@ impl Tally {
                 ),
                 Some(b) => in_window
                     .iter()
-                    .filter(|x| inside(b, x.lat, x.lon))
+                    .filter(|x| b.contains(x.lon, x.lat))
                     .fold((0, 0), |(e, r), x| {
                         (e + 1, r + u64::from(x.ts <= s.last_ts))
                     }),
@@ -158,11 +159,6 @@ impl std::ops::AddAssign for Accounting {
         self.superseded += o.superseded;
         self.missing += o.missing;
     }
-}
-
-/// The gateway's test (docs/gateway.md): inclusive on every side.
-pub fn inside(b: [f64; 4], lat: f64, lon: f64) -> bool {
-    lon >= b[0] && lon <= b[2] && lat >= b[1] && lat <= b[3]
 }
 
 #[cfg(test)]
@@ -229,7 +225,7 @@ mod tests {
     #[test]
     fn a_bbox_client_expects_only_what_was_inside() {
         let log = log();
-        let mut t = Tally::new(ALL, Some([0.0, 0.0, 2.0, 2.0]));
+        let mut t = Tally::new(ALL, Some(BBox::new([0.0, 0.0, 2.0, 2.0]).unwrap()));
         t.location(&log, "b-1", 110, 111_000); // lat 5: outside
         t.location(&log, "b-1", 120, 121_000);
         let a = t.account(&log);

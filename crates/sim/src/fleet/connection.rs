@@ -30,9 +30,9 @@ use tracing::{debug, info, warn};
 
 use super::schedule::{exponential, Job, Queue, Ticker};
 use super::stats::Stats;
-use crate::backoff::Backoff;
 use crate::device::Device;
 use crate::payload;
+use fieldcast_core::Backoff;
 
 /// How long shutdown may take to say goodbye before the socket is dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -190,7 +190,7 @@ impl Driver {
                         break;
                     }
                     Stats::add(&stats.connection_errors, 1);
-                    let delay = backoff.next_delay(&mut self.rng);
+                    let delay = backoff.next_delay_with(&mut self.rng);
                     match stats.warn_allowed() {
                         Some(suppressed) => warn!(
                             client_id = %self.client_id, %error, retry_in = ?delay, suppressed,

@@ -19,8 +19,8 @@ use tracing::{debug, warn};
 
 use super::args::Auth;
 use super::metrics::{Metrics, MQTT};
-use crate::backoff::Backoff;
 use crate::ws::{self, Frame, Selector};
+use fieldcast_core::Backoff;
 
 /// What a probe message is recognised by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +101,7 @@ pub async fn mqtt(
             Ok(_) => {}
             Err(error) => {
                 metrics.set_connected(MQTT, false);
-                let delay = backoff.next_delay(&mut rng);
+                let delay = backoff.next_delay_with(&mut rng);
                 warn!(%error, retry_in = ?delay, "probe: MQTT connection failed");
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -189,7 +189,7 @@ pub async fn gateway(
             }
             Err(error) => warn!(%url, %error, "probe: cannot watch the gateway"),
         }
-        let delay = backoff.next_delay(&mut rng);
+        let delay = backoff.next_delay_with(&mut rng);
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = sleep(delay) => {}

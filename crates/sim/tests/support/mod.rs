@@ -1,6 +1,6 @@
-//! The whole chain in this process for the bench and probe tests: a private
-//! Mosquitto, the bridge on it (own database, Redis prefix, spool), and a
-//! gateway on a free port that takes HS256 tokens signed with [`SECRET`].
+//! The whole chain in this process for the bench and probe tests: testkit's
+//! [`Chain`] (a private Mosquitto, the bridge on it with its own database,
+//! Redis prefix and spool), and a gateway on a free port that takes HS256 tokens signed with [`SECRET`].
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,17 +12,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use fieldcast_gateway::{AuthMode, Config};
-use fieldcast_testkit::{shared_redis_url, unique, wait_until, Mosquitto, PgDb};
+use fieldcast_testkit::chain::Chain;
+use fieldcast_testkit::wait_until;
 
 pub const SECRET: &str = "sim-test-secret";
 pub const WAIT: Duration = Duration::from_secs(30);
 
 pub struct World {
-    pub broker: Mosquitto,
-    pub db: PgDb,
-    pub spool: tempfile::TempDir,
-    pub bridge_stop: CancellationToken,
-    pub bridge_done: JoinHandle<anyhow::Result<()>>,
+    pub chain: Chain,
     pub gateway: SocketAddr,
     pub gateway_stop: CancellationToken,
     pub gateway_done: JoinHandle<anyhow::Result<()>>,
@@ -30,37 +27,10 @@ pub struct World {
 
 impl World {
     pub async fn start() -> World {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
-            .try_init();
-        let broker = Mosquitto::start().await.expect("private mosquitto");
-        let db = PgDb::create().await.expect("test database");
-        let prefix = format!("{}:", unique("sim"));
-        let spool = tempfile::tempdir().unwrap();
-        let redis_url = shared_redis_url();
-        let bridge_id = unique("bridge");
-        let store = fieldcast_service::StoreArgs {
-            redis_url: redis_url.clone(),
-            redis_prefix: prefix.clone(),
-            database_url: db.url.clone(),
-        };
-        let config =
-            fieldcast_bridge::Config::for_tests(&broker.url, &bridge_id, store, spool.path());
-        let bridge_stop = CancellationToken::new();
-        let (handles, done) = fieldcast_bridge::start(config, bridge_stop.clone())
-            .await
-            .expect("bridge starts");
-        let bridge_done = tokio::spawn(done);
-        let h = &handles;
-        wait_until(WAIT, "bridge ready", || async move { h.health.ready() })
-            .await
-            .expect("bridge becomes ready");
-
-        let mut config = Config::for_tests(&redis_url, &prefix, &db.url);
+        let chain = Chain::start("sim").await.expect("broker and bridge");
+        let store = chain.store();
+        let mut config =
+            Config::for_tests(&store.redis_url, &store.redis_prefix, &store.database_url);
         config.auth = AuthMode::Jwt;
         config.jwt_secret = Some(SECRET.into());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -77,11 +47,7 @@ impl World {
         .await
         .expect("gateway becomes ready");
         World {
-            broker,
-            db,
-            spool,
-            bridge_stop,
-            bridge_done,
+            chain,
             gateway,
             gateway_stop,
             gateway_done,
@@ -98,11 +64,7 @@ impl World {
             .await
             .expect("gateway task")
             .expect("gateway shut down cleanly");
-        self.bridge_stop.cancel();
-        self.bridge_done
-            .await
-            .expect("bridge task")
-            .expect("bridge shut down cleanly");
+        self.chain.stop().await.expect("bridge shut down cleanly");
     }
 }
 

@@ -306,7 +306,7 @@ impl EventCursor {
     }
 
     pub fn decode(s: &str) -> Option<Self> {
-        if s.len() % 2 != 0 || s.len() > 1024 {
+        if !s.len().is_multiple_of(2) || s.len() > 1024 {
             return None;
         }
         let bytes: Option<Vec<u8>> = (0..s.len())

@@ -11,8 +11,8 @@ use super::pending::{Floors, Pending};
 use super::{ConnId, ConnSignals, Selection, Update};
 use crate::auth::Scope;
 use crate::cursor::Cursor;
-use crate::geo::BBox;
-use crate::outbox::Outbox;
+use crate::live::outbox::Outbox;
+use fieldcast_core::geo::BBox;
 
 pub(super) struct Conn {
     pub(super) scope: Arc<Scope>,
@@ -265,10 +265,10 @@ pub(super) fn remove_selection(st: &mut State, id: ConnId, sel: &Selection) {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::{Activation, Hub, Selection, Update};
+    use super::super::{Activation, Hub, Mode, Selection, Update};
     use crate::auth::Scope;
-    use crate::geo::BBox;
-    use crate::outbox::{Item, Kind, Out, Outbox};
+    use crate::live::outbox::{Item, Kind, Out, Outbox};
+    use fieldcast_core::geo::BBox;
 
     fn loc(device: &str, ts: i64, lon: f64, lat: f64) -> Update {
         Update {
@@ -306,7 +306,7 @@ mod tests {
             bbox: Some(wrapped),
             ..Default::default()
         };
-        hub.begin(r.id, sel, false);
+        hub.begin(r.id, sel, Mode::Subscribe);
         hub.activate(r.id, Activation::default());
         assert_eq!(hub.lock().boxes.size(), 2);
         hub.dispatch(loc("e", 1, 179.5, 0.0)); // east of the meridian: inside
@@ -322,7 +322,7 @@ mod tests {
             bbox: Some(BBox::new([0.0, 0.0, 1.0, 1.0]).unwrap()),
             ..Default::default()
         };
-        hub.begin(r.id, plain, false);
+        hub.begin(r.id, plain, Mode::Subscribe);
         hub.activate(r.id, Activation::default());
         assert_eq!(hub.lock().boxes.size(), 1);
         hub.dispatch(loc("w", 3, -179.5, 0.0));
@@ -336,7 +336,7 @@ mod tests {
                 bbox: Some(wrapped),
                 ..Default::default()
             },
-            false,
+            Mode::Subscribe,
         );
         hub.activate(r.id, Activation::default());
         assert_eq!(hub.lock().boxes.size(), 2);

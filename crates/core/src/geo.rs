@@ -1,5 +1,6 @@
-//! Bounding boxes (`[minLon,minLat,maxLon,maxLat]`), shared by the `bbox`
-//! subscription, `GET /api/devices?bbox=` and the hub's R-tree.
+//! Bounding boxes (`[minLon,minLat,maxLon,maxLat]`), shared by the
+//! gateway's `bbox` subscription, `GET /api/devices?bbox=` and its hub's
+//! R-tree, and the simulator's `--bbox`.
 //!
 //! One type and one parser for both: a box with `minLon > maxLon` crosses
 //! the 180° meridian (PROTOCOL.md §4, §5) and covers `minLon..180` plus
@@ -76,6 +77,11 @@ impl BBox {
             .map(|p| p.trim().parse::<f64>().map_err(|_| BBoxError::Shape))
             .collect::<Result<_, _>>()?;
         Self::from_slice(&v)
+    }
+
+    /// `[minLon, minLat, maxLon, maxLat]`, as the protocol writes it.
+    pub fn to_array(&self) -> [f64; 4] {
+        [self.min_lon, self.min_lat, self.max_lon, self.max_lat]
     }
 
     /// Whether the box crosses the 180° meridian.

@@ -44,8 +44,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use crate::error::ApiError;
-use crate::routes::AppState;
+use crate::http::error::ApiError;
+use crate::state::AppState;
 
 /// The page's tile URL template when the gateway serves an archive.
 pub const URL_TEMPLATE: &str = "/tiles/{z}/{x}/{y}";

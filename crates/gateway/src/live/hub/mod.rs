@@ -1,7 +1,7 @@
 //! The hub: which local connection wants which update.
 //!
 //! In: parsed live updates and channel messages from the feed task
-//! ([`crate::feed`]). Out: frames offered to each receiver's [`Outbox`].
+//! ([`crate::live::feed`]). Out: frames offered to each receiver's [`Outbox`].
 //!
 //! Indexes keep the work per update proportional to its receivers: device ->
 //! connections, channel -> connections, the set of fleet subscribers, an
@@ -28,11 +28,11 @@ use tokio::sync::Notify;
 
 use crate::auth::Scope;
 use crate::cursor::Cursor;
-use crate::geo::BBox;
-use crate::outbox::{Close, Item, Kind, Outbox, Push};
+use crate::live::outbox::{Close, Item, Kind, Outbox, Push};
+use fieldcast_core::geo::BBox;
 
 use index::{add_selection, clear_in_box, remove_selection, set_in_box, wants, Conn, State};
-pub use pending::Activation;
+pub use pending::{Activation, Mode};
 use pending::{Buffered, Floors, Pending, FLOOR_TTL};
 
 /// A connection's id, unique within the process.
@@ -198,14 +198,14 @@ impl Hub {
     }
 
     /// Starts buffering what `selection` matches (everything for the
-    /// connection when `all`), before the snapshot is read.
-    pub fn begin(&self, id: ConnId, selection: Selection, all: bool) {
+    /// connection on a [`Mode::Resync`]), before the snapshot is read.
+    pub fn begin(&self, id: ConnId, selection: Selection, mode: Mode) {
         let mut st = self.lock();
         if let Some(c) = st.conns.get_mut(&id) {
             c.pending = Some(Pending {
                 devices: selection.devices.iter().cloned().collect(),
                 selection,
-                all,
+                mode,
                 buffer: Vec::new(),
             });
             st.pending.insert(id);
@@ -230,8 +230,9 @@ impl Hub {
             return;
         };
         let sel = pending.selection;
+        let resync = pending.mode == Mode::Resync;
         let mut snapshot_ts = act.snapshot_ts;
-        if !pending.all {
+        if !resync {
             // Devices the connection already gets live keep their live
             // order; only the newly covered ones are filtered by the snapshot.
             if let Some(c) = st.conns.get(&id) {
@@ -242,12 +243,12 @@ impl Hub {
                 });
             }
         }
-        if pending.all {
-            // A resync: the snapshot is the truth for the viewport.
+        if resync {
+            // The snapshot is the truth for the viewport.
             clear_in_box(&mut st, id);
         }
         add_selection(&mut st, id, &sel);
-        if sel.bbox.is_some() || pending.all {
+        if sel.bbox.is_some() || resync {
             for d in &act.in_box {
                 set_in_box(&mut st, id, d, true);
             }
@@ -264,7 +265,7 @@ impl Hub {
             if let Some(c) = st.conns.get_mut(&id) {
                 // A resync brought every selection up to its floor (or told
                 // the client it could not); a new subscribe only its own.
-                if pending.all || c.served.is_none() {
+                if resync || c.served.is_none() {
                     c.served = Some((floor, n));
                 }
             }
@@ -317,7 +318,8 @@ impl Hub {
         }
     }
 
-    /// Routes one live update to its receivers.
+    /// Routes one live update to its receivers: those it is live for get
+    /// it now, pending subscribes that match it buffer it.
     pub fn dispatch(&self, u: Update) {
         let mut st = self.lock();
         if let Some(c) = u.cursor {
@@ -325,147 +327,188 @@ impl Hub {
             let last = st.last_event.map_or(c, |(l, _)| l.advanced_to(c));
             st.last_event = Some((last, st.observed));
         }
-        let mut receivers: Vec<ConnId> = Vec::new();
-        if let Some(set) = st.by_device.get(&u.device) {
-            receivers.extend(set.iter().copied());
-        }
-        for &id in &st.fleet {
-            if st
-                .conns
-                .get(&id)
-                .is_some_and(|c| c.scope.allows_device(&u.device))
-            {
-                receivers.push(id);
-            }
-        }
-        match (u.kind, u.pos) {
-            (Kind::Location, Some((lon, lat))) => {
-                let inside: Vec<ConnId> = st
-                    .boxes
-                    .locate_all_at_point(&[lon, lat])
-                    .map(|e| e.data)
-                    .filter(|id| {
-                        st.conns.get(id).is_some_and(|c| {
-                            c.bbox.is_some_and(|b| b.contains(lon, lat))
-                                && c.scope.allows_device(&u.device)
-                        })
-                    })
-                    .collect();
-                let was: Vec<ConnId> = st
-                    .in_box
-                    .get(&u.device)
-                    .map(|s| s.iter().copied().collect())
-                    .unwrap_or_default();
-                for &id in &was {
-                    if !inside.contains(&id) {
-                        // Leaving: this location is sent once so the
-                        // client sees the device outside its box.
-                        set_in_box(&mut st, id, &u.device, false);
-                        receivers.push(id);
-                    }
-                }
-                for &id in &inside {
-                    set_in_box(&mut st, id, &u.device, true);
-                    receivers.push(id);
-                }
-            }
-            _ => {
-                if let Some(set) = st.in_box.get(&u.device) {
-                    receivers.extend(set.iter().copied());
-                }
-            }
-        }
-        receivers.sort_unstable();
-        receivers.dedup();
-        let mut overflowed = Vec::new();
-        let now = Instant::now();
-        for &id in &receivers {
-            let Some(c) = st.conns.get_mut(&id) else {
-                continue;
-            };
-            if let Some(p) = c.pending.as_mut().filter(|p| p.all) {
-                p.buffer.push(Buffered::Update(u.clone()));
-                if p.buffer.len() > self.pending_cap {
-                    overflowed.push(id);
-                }
-                continue;
-            }
-            // An update the last snapshot already showed, arriving late on
-            // the feed's connection: not sent again (see `Floors`).
-            if let Some(f) = &c.floors {
-                if f.until <= now {
-                    c.floors = None;
-                } else if f.stale(&u) {
-                    continue;
-                }
-            }
-            offer(&c.outbox, &u);
-        }
-        let pending: Vec<ConnId> = st.pending.iter().copied().collect();
-        for id in pending {
-            if receivers.binary_search(&id).is_ok() {
-                continue;
-            }
-            let Some(c) = st.conns.get_mut(&id) else {
-                continue;
-            };
-            let scope = c.scope.clone();
-            let Some(p) = c.pending.as_mut() else {
-                continue;
-            };
-            let matches = p.all
-                || p.devices.contains(&u.device)
-                || ((p.selection.fleet || p.selection.bbox.is_some())
-                    && scope.allows_device(&u.device));
-            if matches {
-                p.buffer.push(Buffered::Update(u.clone()));
-                if p.buffer.len() > self.pending_cap {
-                    overflowed.push(id);
-                }
-            }
-        }
-        for id in overflowed {
-            if let Some(c) = st.conns.get_mut(&id) {
-                c.pending = None;
-                c.outbox.close(Close::SLOW_CONSUMER);
-                metrics::counter!("fieldcast_gateway_slow_consumer_closes_total").increment(1);
-            }
-            st.pending.remove(&id);
-        }
+        let receivers = receivers(&mut st, &u);
+        let mut overflowed = deliver(&mut st, &receivers, &u, self.pending_cap);
+        overflowed.extend(buffer_pending(
+            &mut st,
+            &receivers,
+            |p, scope| {
+                p.devices.contains(&u.device)
+                    || ((p.selection.fleet || p.selection.bbox.is_some())
+                        && scope.allows_device(&u.device))
+            },
+            || Buffered::Update(u.clone()),
+            self.pending_cap,
+        ));
+        close_overflowed(&mut st, overflowed);
     }
 
-    /// Routes one channel message to the channel's subscribers.
+    /// Routes one channel message to the channel's subscribers, and to the
+    /// pending subscribes that name the channel.
     pub fn dispatch_message(&self, channel: &str, item: Item) {
         let mut st = self.lock();
-        let receivers: Vec<ConnId> = st
+        let mut receivers: Vec<ConnId> = st
             .by_channel
             .get(channel)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
+        receivers.sort_unstable();
+        let mut overflowed = Vec::new();
         for &id in &receivers {
             let Some(c) = st.conns.get_mut(&id) else {
                 continue;
             };
-            if let Some(p) = c.pending.as_mut().filter(|p| p.all) {
-                p.buffer.push(Buffered::Message(item.clone()));
+            if let Some(p) = c.pending.as_mut().filter(|p| p.mode == Mode::Resync) {
+                if p.hold(Buffered::Message(item.clone()), self.pending_cap) {
+                    overflowed.push(id);
+                }
                 continue;
             }
             if c.outbox.push(item.clone(), None) == Push::Overflow {
                 metrics::counter!("fieldcast_gateway_slow_consumer_closes_total").increment(1);
             }
         }
-        let pending: Vec<ConnId> = st.pending.iter().copied().collect();
-        for id in pending {
-            if receivers.contains(&id) {
-                continue;
+        overflowed.extend(buffer_pending(
+            &mut st,
+            &receivers,
+            |p, _| p.selection.channels.iter().any(|c| c == channel),
+            || Buffered::Message(item.clone()),
+            self.pending_cap,
+        ));
+        close_overflowed(&mut st, overflowed);
+    }
+}
+
+/// Every connection the update is live for, sorted and without repeats:
+/// by device, by fleet (within its scope), and by viewport — which also
+/// keeps the in-box index current and includes a viewport the device just
+/// left, so its client sees it go.
+fn receivers(st: &mut State, u: &Update) -> Vec<ConnId> {
+    let mut receivers: Vec<ConnId> = Vec::new();
+    if let Some(set) = st.by_device.get(&u.device) {
+        receivers.extend(set.iter().copied());
+    }
+    for &id in &st.fleet {
+        if st
+            .conns
+            .get(&id)
+            .is_some_and(|c| c.scope.allows_device(&u.device))
+        {
+            receivers.push(id);
+        }
+    }
+    match (u.kind, u.pos) {
+        (Kind::Location, Some((lon, lat))) => {
+            let inside: Vec<ConnId> = st
+                .boxes
+                .locate_all_at_point(&[lon, lat])
+                .map(|e| e.data)
+                .filter(|id| {
+                    st.conns.get(id).is_some_and(|c| {
+                        c.bbox.is_some_and(|b| b.contains(lon, lat))
+                            && c.scope.allows_device(&u.device)
+                    })
+                })
+                .collect();
+            let was: Vec<ConnId> = st
+                .in_box
+                .get(&u.device)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default();
+            for &id in &was {
+                if !inside.contains(&id) {
+                    // Leaving: this location is sent once so the client
+                    // sees the device outside its box.
+                    set_in_box(st, id, &u.device, false);
+                    receivers.push(id);
+                }
             }
-            let Some(p) = st.conns.get_mut(&id).and_then(|c| c.pending.as_mut()) else {
-                continue;
-            };
-            if p.all || p.selection.channels.iter().any(|c| c == channel) {
-                p.buffer.push(Buffered::Message(item.clone()));
+            for &id in &inside {
+                set_in_box(st, id, &u.device, true);
+                receivers.push(id);
             }
         }
+        _ => {
+            if let Some(set) = st.in_box.get(&u.device) {
+                receivers.extend(set.iter().copied());
+            }
+        }
+    }
+    receivers.sort_unstable();
+    receivers.dedup();
+    receivers
+}
+
+/// Offers the update to each receiver — held back instead while the
+/// receiver resyncs, dropped when its last snapshot already showed it.
+/// Returns the receivers whose resync buffer overflowed.
+fn deliver(st: &mut State, receivers: &[ConnId], u: &Update, pending_cap: usize) -> Vec<ConnId> {
+    let mut overflowed = Vec::new();
+    let now = Instant::now();
+    for &id in receivers {
+        let Some(c) = st.conns.get_mut(&id) else {
+            continue;
+        };
+        if let Some(p) = c.pending.as_mut().filter(|p| p.mode == Mode::Resync) {
+            if p.hold(Buffered::Update(u.clone()), pending_cap) {
+                overflowed.push(id);
+            }
+            continue;
+        }
+        // An update the last snapshot already showed, arriving late on the
+        // feed's connection: not sent again (see `Floors`).
+        if let Some(f) = &c.floors {
+            if f.until <= now {
+                c.floors = None;
+            } else if f.stale(u) {
+                continue;
+            }
+        }
+        offer(&c.outbox, u);
+    }
+    overflowed
+}
+
+/// The one pending-buffer path of both dispatches: every pending subscribe
+/// not among `receivers` (sorted) that is a resync or `matches` buffers
+/// the item. Returns the connections whose buffer overflowed.
+fn buffer_pending(
+    st: &mut State,
+    receivers: &[ConnId],
+    matches: impl Fn(&Pending, &Scope) -> bool,
+    item: impl Fn() -> Buffered,
+    pending_cap: usize,
+) -> Vec<ConnId> {
+    let mut overflowed = Vec::new();
+    let pending: Vec<ConnId> = st.pending.iter().copied().collect();
+    for id in pending {
+        if receivers.binary_search(&id).is_ok() {
+            continue;
+        }
+        let Some(c) = st.conns.get_mut(&id) else {
+            continue;
+        };
+        let scope = c.scope.clone();
+        let Some(p) = c.pending.as_mut() else {
+            continue;
+        };
+        if (p.mode == Mode::Resync || matches(p, &scope)) && p.hold(item(), pending_cap) {
+            overflowed.push(id);
+        }
+    }
+    overflowed
+}
+
+/// A subscribe whose buffer outgrew the cap while its snapshot was read:
+/// the client cannot keep up, so it is closed as a slow consumer.
+fn close_overflowed(st: &mut State, overflowed: Vec<ConnId>) {
+    for id in overflowed {
+        if let Some(c) = st.conns.get_mut(&id) {
+            c.pending = None;
+            c.outbox.close(Close::SLOW_CONSUMER);
+            metrics::counter!("fieldcast_gateway_slow_consumer_closes_total").increment(1);
+        }
+        st.pending.remove(&id);
     }
 }
 

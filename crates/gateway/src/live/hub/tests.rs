@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::outbox::Out;
+use crate::live::outbox::Out;
 
 fn loc(device: &str, ts: i64, lon: f64, lat: f64) -> Update {
     Update {
@@ -43,7 +43,7 @@ fn buffered_updates_older_than_the_snapshot_are_dropped() {
         devices: vec![Arc::from("a")],
         ..Default::default()
     };
-    hub.begin(r.id, sel, false);
+    hub.begin(r.id, sel, Mode::Subscribe);
     hub.dispatch(loc("a", 1, 0.0, 0.0));
     hub.dispatch(loc("a", 2, 0.0, 0.0));
     hub.dispatch(loc("b", 2, 0.0, 0.0));
@@ -69,7 +69,7 @@ fn bbox_enter_and_leave() {
         bbox: Some(BBox::new([0.0, 0.0, 1.0, 1.0]).unwrap()),
         ..Default::default()
     };
-    hub.begin(r.id, sel, false);
+    hub.begin(r.id, sel, Mode::Subscribe);
     hub.activate(r.id, Activation::default());
     hub.dispatch(loc("a", 1, 5.0, 5.0)); // outside: not sent
     hub.dispatch(loc("a", 2, 0.5, 0.5)); // enters
@@ -91,7 +91,7 @@ fn live_updates_the_snapshot_already_showed_are_dropped() {
         devices: vec![Arc::from("a")],
         ..Default::default()
     };
-    hub.begin(r.id, sel, false);
+    hub.begin(r.id, sel, Mode::Subscribe);
     let mut snapshot_ts = HashMap::new();
     snapshot_ts.insert(Arc::from("a"), (Some(5), None));
     hub.activate(
@@ -135,7 +135,7 @@ fn event_floors_and_resume_points_stay_within_one_life() {
         devices: vec![Arc::from("a")],
         ..Default::default()
     };
-    hub.begin(r.id, sel, false);
+    hub.begin(r.id, sel, Mode::Subscribe);
     let mut snapshot_ts = HashMap::new();
     snapshot_ts.insert(Arc::from("a"), (None, None));
     let floor = format!("{E1}:5-0").parse().unwrap();

@@ -25,8 +25,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::error::ApiError;
-use crate::routes::AppState;
+use crate::http::error::ApiError;
+use crate::state::AppState;
 
 macro_rules! dist {
     ($file:literal) => {

@@ -5,15 +5,13 @@
 //! In: device ids, a bbox, a cursor. Out: [`Snap`]s (a `DeviceState` plus
 //! the status `ts` the snapshot filter needs) and event-log entries.
 
-use std::time::Duration;
-
 use fieldcast_core::DeviceState;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand};
 
 use crate::cursor::{Cursor, Epoch, StreamId};
-use crate::geo::BBox;
+use fieldcast_core::geo::BBox;
 
 /// A Redis read or write failed, or Redis holds what the layout does not
 /// allow (retriable: Redis may come back, or be repaired).
@@ -25,36 +23,7 @@ pub enum StoreError {
     EventLog(String),
 }
 
-/// Every key and channel name, derived once from the prefix.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    prefix: String,
-    pub devices: String,
-    pub geo: String,
-    pub live: String,
-    pub events: String,
-    /// The event log's epoch: part of every cursor (crate::cursor).
-    pub epoch: String,
-    pub push: String,
-}
-
-impl Keys {
-    pub fn new(prefix: &str) -> Self {
-        Keys {
-            prefix: prefix.to_owned(),
-            devices: format!("{prefix}devices"),
-            geo: format!("{prefix}geo"),
-            live: format!("{prefix}live"),
-            events: format!("{prefix}events"),
-            epoch: format!("{prefix}events:epoch"),
-            push: format!("{prefix}push"),
-        }
-    }
-
-    pub fn dev(&self, id: &str) -> String {
-        format!("{}dev:{id}", self.prefix)
-    }
-}
+pub use fieldcast_core::Keys;
 
 /// One device's hot state as a snapshot sees it.
 #[derive(Debug, Clone)]
@@ -82,30 +51,13 @@ impl StreamBounds {
     }
 }
 
-/// Builds a fred client configuration that reconnects forever with
-/// exponential backoff and jitter, and fails commands fast while Redis is
-/// away instead of queueing them without bound.
+/// The gateway's Redis clients wait for a reconnect rather than fail
+/// every reader at a blip (see [`fieldcast_service::redis`]).
 pub fn builder(url: &str) -> Result<Builder, StoreError> {
-    let mut config = fred::types::config::Config::from_url(url)?;
-    config.fail_fast = false;
-    let mut b = Builder::from_config(config);
-    let mut policy = ReconnectPolicy::new_exponential(0, 100, 5_000, 2);
-    policy.set_jitter(200);
-    b.set_policy(policy)
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(2);
-            c.internal_command_timeout = Duration::from_secs(2);
-            c.max_command_attempts = 2;
-            c.max_command_buffer_len = 50_000;
-        })
-        .with_performance_config(|p| {
-            p.default_command_timeout = Duration::from_secs(3);
-            // Command connections receive no pub/sub messages; fred
-            // preallocates every broadcast channel at full capacity, so a
-            // large default here costs tens of MB per pooled client.
-            p.broadcast_channel_capacity = 32;
-        });
-    Ok(b)
+    Ok(fieldcast_service::redis::builder(
+        url,
+        fieldcast_service::redis::WhileDown::Wait,
+    )?)
 }
 
 /// The gateway's command connections to Redis.
@@ -186,7 +138,7 @@ impl Store {
 
     /// Whether `id` has a hot state (`EXISTS <prefix>dev:<id>`).
     pub async fn has_state(&self, id: &str) -> Result<bool, StoreError> {
-        let n: i64 = self.pool.next().exists(self.keys.dev(id)).await?;
+        let n: i64 = self.pool.next().exists(self.keys.device(id)).await?;
         Ok(n > 0)
     }
 
@@ -197,7 +149,7 @@ impl Store {
         for chunk in ids.chunks(PIPELINE_CHUNK) {
             let pipe = self.pool.next().pipeline();
             for id in chunk {
-                let () = pipe.hgetall(self.keys.dev(id)).await?;
+                let () = pipe.hgetall(self.keys.device(id)).await?;
             }
             let replies: Vec<Value> = pipe.all().await?;
             for (id, reply) in chunk.iter().zip(replies) {

@@ -25,13 +25,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
-use super::AppState;
 use crate::auth::{Authed, Scope};
-use crate::error::ApiError;
-use crate::geo::BBox;
-use crate::history::{
+use crate::http::error::ApiError;
+use crate::state::AppState;
+use crate::store::history::{
     self, EventCursor, EventRow, EventsQuery, HistoryError, Point, TrackQuery, CHUNK_ROWS,
 };
+use fieldcast_core::geo::BBox;
 
 /// Default and most rows of one track or events page.
 pub const DEFAULT_LIMIT: i64 = 10_000;

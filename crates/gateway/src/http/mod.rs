@@ -1,67 +1,24 @@
 //! The HTTP surface: `/ws` (upgrade, in [`crate::ws`]), `/api/*`
 //! ([`api`]), the unauthenticated `/healthz`, `/readyz`, `/metrics`
 //! ([`ops`]), the map page `/`, `/assets/*`, `/config.json` ([`assets`])
-//! and its map tiles `/tiles/{z}/{x}/{y}` ([`crate::tiles`]).
+//! and its map tiles `/tiles/{z}/{x}/{y}` ([`tiles`]); errors in one
+//! shape ([`error`]).
 
 pub mod api;
 pub mod assets;
+pub mod error;
 pub mod ops;
+pub mod tiles;
 
-use std::sync::Arc;
-
-use axum::extract::{FromRef, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use metrics_exporter_prometheus::PrometheusHandle;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
-use crate::error::ApiError;
-use crate::health::Health;
-use crate::hub::Hub;
-use crate::store::Store;
-use crate::ws::connection::Limits;
-
-/// Everything a handler may need; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub auth: Authenticator,
-    pub store: Store,
-    pub pg: deadpool_postgres::Pool,
-    pub hub: Arc<Hub>,
-    pub health: Arc<Health>,
-    pub prometheus: PrometheusHandle,
-    pub limits: Limits,
-    pub max_frame: usize,
-    /// Origins allowed to use `/ws` and `/api/*` from a browser; empty =
-    /// any with tokens, only the gateway's own with `--auth none`.
-    pub allowed_origins: Arc<[String]>,
-    /// `--auth none`: no token protects the fleet, so the Origin does.
-    pub open: bool,
-    /// Snapshots built at once (`FIELDCAST_SNAPSHOT_CONCURRENCY`).
-    pub snapshots: Arc<tokio::sync::Semaphore>,
-    /// Timeouts and the concurrency cap of the history API.
-    pub history_limits: crate::history::HistoryLimits,
-    /// Tracks every socket task, so shutdown can wait for their 1001.
-    pub tracker: TaskTracker,
-    /// Cancelled on SIGTERM/SIGINT.
-    pub shutdown: CancellationToken,
-    /// The map page's `/config.json`.
-    pub page_config: Arc<serde_json::Value>,
-    /// The local tile archive behind `/tiles/*`, when `FIELDCAST_MAP_TILES`
-    /// names one.
-    pub tiles: Option<Arc<crate::tiles::TileSource>>,
-}
-
-impl FromRef<AppState> for Authenticator {
-    fn from_ref(s: &AppState) -> Self {
-        s.auth.clone()
-    }
-}
+use crate::http::error::ApiError;
+use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
     // What a browser page of another site could use with the operator's
@@ -85,7 +42,7 @@ pub fn router(state: AppState) -> Router {
         // fleet, and the map loads tiles as plain <img>/fetch GETs that
         // carry no token, so neither a token nor the Origin rule can guard
         // them (another site showing the same street map costs nothing).
-        .route("/tiles/{z}/{x}/{y}", get(crate::tiles::tile))
+        .route("/tiles/{z}/{x}/{y}", get(crate::http::tiles::tile))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -10,10 +10,11 @@ use fred::types::scripts::Script;
 use fred::types::{CustomCommand, Value};
 
 use fieldcast_core::live::{self, fmt_f64};
-use fieldcast_core::Kind;
+use fieldcast_core::{Keys, Kind};
 
 use crate::metrics::{KindLabel, Metrics};
-use crate::queue::{Batch, DeadLetter, Reliable};
+use crate::queue::Batch;
+use crate::record::{DeadLetter, Reliable};
 
 /// How many events the live event log keeps (approximately).
 pub const EVENT_LOG_MAXLEN: u64 = 100_000;
@@ -47,60 +48,10 @@ impl RedisSinkError {
     }
 }
 
-/// Key and channel names under one prefix.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    prefix: String,
-    pub geo: String,
-    pub devices: String,
-    pub live: String,
-    pub events: String,
-    /// The event log's epoch (see `lua/event.lua`): part of every cursor.
-    pub epoch: String,
-    pub deadletter: String,
-}
-
-impl Keys {
-    pub fn new(prefix: &str) -> Self {
-        Keys {
-            prefix: prefix.to_owned(),
-            geo: format!("{prefix}geo"),
-            devices: format!("{prefix}devices"),
-            live: format!("{prefix}live"),
-            events: format!("{prefix}events"),
-            epoch: format!("{prefix}events:epoch"),
-            deadletter: format!("{prefix}deadletter"),
-        }
-    }
-
-    pub fn device(&self, id: &str) -> String {
-        format!("{}dev:{id}", self.prefix)
-    }
-
-    pub fn event_seen(&self, device: &str, event_id: &str) -> String {
-        format!("{}evseen:{device}:{event_id}", self.prefix)
-    }
-}
-
-/// Builds a fred client that reconnects by itself with backoff and jitter
-/// and fails commands fast while Redis is away (the caller retries whole
-/// batches).
-pub fn client(url: &str) -> Result<Client, fred::error::Error> {
-    let config = Config::from_url(url)?;
-    Builder::from_config(config)
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(2);
-            c.internal_command_timeout = Duration::from_secs(2);
-            c.max_command_attempts = 1;
-        })
-        .with_performance_config(|p| {
-            p.default_command_timeout = Duration::from_secs(5);
-        })
-        // attempts 0 = forever; 100 ms .. 5 s exponential (fred adds jitter).
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-        .build()
-}
-
+/// The bridge's writer of the Redis layout ([`Keys`]): each batch from
+/// the queue is one pipeline of Lua scripts (hot state, GEO, live push,
+/// event log with dedup), and a batch Redis refuses for its content is
+/// split until the refused items are found (`apply_isolating`).
 pub struct RedisSink {
     client: Client,
     keys: Keys,

@@ -18,28 +18,12 @@ use futures::{pin_mut, SinkExt};
 use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::NoTls;
 
-use fieldcast_core::{DeviceId, Event, Status};
-
 use crate::metrics::{Metrics, TableLabel};
-use crate::queue::LocationRow;
+use crate::record::{EventRow, LocationRow, StatusRow};
 
 /// A write that does not finish in this time is treated as failed (a
 /// black-holed connection would otherwise hang a batch forever).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StatusRow {
-    pub device: DeviceId,
-    pub status: Status,
-    pub received_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventRow {
-    pub device: DeviceId,
-    pub event: Event,
-    pub received_at: i64,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -474,7 +458,7 @@ fn observe(metrics: &Metrics, table: &'static str, started: Instant, r: &Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fieldcast_core::Location;
+    use fieldcast_core::{DeviceId, Location};
 
     fn row(device: &str, ts: i64, alt: Option<f64>) -> LocationRow {
         LocationRow {

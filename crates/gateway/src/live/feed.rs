@@ -20,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cursor::Cursor;
 use crate::health::Health;
-use crate::hub::{Hub, Update};
-use crate::outbox::{Item, Kind, Out};
-use crate::store::{builder, Keys, StoreError};
+use crate::live::hub::{Hub, Update};
+use crate::live::outbox::{Item, Kind, Out};
+use fieldcast_core::Backoff;
+
+use crate::store::redis::{builder, Keys, StoreError};
 
 /// Runs until `shutdown`; reconnects by itself (fred's policy: exponential
 /// backoff with jitter).
@@ -50,7 +52,7 @@ pub async fn run(
     let mut first = true;
     let mut initial_connect = true;
     let mut need_subscribe = true;
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if need_subscribe {
             let sub = async {
@@ -118,33 +120,6 @@ pub async fn run(
     health.set_feed(false);
     let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
     Ok(())
-}
-
-/// Exponential backoff with full jitter, 100 ms to 5 s.
-pub struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new() -> Self {
-        Backoff { attempt: 0 }
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let cap = 100u64.saturating_mul(1 << self.attempt.min(6)).min(5_000);
-        self.attempt = self.attempt.saturating_add(1);
-        Duration::from_millis(cap / 2 + rand::random_range(0..=cap / 2))
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 fn route(keys: &Keys, hub: &Hub, m: &fred::types::Message) {

@@ -15,7 +15,7 @@ const SCHEMA_LOCK: i64 = 0x6669_656c_6463_6173; // "fieldcas"
 /// `schema_migrations`.
 const MIGRATIONS: &[(&str, &str)] = &[(
     "0001_history",
-    include_str!("../../../migrations/0001_history.sql"),
+    include_str!("../../../../migrations/0001_history.sql"),
 )];
 
 /// Partitions are made this many days ahead of today.

@@ -34,8 +34,7 @@ use serde_json::value::RawValue;
 
 use fieldcast_core::{DeviceId, Event, Location, Severity, Status};
 
-use crate::queue::{LocationRow, Reliable};
-use crate::sink::postgres::{EventRow, StatusRow};
+use crate::record::{EventRow, LocationRow, Reliable, StatusRow};
 
 /// A segment this large is sealed and the next append starts another.
 pub const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;

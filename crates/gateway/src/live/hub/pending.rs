@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Selection, Update};
 use crate::cursor::Cursor;
-use crate::outbox::{Item, Kind};
+use crate::live::outbox::{Item, Kind};
 
 /// What a connection learnt from its snapshot and replay, handed to
 /// [`super::Hub::activate`] to filter the buffered updates.
@@ -24,6 +24,16 @@ pub struct Activation {
     pub cursor_floor: Option<Cursor>,
 }
 
+/// What a pending subscribe buffers while its snapshot is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A new selection: only what it names.
+    Subscribe,
+    /// After a feed gap: everything the connection gets, selections it
+    /// already had included; its snapshot replaces what the client holds.
+    Resync,
+}
+
 pub(super) enum Buffered {
     Update(Update),
     Message(Item),
@@ -32,9 +42,16 @@ pub(super) enum Buffered {
 pub(super) struct Pending {
     pub(super) selection: Selection,
     pub(super) devices: HashSet<Arc<str>>,
-    /// Buffer every update this connection would get (a resync).
-    pub(super) all: bool,
+    pub(super) mode: Mode,
     pub(super) buffer: Vec<Buffered>,
+}
+
+impl Pending {
+    /// Buffers `b`; `true` when the buffer is now over `cap`.
+    pub(super) fn hold(&mut self, b: Buffered, cap: usize) -> bool {
+        self.buffer.push(b);
+        self.buffer.len() > cap
+    }
 }
 
 /// What the latest snapshot showed, for a while after it: the feed reads

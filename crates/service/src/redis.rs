@@ -1,0 +1,61 @@
+//! The one Redis client builder of both services. Retry settings, the
+//! same everywhere:
+//!
+//! - **reconnect**: forever, exponential from 100 ms to 5 s (factor 2) with
+//!   up to 200 ms of jitter, so a restarted Redis is not met by every
+//!   client of every instance at the same instant;
+//! - **connect** and internal commands (`AUTH`, `SELECT`, cluster
+//!   discovery): 2 s each, so a black-holed address fails instead of
+//!   hanging;
+//! - broadcast channels of 32 (fred preallocates each at full capacity; a
+//!   command connection receives no pub/sub, a subscriber sets its own).
+//!
+//! What differs is what a command does while Redis is away ([`WhileDown`]).
+
+use std::time::Duration;
+
+use fred::prelude::{Builder, ReconnectPolicy};
+use fred::types::config::Config;
+
+/// What a command does while its connection is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhileDown {
+    /// Fails at once, tried once, 5 s to answer: the caller retries whole
+    /// batches with its own backoff and reports the outage (the bridge's
+    /// sinks, which must not hold a batch in a second, hidden queue).
+    Fail,
+    /// Waits for the reconnect in a bounded buffer (50 000 commands), tried
+    /// twice, 3 s to answer (the gateway's reads, which a short blip should
+    /// not turn into errors for every client).
+    Wait,
+}
+
+/// A fred builder for `url` with the settings above; the caller may adjust
+/// it (a subscriber's broadcast capacity) before `build`.
+pub fn builder(url: &str, while_down: WhileDown) -> Result<Builder, fred::error::Error> {
+    let mut config = Config::from_url(url)?;
+    config.fail_fast = while_down == WhileDown::Fail;
+    let mut b = Builder::from_config(config);
+    let mut policy = ReconnectPolicy::new_exponential(0, 100, 5_000, 2);
+    policy.set_jitter(200);
+    b.set_policy(policy)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.internal_command_timeout = Duration::from_secs(2);
+            match while_down {
+                WhileDown::Fail => c.max_command_attempts = 1,
+                WhileDown::Wait => {
+                    c.max_command_attempts = 2;
+                    c.max_command_buffer_len = 50_000;
+                }
+            }
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = match while_down {
+                WhileDown::Fail => Duration::from_secs(5),
+                WhileDown::Wait => Duration::from_secs(3),
+            };
+            p.broadcast_channel_capacity = 32;
+        });
+    Ok(b)
+}

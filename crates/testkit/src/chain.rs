@@ -1,0 +1,88 @@
+//! The device half of the whole chain, once for every crate whose tests
+//! need it (the gateway's and the simulator's): a private Mosquitto, and a
+//! `fieldcast-bridge` on it with its own database, Redis prefix (on the
+//! shared Redis) and spool, started in this process and ready. Each test
+//! adds the gateways it needs on [`Chain::store`].
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{shared_redis_url, unique, wait_until, Mosquitto, PgDb};
+
+/// How long the bridge may take to become ready.
+const READY: Duration = Duration::from_secs(30);
+
+pub struct Chain {
+    pub broker: Mosquitto,
+    pub db: PgDb,
+    /// `<tag>-…:`, unique per chain.
+    pub prefix: String,
+    pub redis_url: String,
+    pub spool: tempfile::TempDir,
+    bridge_stop: CancellationToken,
+    bridge_done: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Chain {
+    /// Starts the broker and a ready bridge; `tag` begins the prefix.
+    pub async fn start(tag: &str) -> anyhow::Result<Chain> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let broker = Mosquitto::start().await.context("private mosquitto")?;
+        let db = PgDb::create().await.context("test database")?;
+        let prefix = format!("{}:", unique(tag));
+        let spool = tempfile::tempdir().context("spool directory")?;
+        let redis_url = shared_redis_url();
+        let store = fieldcast_service::StoreArgs {
+            redis_url: redis_url.clone(),
+            redis_prefix: prefix.clone(),
+            database_url: db.url.clone(),
+        };
+        let config = fieldcast_bridge::Config::for_tests(
+            &broker.url,
+            &unique("bridge"),
+            store,
+            spool.path(),
+        );
+        let bridge_stop = CancellationToken::new();
+        let (handles, done) = fieldcast_bridge::start(config, bridge_stop.clone())
+            .await
+            .context("bridge starts")?;
+        let bridge_done = tokio::spawn(done);
+        let h = &handles;
+        wait_until(READY, "bridge ready", || async move { h.health.ready() }).await?;
+        Ok(Chain {
+            broker,
+            db,
+            prefix,
+            redis_url,
+            spool,
+            bridge_stop,
+            bridge_done,
+        })
+    }
+
+    /// Where the bridge keeps the fleet's state, for the gateways.
+    pub fn store(&self) -> fieldcast_service::StoreArgs {
+        fieldcast_service::StoreArgs {
+            redis_url: self.redis_url.clone(),
+            redis_prefix: self.prefix.clone(),
+            database_url: self.db.url.clone(),
+        }
+    }
+
+    /// Stops the bridge (it drains and acks), then drops the broker.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.bridge_stop.cancel();
+        self.bridge_done.await.context("bridge task")??;
+        Ok(())
+    }
+}
