@@ -231,6 +231,9 @@ RUN=$FRESH_DIR/run.$$
 # The packages layer is cached per version of the scripts that choose them.
 PKGS=$CACHE/$SUITE-packages-$(cat "$REPO/scripts/lib.sh" "$REPO/scripts/setup.sh" | sha256sum | cut -c1-12)
 mkdir -p "$LOGS" "$CACHE" "$RUN"
+# A run's root holds a release and a debug build of the workspace (~20 GiB).
+free_gib=$(df -Pk "$FRESH_DIR" | awk 'NR == 2 { print int($4 / 1048576) }')
+[ "$free_gib" -ge 25 ] || echo "warning: only ${free_gib} GiB free in $FRESH_DIR; a run needs about 25" >&2
 export REPO RUSTUP_SRC CARGO_SRC TOOLCHAIN DEMO_TIMEOUT TEST_TIMEOUT LOGS BASE CACHE
 cleanup() {
   if [ "${KEEP_ROOT:-0}" = 1 ]; then
