@@ -119,7 +119,7 @@ fn tile_format(url: &str) -> &'static str {
 
 /// Whether the client takes `Content-Encoding: gzip` (RFC 9110 §12.5.3:
 /// `gzip`/`x-gzip` with q > 0, else `*` with q > 0; no header = identity).
-fn accepts_gzip(headers: &HeaderMap) -> bool {
+pub(crate) fn accepts_gzip(headers: &HeaderMap) -> bool {
     let mut gzip = None;
     let mut star = None;
     for item in headers

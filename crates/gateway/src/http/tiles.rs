@@ -849,36 +849,7 @@ impl LeafCache {
 
 // ---------------------------------------------------------------- HTTP
 
-/// Whether the client takes `Content-Encoding: gzip` (RFC 9110 §12.5.3:
-/// `gzip`/`x-gzip` with q > 0, else `*` with q > 0).
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    let mut gzip = None;
-    let mut star = None;
-    for item in headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-    {
-        let mut parts = item.split(';');
-        let coding = parts.next().unwrap_or_default().trim();
-        let q = parts
-            .filter_map(|p| {
-                let (k, v) = p.split_once('=')?;
-                k.trim()
-                    .eq_ignore_ascii_case("q")
-                    .then(|| v.trim().parse::<f32>().unwrap_or(0.0))
-            })
-            .next()
-            .unwrap_or(1.0);
-        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
-            gzip = Some(q > 0.0);
-        } else if coding == "*" {
-            star = Some(q > 0.0);
-        }
-    }
-    gzip.or(star).unwrap_or(false)
-}
+use super::assets::accepts_gzip;
 
 /// `z`, `x`, and `y` with an optional extension (`2.png`, `2.pbf`).
 fn parse_address(z: &str, x: &str, y: &str) -> Result<(u32, u32, u32), ApiError> {

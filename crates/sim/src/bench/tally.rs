@@ -20,8 +20,8 @@ use super::log::SendLog;
 pub fn latency_histogram() -> Histogram<u64> {
     // Invariant: these constant bounds satisfy `new_with_bounds` (low >= 1,
     // high >= 2 * low, 3 significant figures <= 5), so it cannot fail.
-    // ok: constant bounds that satisfy new_with_bounds (see above).
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
+    let h = Histogram::new_with_bounds(1, 3_600_000_000, 3);
+    h.expect("valid bounds") // ok: constant bounds
 }
 
 /// Per watched device.
