@@ -101,58 +101,43 @@ pub struct Config {
     pub shutdown_timeout: Duration,
 }
 
+/// A configuration clap's types accept but the bridge cannot run with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Mqtt(#[from] fieldcast_mqtt::MqttConfigError),
+    #[error("FIELDCAST_MQTT_SHARED_GROUP {0:?} must be a non-empty name without / + #")]
+    SharedGroup(String),
+    #[error("FIELDCAST_MQTT_MAX_PACKET must be at least FIELDCAST_MAX_PAYLOAD")]
+    MaxPacket,
+    #[error("FIELDCAST_RETENTION must be at least 1d")]
+    Retention,
+    #[error("FIELDCAST_FLUSH_INTERVAL must be positive")]
+    FlushInterval,
+    #[error(transparent)]
+    Store(#[from] fieldcast_service::StoreArgsError),
+}
+
 impl Config {
     /// Checks what clap's types cannot express.
-    pub fn validate(&self) -> Result<(), String> {
-        fieldcast_mqtt::BrokerUrl::parse(&self.mqtt.url).map_err(|e| e.to_string())?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fieldcast_mqtt::BrokerUrl::parse(&self.mqtt.url)?;
         if let Some(g) = &self.mqtt_shared_group {
             if g.is_empty() || g.contains(['/', '+', '#']) {
-                return Err(format!(
-                    "FIELDCAST_MQTT_SHARED_GROUP {g:?} must be a non-empty name without / + #"
-                ));
+                return Err(ConfigError::SharedGroup(g.clone()));
             }
         }
         if self.mqtt_max_packet < self.max_payload {
-            return Err("FIELDCAST_MQTT_MAX_PACKET must be at least FIELDCAST_MAX_PAYLOAD".into());
+            return Err(ConfigError::MaxPacket);
         }
         if self.retention < Duration::from_secs(24 * 3600) {
-            return Err("FIELDCAST_RETENTION must be at least 1d".into());
+            return Err(ConfigError::Retention);
         }
         if self.flush_interval.is_zero() {
-            return Err("FIELDCAST_FLUSH_INTERVAL must be positive".into());
+            return Err(ConfigError::FlushInterval);
         }
-        if !self.store.database_url.starts_with("postgres://")
-            && !self.store.database_url.starts_with("postgresql://")
-        {
-            return Err("FIELDCAST_DATABASE_URL must be a postgres:// URL".into());
-        }
-        if !self.store.redis_url.starts_with("redis://")
-            && !self.store.redis_url.starts_with("rediss://")
-        {
-            return Err("FIELDCAST_REDIS_URL must be a redis:// URL".into());
-        }
+        self.store.validate()?;
         Ok(())
-    }
-
-    /// Every default except where things are, with a 300 ms history flush
-    /// and a 10 s shutdown budget: a bridge for tests and embedding, on a
-    /// private broker, its own Redis prefix and database, and `spool_dir`.
-    pub fn for_tests(
-        mqtt_url: &str,
-        client_id: &str,
-        store: StoreArgs,
-        spool_dir: &std::path::Path,
-    ) -> Self {
-        use clap::Parser;
-        let mut c = Config::parse_from(["fieldcast-bridge"]);
-        c.mqtt.url = mqtt_url.to_owned();
-        c.mqtt_client_id = client_id.to_owned();
-        c.store = store;
-        c.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        c.flush_interval = Duration::from_millis(300);
-        c.spool_dir = spool_dir.to_owned();
-        c.shutdown_timeout = Duration::from_secs(10);
-        c
     }
 
     /// The payload validation limits this configuration implies.
@@ -201,8 +186,12 @@ mod tests {
         assert!(Config::try_parse_from(["b", "--admin-addr", "nowhere"]).is_err());
         assert!(Config::try_parse_from(["b", "--queue-capacity", "0"]).is_err());
         let c = Config::try_parse_from(["b", "--mqtt-url", "http://x"]).unwrap();
-        assert!(c.validate().is_err());
+        assert!(matches!(c.validate(), Err(ConfigError::Mqtt(_))));
         let c = Config::try_parse_from(["b", "--mqtt-shared-group", "a/b"]).unwrap();
-        assert!(c.validate().is_err());
+        assert!(matches!(c.validate(), Err(ConfigError::SharedGroup(_))));
+        let c = Config::try_parse_from(["b", "--retention", "12h"]).unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Retention)));
+        let c = Config::try_parse_from(["b", "--redis-url", "http://x"]).unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Store(_))));
     }
 }

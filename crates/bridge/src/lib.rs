@@ -90,7 +90,7 @@ pub async fn start(
     Handles,
     impl std::future::Future<Output = anyhow::Result<()>>,
 )> {
-    config.validate().map_err(anyhow::Error::msg)?;
+    config.validate()?;
     let opened = Opened::open(&config).await?;
     let handles = Handles {
         metrics: opened.metrics.clone(),
@@ -191,6 +191,61 @@ struct Stops {
     background: CancellationToken,
 }
 
+fn retention_ms(config: &Config) -> i64 {
+    i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The tasks beside the pipeline but the admin server, all stopped last
+/// (`bg`): store probes, schema upkeep, the event-log trim, the spool
+/// replayer and the outbox drain.
+fn spawn_background(
+    config: &Config,
+    o: &Opened,
+    redis: &Arc<RedisSink>,
+    tracker: &TaskTracker,
+    bg: &CancellationToken,
+) {
+    tracker.spawn(upkeep::check_health(
+        o.pg.clone(),
+        o.redis_client.clone(),
+        o.health.clone(),
+        o.metrics.clone(),
+        bg.clone(),
+    ));
+    tracker.spawn(upkeep::maintain_schema(
+        o.pg.clone(),
+        o.health.clone(),
+        config.retention,
+        bg.clone(),
+    ));
+    tracker.spawn(upkeep::trim_event_log(
+        RedisSink::new(o.redis_client.clone(), &config.store.redis_prefix),
+        bg.clone(),
+    ));
+    tracker.spawn(
+        Replayer {
+            spool: o.spool.clone(),
+            pg: o.pg.clone(),
+            queue: o.queue.clone(),
+            health: o.health.clone(),
+            metrics: o.metrics.clone(),
+            batch_rows: config.batch_rows,
+            retention_ms: retention_ms(config),
+            timing: ReplayTiming::default(),
+        }
+        .run(bg.clone()),
+    );
+    tracker.spawn(sink::outbox::drain(
+        o.outbox.clone(),
+        redis.clone(),
+        o.queue.clone(),
+        o.health.clone(),
+        o.metrics.clone(),
+        config.sink_batch,
+        bg.clone(),
+    ));
+}
+
 /// A spawned pipeline: what [`Running::drain`] waits for, in order.
 struct Running {
     stops: Stops,
@@ -213,43 +268,17 @@ impl Running {
             background: CancellationToken::new(),
         };
         let tracker = TaskTracker::new();
-        let retention_ms = i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX);
+        let redis = Arc::new(RedisSink::new(
+            o.redis_client.clone(),
+            &config.store.redis_prefix,
+        ));
         let bg = &stops.background;
+        spawn_background(config, &o, &redis, &tracker, bg);
         tracker.spawn(admin::serve(
             o.listener,
             admin::router(o.health.clone(), o.metrics.clone()),
             bg.clone(),
         ));
-        tracker.spawn(upkeep::check_health(
-            o.pg.clone(),
-            o.redis_client.clone(),
-            o.health.clone(),
-            o.metrics.clone(),
-            bg.clone(),
-        ));
-        tracker.spawn(upkeep::maintain_schema(
-            o.pg.clone(),
-            o.health.clone(),
-            config.retention,
-            bg.clone(),
-        ));
-        tracker.spawn(upkeep::trim_event_log(
-            RedisSink::new(o.redis_client.clone(), &config.store.redis_prefix),
-            bg.clone(),
-        ));
-        tracker.spawn(
-            Replayer {
-                spool: o.spool.clone(),
-                pg: o.pg.clone(),
-                queue: o.queue.clone(),
-                health: o.health.clone(),
-                metrics: o.metrics.clone(),
-                batch_rows: config.batch_rows,
-                retention_ms,
-                timing: ReplayTiming::default(),
-            }
-            .run(bg.clone()),
-        );
         let (client, eventloop) = o.mqtt;
         let source = tracker.spawn(
             Source {
@@ -266,19 +295,6 @@ impl Running {
                 stops.stop_polling.clone(),
             ),
         );
-        let redis = Arc::new(RedisSink::new(
-            o.redis_client.clone(),
-            &config.store.redis_prefix,
-        ));
-        tracker.spawn(sink::outbox::drain(
-            o.outbox.clone(),
-            redis.clone(),
-            o.queue.clone(),
-            o.health.clone(),
-            o.metrics.clone(),
-            config.sink_batch,
-            bg.clone(),
-        ));
         let live_sink = LiveSink {
             queue: o.queue.clone(),
             redis: redis.clone(),
@@ -313,7 +329,7 @@ impl Running {
                 flush_interval: config.flush_interval,
                 batch_rows: config.batch_rows,
                 memory_rows: config.history_memory_rows,
-                retention_ms,
+                retention_ms: retention_ms(config),
             }
             .run(stops.abandon.clone()),
         );

@@ -254,144 +254,166 @@ impl Message {
         Self::parse_payload(topic, payload, limits, now_ms)
     }
 
+    /// Validates the payload of an already parsed topic: the envelope
+    /// (size, UTF-8, a JSON object, storable text) once, then the fields of
+    /// the topic's kind.
     pub fn parse_payload(
         topic: Topic,
         payload: &[u8],
         limits: &Limits,
         now_ms: i64,
     ) -> Result<Self, Reject> {
-        if payload.len() > limits.max_payload {
-            return Err(Reject::new(
-                RejectReason::Oversize,
-                format!(
-                    "{} bytes > {} byte limit",
-                    payload.len(),
-                    limits.max_payload
-                ),
-            ));
-        }
-        let text = std::str::from_utf8(payload)
-            .map_err(|e| Reject::new(RejectReason::BadUtf8, e.to_string()))?;
-        if text.trim_start().as_bytes().first() != Some(&b'{') {
-            return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
-                Ok(_) => Reject::new(RejectReason::NotObject, "payload is not a JSON object"),
-                Err(e) => json_reject(text, &e),
-            });
-        }
-        if let Some(what) = unstorable_text(text) {
-            return Err(Reject::new(
-                RejectReason::BadText,
-                format!("a string holds {what}, which PostgreSQL cannot store"),
-            ));
-        }
-        let check_ts = |ts: Option<Ts>| -> Result<i64, Reject> {
-            let ts = match ts {
-                None => return Ok(now_ms),
-                Some(Ts::Ms(ms)) => ms,
-                Some(Ts::Bad) => {
-                    return Err(Reject::new(
-                        RejectReason::BadTs,
-                        "ts is neither epoch ms nor RFC 3339",
-                    ))
-                }
-            };
-            if ts > now_ms.saturating_add(limits.max_future_ms) {
-                return Err(Reject::new(
-                    RejectReason::TsFuture,
-                    format!("ts {ts} is in the future"),
-                ));
-            }
-            if ts < now_ms.saturating_sub(limits.max_age_ms) {
-                return Err(Reject::new(
-                    RejectReason::TsTooOld,
-                    format!("ts {ts} is older than retention"),
-                ));
-            }
-            Ok(ts)
-        };
+        let text = json_object_text(payload, limits)?;
+        let clock = Clock { limits, now_ms };
         let device = topic.device;
-        match topic.kind {
+        Ok(match topic.kind {
             Kind::Location => {
-                let raw: RawLocation =
-                    serde_json::from_str(text).map_err(|e| json_reject(text, &e))?;
-                let lat = required(raw.lat, "lat")?;
-                let lon = required(raw.lon, "lon")?;
-                in_range("lat", lat, -90.0, 90.0)?;
-                in_range("lon", lon, -180.0, 180.0)?;
-                opt_range("speed", raw.speed, 0.0, f64::MAX)?;
-                opt_range("heading", raw.heading, 0.0, 360.0)?;
-                opt_range("accuracy", raw.accuracy, 0.0, f64::MAX)?;
-                opt_range("alt", raw.alt, f64::MIN, f64::MAX)?;
-                let ts = check_ts(raw.ts)?;
-                Ok(Message::Location(
-                    device,
-                    Location {
-                        ts,
-                        lat,
-                        lon,
-                        alt: raw.alt,
-                        speed: raw.speed,
-                        heading: raw.heading,
-                        accuracy: raw.accuracy,
-                    },
+                Message::Location(device, from_json::<RawLocation>(text)?.check(clock)?)
+            }
+            Kind::Status => Message::Status(device, from_json::<RawStatus>(text)?.check(clock)?),
+            Kind::Event => Message::Event(device, from_json::<RawEvent>(text)?.check(clock)?),
+        })
+    }
+}
+
+/// The envelope every payload shares: within the size limit, UTF-8, a JSON
+/// object, and no string PostgreSQL cannot store. Returns the text.
+fn json_object_text<'a>(payload: &'a [u8], limits: &Limits) -> Result<&'a str, Reject> {
+    if payload.len() > limits.max_payload {
+        return Err(Reject::new(
+            RejectReason::Oversize,
+            format!(
+                "{} bytes > {} byte limit",
+                payload.len(),
+                limits.max_payload
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| Reject::new(RejectReason::BadUtf8, e.to_string()))?;
+    if text.trim_start().as_bytes().first() != Some(&b'{') {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Reject::new(RejectReason::NotObject, "payload is not a JSON object"),
+            Err(e) => json_reject(text, &e),
+        });
+    }
+    if let Some(what) = unstorable_text(text) {
+        return Err(Reject::new(
+            RejectReason::BadText,
+            format!("a string holds {what}, which PostgreSQL cannot store"),
+        ));
+    }
+    Ok(text)
+}
+
+fn from_json<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, Reject> {
+    serde_json::from_str(text).map_err(|e| json_reject(text, &e))
+}
+
+/// What a `ts` is checked against: the receive time and the limits.
+#[derive(Clone, Copy)]
+struct Clock<'a> {
+    limits: &'a Limits,
+    now_ms: i64,
+}
+
+impl Clock<'_> {
+    /// A missing `ts` is the receive time; a given one must lie between
+    /// retention and the allowed skew into the future.
+    fn ts(self, ts: Option<Ts>) -> Result<i64, Reject> {
+        let ts = match ts {
+            None => return Ok(self.now_ms),
+            Some(Ts::Ms(ms)) => ms,
+            Some(Ts::Bad) => {
+                return Err(Reject::new(
+                    RejectReason::BadTs,
+                    "ts is neither epoch ms nor RFC 3339",
                 ))
             }
-            Kind::Status => {
-                let raw: RawStatus =
-                    serde_json::from_str(text).map_err(|e| json_reject(text, &e))?;
-                let online = required(raw.online, "online")?;
-                opt_range("battery", raw.battery, 0.0, 100.0)?;
-                opt_range("signal", raw.signal, f64::MIN, f64::MAX)?;
-                let device_ts = raw.ts.is_some();
-                let ts = check_ts(raw.ts)?;
-                Ok(Message::Status(
-                    device,
-                    Status {
-                        ts,
-                        device_ts,
-                        online,
-                        battery: raw.battery,
-                        signal: raw.signal,
-                    },
-                ))
-            }
-            Kind::Event => {
-                let raw: RawEvent =
-                    serde_json::from_str(text).map_err(|e| json_reject(text, &e))?;
-                let id = required(raw.id, "id")?;
-                let kind = required(raw.kind, "kind")?;
-                len_range("id", &id, 128)?;
-                len_range("kind", &kind, 64)?;
-                let severity = match raw.severity.as_deref() {
-                    None => Severity::Info,
-                    Some(s) => Severity::parse(s).ok_or_else(|| {
-                        Reject::new(
-                            RejectReason::OutOfRange,
-                            "severity must be info, warning or critical",
-                        )
-                    })?,
-                };
-                if let Some(d) = &raw.data {
-                    if !d.get().starts_with('{') {
-                        return Err(Reject::new(
-                            RejectReason::BadType,
-                            "data must be a JSON object",
-                        ));
-                    }
-                }
-                let ts = check_ts(raw.ts)?;
-                Ok(Message::Event(
-                    device,
-                    Event {
-                        id,
-                        ts,
-                        kind,
-                        severity,
-                        data: raw.data,
-                    },
-                ))
+        };
+        if ts > self.now_ms.saturating_add(self.limits.max_future_ms) {
+            return Err(Reject::new(
+                RejectReason::TsFuture,
+                format!("ts {ts} is in the future"),
+            ));
+        }
+        if ts < self.now_ms.saturating_sub(self.limits.max_age_ms) {
+            return Err(Reject::new(
+                RejectReason::TsTooOld,
+                format!("ts {ts} is older than retention"),
+            ));
+        }
+        Ok(ts)
+    }
+}
+
+impl RawLocation {
+    fn check(self, clock: Clock<'_>) -> Result<Location, Reject> {
+        let lat = required(self.lat, "lat")?;
+        let lon = required(self.lon, "lon")?;
+        in_range("lat", lat, -90.0, 90.0)?;
+        in_range("lon", lon, -180.0, 180.0)?;
+        opt_range("speed", self.speed, 0.0, f64::MAX)?;
+        opt_range("heading", self.heading, 0.0, 360.0)?;
+        opt_range("accuracy", self.accuracy, 0.0, f64::MAX)?;
+        opt_range("alt", self.alt, f64::MIN, f64::MAX)?;
+        Ok(Location {
+            ts: clock.ts(self.ts)?,
+            lat,
+            lon,
+            alt: self.alt,
+            speed: self.speed,
+            heading: self.heading,
+            accuracy: self.accuracy,
+        })
+    }
+}
+
+impl RawStatus {
+    fn check(self, clock: Clock<'_>) -> Result<Status, Reject> {
+        let online = required(self.online, "online")?;
+        opt_range("battery", self.battery, 0.0, 100.0)?;
+        opt_range("signal", self.signal, f64::MIN, f64::MAX)?;
+        Ok(Status {
+            device_ts: self.ts.is_some(),
+            ts: clock.ts(self.ts)?,
+            online,
+            battery: self.battery,
+            signal: self.signal,
+        })
+    }
+}
+
+impl RawEvent {
+    fn check(self, clock: Clock<'_>) -> Result<Event, Reject> {
+        let id = required(self.id, "id")?;
+        let kind = required(self.kind, "kind")?;
+        len_range("id", &id, 128)?;
+        len_range("kind", &kind, 64)?;
+        let severity = match self.severity.as_deref() {
+            None => Severity::Info,
+            Some(s) => Severity::parse(s).ok_or_else(|| {
+                Reject::new(
+                    RejectReason::OutOfRange,
+                    "severity must be info, warning or critical",
+                )
+            })?,
+        };
+        if let Some(d) = &self.data {
+            if !d.get().starts_with('{') {
+                return Err(Reject::new(
+                    RejectReason::BadType,
+                    "data must be a JSON object",
+                ));
             }
         }
+        Ok(Event {
+            id,
+            ts: clock.ts(self.ts)?,
+            kind,
+            severity,
+            data: self.data,
+        })
     }
 }
 

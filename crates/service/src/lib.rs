@@ -6,8 +6,10 @@
 //!   clap configuration;
 //! - [`shutdown_on_signal`]: one cancellation token for SIGTERM and SIGINT;
 //! - [`redis::builder`]: the one Redis client builder, with its retry
-//!   settings.
+//!   settings;
+//! - [`metric_set!`]: how each service declares its Prometheus metrics.
 
+pub mod metrics;
 pub mod redis;
 
 use clap::Args;
@@ -36,6 +38,37 @@ pub struct StoreArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/fieldcast"
     )]
     pub database_url: String,
+}
+
+/// Why a store address cannot be used; checked at start, before anything
+/// connects.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreArgsError {
+    #[error("FIELDCAST_REDIS_URL is not a valid Redis URL: {0}")]
+    RedisUrl(fred::error::Error),
+    #[error("FIELDCAST_REDIS_URL must start with redis://, rediss://, redis-cluster:// or rediss-cluster://")]
+    RedisScheme,
+    #[error("FIELDCAST_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    DatabaseUrl(tokio_postgres::Error),
+}
+
+impl StoreArgs {
+    /// Parses both addresses as their clients will.
+    pub fn validate(&self) -> Result<(), StoreArgsError> {
+        // fred reads an unknown scheme as a plain Redis URL; say so instead.
+        let scheme = self.redis_url.split("://").next().unwrap_or("");
+        if !matches!(
+            scheme,
+            "redis" | "rediss" | "redis-cluster" | "rediss-cluster"
+        ) {
+            return Err(StoreArgsError::RedisScheme);
+        }
+        fred::types::config::Config::from_url(&self.redis_url).map_err(StoreArgsError::RedisUrl)?;
+        self.database_url
+            .parse::<tokio_postgres::Config>()
+            .map_err(StoreArgsError::DatabaseUrl)?;
+        Ok(())
+    }
 }
 
 /// A token cancelled on the first SIGTERM or SIGINT (Ctrl-C where Unix
@@ -98,5 +131,32 @@ mod tests {
             c.map(|s| (s.redis_url, s.redis_prefix)).ok(),
             Some(("redis://h:1".to_owned(), "p:".to_owned()))
         );
+    }
+
+    #[test]
+    fn store_addresses_are_checked_as_their_clients_parse_them() {
+        let store = |redis: &str, db: &str| StoreArgs {
+            redis_url: redis.to_owned(),
+            redis_prefix: "p:".to_owned(),
+            database_url: db.to_owned(),
+        };
+        assert!(store("redis://127.0.0.1:6379", "postgres://u@h/db")
+            .validate()
+            .is_ok());
+        assert!(store("rediss://h:1", "host=/run/postgresql dbname=x")
+            .validate()
+            .is_ok());
+        assert!(matches!(
+            store("http://h", "postgres://u@h/db").validate(),
+            Err(StoreArgsError::RedisScheme)
+        ));
+        assert!(matches!(
+            store("redis://h:port", "postgres://u@h/db").validate(),
+            Err(StoreArgsError::RedisUrl(_))
+        ));
+        assert!(matches!(
+            store("redis://h", "postgres://u@h:notaport/db").validate(),
+            Err(StoreArgsError::DatabaseUrl(_))
+        ));
     }
 }

@@ -59,3 +59,63 @@ pub fn builder(url: &str, while_down: WhileDown) -> Result<Builder, fred::error:
         });
     Ok(b)
 }
+
+/// The error code a Redis error reply starts with (`NOSCRIPT No matching
+/// script`), typed once here: fred keeps the reply as text and folds most
+/// codes into `ErrorKind::Unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyCode {
+    /// The script's SHA is not loaded (Redis restarted or was flushed).
+    NoScript,
+    /// An operation against a key holding the wrong kind of value.
+    WrongType,
+    /// A state that passes: LOADING, BUSY, OOM, READONLY, MASTERDOWN,
+    /// TRYAGAIN, CLUSTERDOWN, MOVED, ASK.
+    Transient,
+    /// `ERR …`: a generic error, including a Lua script's runtime error.
+    Err,
+    /// Any other code, or an error that is not a server reply.
+    Other,
+}
+
+impl ReplyCode {
+    pub fn of(e: &fred::error::Error) -> Self {
+        match e.details().split_whitespace().next().unwrap_or("") {
+            "NOSCRIPT" => ReplyCode::NoScript,
+            "WRONGTYPE" => ReplyCode::WrongType,
+            "LOADING" | "BUSY" | "OOM" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN"
+            | "MOVED" | "ASK" => ReplyCode::Transient,
+            "ERR" => ReplyCode::Err,
+            _ => ReplyCode::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReplyCode;
+    use fred::error::{Error, ErrorKind};
+
+    #[test]
+    fn reply_codes_are_read_from_the_first_word() {
+        let code = |s: &str| ReplyCode::of(&Error::new(ErrorKind::Unknown, s.to_owned()));
+        assert_eq!(
+            code("NOSCRIPT No matching script. Please use EVAL."),
+            ReplyCode::NoScript
+        );
+        assert_eq!(
+            code("WRONGTYPE Operation against a key holding the wrong kind of value"),
+            ReplyCode::WrongType
+        );
+        assert_eq!(
+            code("LOADING Redis is loading the dataset in memory"),
+            ReplyCode::Transient
+        );
+        assert_eq!(code("ERR user_script:3: bad argument"), ReplyCode::Err);
+        assert_eq!(
+            code("a NOSCRIPT in the middle is not the code"),
+            ReplyCode::Other
+        );
+        assert_eq!(code(""), ReplyCode::Other);
+    }
+}

@@ -26,6 +26,28 @@ pub struct Chain {
     bridge_done: JoinHandle<anyhow::Result<()>>,
 }
 
+/// Every default except where things are, with a 300 ms history flush
+/// (so history is queryable soon after a message) and a 10 s shutdown
+/// budget: a bridge on a private broker, its own Redis prefix, database
+/// and spool.
+pub fn bridge_config(
+    mqtt_url: &str,
+    client_id: &str,
+    store: fieldcast_service::StoreArgs,
+    spool_dir: &std::path::Path,
+) -> fieldcast_bridge::Config {
+    use clap::Parser;
+    let mut c = fieldcast_bridge::Config::parse_from(["fieldcast-bridge"]);
+    c.mqtt.url = mqtt_url.to_owned();
+    c.mqtt_client_id = client_id.to_owned();
+    c.store = store;
+    c.admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    c.flush_interval = Duration::from_millis(300);
+    c.spool_dir = spool_dir.to_owned();
+    c.shutdown_timeout = Duration::from_secs(10);
+    c
+}
+
 impl Chain {
     /// Starts the broker and a ready bridge; `tag` begins the prefix.
     pub async fn start(tag: &str) -> anyhow::Result<Chain> {
@@ -46,12 +68,7 @@ impl Chain {
             redis_prefix: prefix.clone(),
             database_url: db.url.clone(),
         };
-        let config = fieldcast_bridge::Config::for_tests(
-            &broker.url,
-            &unique("bridge"),
-            store,
-            spool.path(),
-        );
+        let config = bridge_config(&broker.url, &unique("bridge"), store, spool.path());
         let bridge_stop = CancellationToken::new();
         let (handles, done) = fieldcast_bridge::start(config, bridge_stop.clone())
             .await

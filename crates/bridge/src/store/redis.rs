@@ -5,16 +5,18 @@
 
 use std::time::{Duration, Instant};
 
+use fred::clients::Pipeline;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{CustomCommand, Value};
 
 use fieldcast_core::live::{self, fmt_f64};
-use fieldcast_core::{Keys, Kind};
+use fieldcast_core::{Event, Keys, Kind, Status};
+use fieldcast_service::redis::ReplyCode;
 
 use crate::metrics::{KindLabel, Metrics};
 use crate::queue::Batch;
-use crate::record::{DeadLetter, Reliable};
+use crate::record::{DeadLetter, LiveLocation, Reliable};
 
 /// How many events the live event log keeps (approximately).
 pub const EVENT_LOG_MAXLEN: u64 = 100_000;
@@ -36,15 +38,21 @@ impl RedisSinkError {
     /// never work. Server states that pass (LOADING, BUSY, OOM, READONLY,
     /// MASTERDOWN, TRYAGAIN, CLUSTERDOWN) and connection errors are outages.
     pub fn is_permanent(&self) -> bool {
-        let msg = self.0.details();
-        matches!(self.0.kind(), fred::error::ErrorKind::InvalidArgument)
-            || msg.contains("WRONGTYPE")
-            || msg.contains("user_script")
-            || msg.contains("Error running script")
+        match ReplyCode::of(&self.0) {
+            ReplyCode::WrongType => true,
+            // A Lua runtime error names the script; other ERR replies
+            // (a command refused in this state) are not about the data.
+            ReplyCode::Err => {
+                let msg = self.0.details();
+                msg.contains("user_script") || msg.contains("Error running script")
+            }
+            ReplyCode::NoScript | ReplyCode::Transient => false,
+            ReplyCode::Other => matches!(self.0.kind(), fred::error::ErrorKind::InvalidArgument),
+        }
     }
 
     fn is_noscript(&self) -> bool {
-        self.0.details().contains("NOSCRIPT")
+        ReplyCode::of(&self.0) == ReplyCode::NoScript
     }
 }
 
@@ -67,6 +75,51 @@ pub struct Applied {
     pub stale_locations: usize,
     pub stale_statuses: usize,
     pub duplicate_events: usize,
+}
+
+impl Applied {
+    /// Adds one script call's answer: `location.lua` answers a flag per
+    /// fix, the others 1 when applied (else stale or duplicate).
+    fn count(&mut self, kind: Kind, answer: Value) {
+        match (kind, answer) {
+            (Kind::Location, Value::Array(flags)) => {
+                for f in flags {
+                    if matches!(f, Value::Integer(1)) {
+                        self.published += 1;
+                    } else {
+                        self.stale_locations += 1;
+                    }
+                }
+            }
+            (_, Value::Integer(1)) => self.published += 1,
+            (Kind::Event, _) => self.duplicate_events += 1,
+            (Kind::Status, _) => self.stale_statuses += 1,
+            (Kind::Location, _) => {}
+        }
+    }
+
+    fn record(&self, metrics: &Metrics) {
+        metrics
+            .duplicate_events
+            .inc_by(self.duplicate_events as u64);
+        metrics.redis_messages.inc_by(
+            (self.published + self.stale_locations + self.stale_statuses + self.duplicate_events)
+                as u64,
+        );
+        for (kind, n) in [
+            (Kind::Location, self.stale_locations),
+            (Kind::Status, self.stale_statuses),
+        ] {
+            if n > 0 {
+                metrics
+                    .stale
+                    .get_or_create(&KindLabel {
+                        kind: kind.as_str(),
+                    })
+                    .inc_by(n as u64);
+            }
+        }
+    }
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -117,24 +170,7 @@ impl RedisSink {
                 metrics
                     .redis_write_seconds
                     .observe(started.elapsed().as_secs_f64());
-                metrics.duplicate_events.inc_by(a.duplicate_events as u64);
-                metrics.redis_messages.inc_by(
-                    (a.published + a.stale_locations + a.stale_statuses + a.duplicate_events)
-                        as u64,
-                );
-                for (kind, n) in [
-                    (Kind::Location, a.stale_locations),
-                    (Kind::Status, a.stale_statuses),
-                ] {
-                    if n > 0 {
-                        metrics
-                            .stale
-                            .get_or_create(&KindLabel {
-                                kind: kind.as_str(),
-                            })
-                            .inc_by(n as u64);
-                    }
-                }
+                a.record(metrics);
             }
             Err(_) => {
                 metrics.redis_errors.inc();
@@ -145,128 +181,138 @@ impl RedisSink {
 
     async fn apply_once(&self, batch: &Batch) -> Result<Applied, RedisSinkError> {
         let pipe = self.client.pipeline();
-        let k = &self.keys;
-        // (kind, index into results) of each script call, to read outcomes.
-        let mut kinds = Vec::with_capacity(batch.len());
+        // The kind of each script call, in pipeline order, to read outcomes.
+        let mut calls = Vec::with_capacity(batch.len());
         for chunk in batch.locations.chunks(LOCATIONS_PER_SCRIPT) {
-            let mut keys = Vec::with_capacity(2 + chunk.len());
-            keys.push(k.geo.clone());
-            keys.push(k.devices.clone());
-            let mut args = Vec::with_capacity(1 + 9 * chunk.len());
-            args.push(k.live.clone());
-            for l in chunk {
-                let id = l.device.as_str();
-                keys.push(k.device(id));
-                let msg = live::location_json(id, &l.loc);
-                args.extend([
-                    id.to_owned(),
-                    l.loc.ts.to_string(),
-                    fmt_f64(l.loc.lat),
-                    fmt_f64(l.loc.lon),
-                    opt(l.loc.alt),
-                    opt(l.loc.speed),
-                    opt(l.loc.heading),
-                    opt(l.loc.accuracy),
-                    live::envelope(l.rx, &msg),
-                ]);
-            }
-            evalsha(&pipe, &self.location, keys, args).await?;
-            kinds.push(Kind::Location);
+            self.queue_locations(&pipe, chunk).await?;
+            calls.push(Kind::Location);
         }
         for r in &batch.reliable {
             match r {
                 Reliable::Status {
                     device, status, rx, ..
                 } => {
-                    let id = device.as_str();
-                    let (envelope, after_ts, untimed) = if status.device_ts {
-                        let msg = live::status_json(id, status);
-                        (live::envelope(*rx, &msg), String::new(), "0")
-                    } else {
-                        let (before, after) = live::status_envelope_around_ts(*rx, id, status);
-                        (before, after, "1")
-                    };
-                    let args: Vec<String> = vec![
-                        id.to_owned(),
-                        status.ts.to_string(),
-                        if status.online { "1" } else { "0" }.to_owned(),
-                        opt(status.battery),
-                        opt(status.signal),
-                        envelope,
-                        k.live.clone(),
-                        untimed.to_owned(),
-                        after_ts,
-                    ];
-                    evalsha(
-                        &pipe,
-                        &self.status,
-                        vec![k.device(id), k.devices.clone()],
-                        args,
-                    )
-                    .await?;
-                    kinds.push(Kind::Status);
+                    self.queue_status(&pipe, device.as_str(), status, *rx)
+                        .await?;
+                    calls.push(Kind::Status);
                 }
                 Reliable::Event {
                     device, event, rx, ..
                 } => {
-                    let id = device.as_str();
-                    let args: Vec<String> = vec![
-                        id.to_owned(),
-                        event.ts.to_string(),
-                        live::event_json(id, event),
-                        rx.to_string(),
-                        k.live.clone(),
-                        EVENT_LOG_MAXLEN.to_string(),
-                        EVENT_WINDOW.as_secs().to_string(),
-                        new_epoch(),
-                    ];
-                    evalsha(
-                        &pipe,
-                        &self.event,
-                        vec![
-                            k.device(id),
-                            k.event_seen(id, &event.id),
-                            k.events.clone(),
-                            k.devices.clone(),
-                            k.epoch.clone(),
-                        ],
-                        args,
-                    )
-                    .await?;
-                    kinds.push(Kind::Event);
+                    self.queue_event(&pipe, device.as_str(), event, *rx).await?;
+                    calls.push(Kind::Event);
                 }
                 Reliable::AckOnly(_) => {}
             }
         }
         if !batch.deadletters.is_empty() {
+            let k = &self.keys;
             let entries: Vec<String> = batch.deadletters.iter().map(deadletter_json).collect();
             let _: () = pipe.lpush(&k.deadletter, entries).await?;
             let _: () = pipe.ltrim(&k.deadletter, 0, DEADLETTER_MAX - 1).await?;
         }
-        if kinds.is_empty() && batch.deadletters.is_empty() {
+        if calls.is_empty() && batch.deadletters.is_empty() {
             return Ok(Applied::default());
         }
         let results = pipe.try_all::<Value>().await;
         let mut applied = Applied::default();
-        for (kind, r) in kinds.iter().zip(results) {
-            match (kind, r?) {
-                // One script call per chunk of locations: one flag each.
-                (Kind::Location, Value::Array(flags)) => {
-                    for f in flags {
-                        if matches!(f, Value::Integer(1)) {
-                            applied.published += 1;
-                        } else {
-                            applied.stale_locations += 1;
-                        }
-                    }
-                }
-                (_, Value::Integer(1)) => applied.published += 1,
-                (Kind::Event, _) => applied.duplicate_events += 1,
-                (Kind::Status, _) => applied.stale_statuses += 1,
-                (Kind::Location, _) => {}
-            }
+        for (kind, r) in calls.iter().zip(results) {
+            applied.count(*kind, r?);
         }
         Ok(applied)
+    }
+
+    /// One `location.lua` call for up to [`LOCATIONS_PER_SCRIPT`] fixes.
+    async fn queue_locations(
+        &self,
+        pipe: &Pipeline<Client>,
+        chunk: &[LiveLocation],
+    ) -> Result<(), fred::error::Error> {
+        let k = &self.keys;
+        let mut keys = Vec::with_capacity(2 + chunk.len());
+        keys.push(k.geo.clone());
+        keys.push(k.devices.clone());
+        let mut args = Vec::with_capacity(1 + 9 * chunk.len());
+        args.push(k.live.clone());
+        for l in chunk {
+            let id = l.device.as_str();
+            keys.push(k.device(id));
+            let msg = live::location_json(id, &l.loc);
+            args.extend([
+                id.to_owned(),
+                l.loc.ts.to_string(),
+                fmt_f64(l.loc.lat),
+                fmt_f64(l.loc.lon),
+                opt(l.loc.alt),
+                opt(l.loc.speed),
+                opt(l.loc.heading),
+                opt(l.loc.accuracy),
+                live::envelope(l.rx, &msg),
+            ]);
+        }
+        evalsha(pipe, &self.location, keys, args).await
+    }
+
+    /// One `status.lua` call. A status without the device's `ts` (the Last
+    /// Will) is published with the `ts` the script decides, so its envelope
+    /// goes as the two halves around that `ts`.
+    async fn queue_status(
+        &self,
+        pipe: &Pipeline<Client>,
+        id: &str,
+        status: &Status,
+        rx: i64,
+    ) -> Result<(), fred::error::Error> {
+        let k = &self.keys;
+        let (envelope, after_ts, untimed) = if status.device_ts {
+            let msg = live::status_json(id, status);
+            (live::envelope(rx, &msg), String::new(), "0")
+        } else {
+            let (before, after) = live::status_envelope_around_ts(rx, id, status);
+            (before, after, "1")
+        };
+        let args: Vec<String> = vec![
+            id.to_owned(),
+            status.ts.to_string(),
+            if status.online { "1" } else { "0" }.to_owned(),
+            opt(status.battery),
+            opt(status.signal),
+            envelope,
+            k.live.clone(),
+            untimed.to_owned(),
+            after_ts,
+        ];
+        let keys = vec![k.device(id), k.devices.clone()];
+        evalsha(pipe, &self.status, keys, args).await
+    }
+
+    /// One `event.lua` call: dedup key, event log (with its epoch), push.
+    async fn queue_event(
+        &self,
+        pipe: &Pipeline<Client>,
+        id: &str,
+        event: &Event,
+        rx: i64,
+    ) -> Result<(), fred::error::Error> {
+        let k = &self.keys;
+        let args: Vec<String> = vec![
+            id.to_owned(),
+            event.ts.to_string(),
+            live::event_json(id, event),
+            rx.to_string(),
+            k.live.clone(),
+            EVENT_LOG_MAXLEN.to_string(),
+            EVENT_WINDOW.as_secs().to_string(),
+            new_epoch(),
+        ];
+        let keys = vec![
+            k.device(id),
+            k.event_seen(id, &event.id),
+            k.events.clone(),
+            k.devices.clone(),
+            k.epoch.clone(),
+        ];
+        evalsha(pipe, &self.event, keys, args).await
     }
 
     /// [`Self::apply`], but items Redis refuses for their content are found
@@ -324,7 +370,7 @@ impl RedisSink {
 /// Queues `EVALSHA` on a pipeline (fred's pipelines have no typed Lua
 /// commands, so it goes out as a custom command).
 async fn evalsha(
-    pipe: &fred::clients::Pipeline<Client>,
+    pipe: &Pipeline<Client>,
     script: &Script,
     keys: Vec<String>,
     args: Vec<String>,
