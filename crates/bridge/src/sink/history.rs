@@ -132,3 +132,95 @@ impl Batcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Capacity;
+    use fieldcast_core::{DeviceId, Location};
+
+    fn row(ts: i64) -> LocationRow {
+        LocationRow {
+            device: DeviceId::parse("d1").unwrap(),
+            loc: Location {
+                ts,
+                lat: 1.0,
+                lon: 2.0,
+                alt: None,
+                speed: None,
+                heading: None,
+                accuracy: None,
+            },
+            received_at: ts,
+        }
+    }
+
+    /// Pins the flush rule on tokio's paused clock: rows below a batch wait
+    /// for the flush interval, a full batch goes at once and restarts the
+    /// interval. PostgreSQL is reported down and `memory_rows` is 0, so each
+    /// flush is a spill to the spool, which `spooled_records` counts.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_waits_for_the_interval_unless_it_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let queue = Arc::new(Queue::new(
+            Capacity {
+                live: 100,
+                reliable: 10,
+                history: 100,
+                deadletters: 10,
+            },
+            metrics.clone(),
+        ));
+        let pool = crate::store::postgres::pool("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let interval = Duration::from_secs(30);
+        let batcher = Batcher {
+            queue: queue.clone(),
+            pg: Arc::new(Pg::new(pool)),
+            spool: Spool::open(dir.path()).unwrap(),
+            health: Arc::new(Health::default()),
+            metrics: metrics.clone(),
+            flush_interval: interval,
+            batch_rows: 10,
+            memory_rows: 0,
+            retention_ms: i64::MAX / 2,
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(batcher.run(stop.clone()));
+        let spooled = || metrics.spooled_records.get();
+        // Lets the batcher start its interval (at t0), and after each step
+        // lets it and the spool's blocking write run until idle.
+        tokio::task::yield_now().await;
+        let t0 = tokio::time::Instant::now();
+        let at = |secs: u64| async move {
+            tokio::time::sleep_until(t0 + Duration::from_secs(secs)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+
+        for ts in 0..3 {
+            queue.push_location(row(ts)).await;
+        }
+        at(29).await;
+        assert_eq!(spooled(), 0, "three rows wait for the interval");
+        at(30).await;
+        assert_eq!(spooled(), 3, "the interval flushes them");
+
+        at(40).await;
+        for ts in 3..13 {
+            queue.push_location(row(ts)).await;
+        }
+        at(41).await;
+        assert_eq!(spooled(), 13, "a full batch goes at once");
+        // The interval restarted at the full batch (t = 40 s): one more row
+        // waits a whole interval from there, not the 20 s left of the old one.
+        queue.push_location(row(13)).await;
+        at(60).await;
+        assert_eq!(spooled(), 13);
+        at(71).await;
+        assert_eq!(spooled(), 14);
+
+        queue.close();
+        stop.cancel();
+        task.await.unwrap();
+    }
+}

@@ -138,3 +138,34 @@ pub(crate) async fn pause(backoff: &mut Backoff, abandon: &CancellationToken) ->
         _ = tokio::time::sleep(backoff.next_delay()) => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Pins, on the paused clock: a retry waits out the backoff's delay
+    /// (which grows), and the shutdown deadline ends the wait at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_waits_its_backoff_unless_abandoned() {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let abandon = CancellationToken::new();
+        let mut waited = Vec::new();
+        for _ in 0..4 {
+            let t0 = tokio::time::Instant::now();
+            assert!(pause(&mut backoff, &abandon).await);
+            waited.push(t0.elapsed());
+        }
+        assert!(waited[0] >= Duration::from_millis(500) && waited[0] <= Duration::from_secs(1));
+        assert!(waited[3] >= Duration::from_secs(4), "{waited:?}");
+
+        let t0 = tokio::time::Instant::now();
+        let cancel = abandon.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cancel.cancel();
+        });
+        assert!(!pause(&mut backoff, &abandon).await);
+        assert_eq!(t0.elapsed(), Duration::from_millis(300));
+    }
+}

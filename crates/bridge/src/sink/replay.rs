@@ -202,8 +202,9 @@ mod tests {
     use crate::queue::Capacity;
 
     /// Pins: a segment that cannot be read is retried with backoff, then
-    /// moved to quarantine and counted, and the spool is clear again.
-    #[tokio::test]
+    /// moved to quarantine and counted, and the spool is clear again. On
+    /// the paused clock, so the retry waits take no real time.
+    #[tokio::test(start_paused = true)]
     async fn an_unreadable_segment_is_quarantined_after_its_attempts() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();

@@ -129,34 +129,10 @@ impl Source {
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     connected = true;
-                    self.metrics.mqtt_connected.set(1);
                     backoff.reset();
-                    tracing::info!(
-                        session_present = ack.session_present,
-                        "connected to the broker"
-                    );
-                    if ack.session_present {
-                        self.health.set_mqtt(true);
-                    } else {
-                        // A new session (first start, or the broker lost it):
-                        // the subscriptions must be made again, and the
-                        // bridge is ready only once the broker has them —
-                        // a QoS 0 message published before the SUBACK
-                        // would never reach it.
-                        if let Err(e) = self.client.subscribe_many(self.filters.clone()).await {
-                            tracing::error!(error = %e, "cannot queue the subscription");
-                        }
-                    }
+                    self.on_connack(ack.session_present).await;
                 }
-                Ok(Event::Incoming(Packet::SubAck(s))) => {
-                    if s.return_codes
-                        .iter()
-                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                    {
-                        tracing::error!(codes = ?s.return_codes, "the broker refused a subscription (check the ACL)");
-                    }
-                    self.health.set_mqtt(true);
-                }
+                Ok(Event::Incoming(Packet::SubAck(s))) => self.on_suback(&s.return_codes),
                 Ok(_) => {}
                 Err(e) => {
                     if std::mem::take(&mut connected) {
@@ -182,6 +158,32 @@ impl Source {
         let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
         self.health.set_mqtt(false);
         self.metrics.mqtt_connected.set(0);
+    }
+
+    async fn on_connack(&self, session_present: bool) {
+        self.metrics.mqtt_connected.set(1);
+        tracing::info!(session_present, "connected to the broker");
+        if session_present {
+            self.health.set_mqtt(true);
+        } else {
+            // A new session (first start, or the broker lost it): the
+            // subscriptions must be made again, and the bridge is ready only
+            // once the broker has them — a QoS 0 message published before
+            // the SUBACK would never reach it.
+            if let Err(e) = self.client.subscribe_many(self.filters.clone()).await {
+                tracing::error!(error = %e, "cannot queue the subscription");
+            }
+        }
+    }
+
+    fn on_suback(&self, codes: &[rumqttc::SubscribeReasonCode]) {
+        if codes
+            .iter()
+            .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+        {
+            tracing::error!(?codes, "the broker refused a subscription (check the ACL)");
+        }
+        self.health.set_mqtt(true);
     }
 
     /// Moves held-back steps into the queue, in order, while it has room.
