@@ -364,7 +364,6 @@ impl Queue {
 mod tests {
     use super::*;
     use crate::ack::AckToken;
-    use fieldcast_core::Location;
 
     fn q(live: usize, reliable: usize) -> Queue {
         Queue::new(
@@ -379,19 +378,7 @@ mod tests {
     }
 
     fn row(dev: &str, ts: i64) -> LocationRow {
-        LocationRow {
-            device: DeviceId::parse(dev).unwrap(),
-            loc: Location {
-                ts,
-                lat: 1.0,
-                lon: 2.0,
-                alt: None,
-                speed: None,
-                heading: None,
-                accuracy: None,
-            },
-            received_at: ts,
-        }
+        LocationRow::at(dev, ts)
     }
 
     #[tokio::test]

@@ -25,6 +25,30 @@ pub struct LocationRow {
     pub received_at: i64,
 }
 
+#[cfg(test)]
+mod test_rows {
+    use super::*;
+
+    impl LocationRow {
+        /// A fix at (1, 2) with nothing optional, received at its own `ts`.
+        pub fn at(device: &str, ts: i64) -> Self {
+            LocationRow {
+                device: DeviceId::parse(device).unwrap(),
+                loc: Location {
+                    ts,
+                    lat: 1.0,
+                    lon: 2.0,
+                    alt: None,
+                    speed: None,
+                    heading: None,
+                    accuracy: None,
+                },
+                received_at: ts,
+            }
+        }
+    }
+}
+
 /// An item that must not be lost and whose acknowledgement keeps its order.
 #[derive(Debug, Clone)]
 pub enum Reliable {

@@ -137,22 +137,9 @@ impl Batcher {
 mod tests {
     use super::*;
     use crate::queue::Capacity;
-    use fieldcast_core::{DeviceId, Location};
 
     fn row(ts: i64) -> LocationRow {
-        LocationRow {
-            device: DeviceId::parse("d1").unwrap(),
-            loc: Location {
-                ts,
-                lat: 1.0,
-                lon: 2.0,
-                alt: None,
-                speed: None,
-                heading: None,
-                accuracy: None,
-            },
-            received_at: ts,
-        }
+        LocationRow::at("d1", ts)
     }
 
     /// Pins the flush rule on tokio's paused clock: rows below a batch wait
