@@ -11,6 +11,8 @@
 //! - [`geo`]: [`geo::BBox`], one box type and parser, across the 180°
 //!   meridian too.
 //! - [`keys`]: the Redis key layout both services share.
+//! - [`partition`]: which partition of that layout a device belongs to, and
+//!   Redis Cluster's key slot.
 //! - [`backoff`]: exponential backoff with jitter, and a log limiter, for
 //!   every retry.
 //! - [`time`]: epoch-millisecond helpers.
@@ -20,6 +22,7 @@ pub mod geo;
 pub mod id;
 pub mod keys;
 pub mod live;
+pub mod partition;
 pub mod payload;
 pub mod time;
 pub mod topic;
@@ -28,5 +31,6 @@ pub use backoff::{Backoff, LogLimiter};
 pub use id::{DeviceId, DeviceIdError};
 pub use keys::Keys;
 pub use live::{DeviceState, LiveEnvelope, LiveHeader};
+pub use partition::{Partition, Partitions};
 pub use payload::{Event, Limits, Location, Message, Reject, RejectReason, Severity, Status};
 pub use topic::{Kind, Topic, TopicError};
