@@ -10,14 +10,18 @@
 //!   functions say where they are (overridable through the environment).
 //! - **Private services** for fault tests, which must kill what they use:
 //!   [`Mosquitto`], [`MosquittoTls`] and [`RedisServer`] start their own
-//!   process on a free port; [`TcpProxy`] stands in front of a shared service
-//!   so a test can cut it off without stopping it for everyone else.
+//!   process on a free port; [`RedisCluster`] starts a whole Redis Cluster
+//!   (primaries, replicas where a test needs failover) and can kill a
+//!   primary, wait for its replica to take over, and bring it back;
+//!   [`TcpProxy`] stands in front of a shared service so a test can cut it
+//!   off without stopping it for everyone else.
 //!
 //! Every process is killed when its handle drops, panic included. Nothing here
 //! is meant for production code: errors are `anyhow`, with context.
 //!
 //! Modules: `util` (ports, names, [`wait_until`]) · `process` (spawn, wait
-//! for the port, kill) · `mosquitto` · `redis` · `postgres` · `proxy`.
+//! for the port, kill) · `mosquitto` · `redis` · `redis_cluster` (with
+//! `health` and `view`, what the nodes say) · `postgres` · `proxy`.
 
 #[cfg(feature = "chain")]
 pub mod chain;
@@ -26,12 +30,14 @@ mod postgres;
 mod process;
 mod proxy;
 mod redis;
+mod redis_cluster;
 mod util;
 
 pub use mosquitto::{Mosquitto, MosquittoTls};
 pub use postgres::PgDb;
 pub use proxy::TcpProxy;
 pub use redis::RedisServer;
+pub use redis_cluster::{RedisCluster, NODE_TIMEOUT_MS};
 pub use util::{free_port, unique, wait_until};
 
 /// The shared broker: `FIELDCAST_TEST_MQTT_URL`, else `mqtt://127.0.0.1:1883`.

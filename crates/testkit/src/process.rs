@@ -89,6 +89,12 @@ impl Service {
         &self.recipe.ports
     }
 
+    /// Whether the process was started and not killed since (it may still
+    /// have died by itself).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// SIGKILL and reap; a no-op when not running.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -9,7 +9,7 @@ use tempfile::TempDir;
 use crate::mosquitto::tempdir;
 use crate::process::{Recipe, Service};
 
-const REDIS_SERVER: &str = "/usr/bin/redis-server";
+pub(crate) const REDIS_SERVER: &str = "/usr/bin/redis-server";
 
 /// A private Redis on `127.0.0.1:port` (`--save "" --appendonly no`, so a
 /// restart comes back empty), killed on drop.
