@@ -33,7 +33,7 @@ async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            fieldcast_service::metrics::CONTENT_TYPE,
         )],
         s.metrics.encode(),
     )

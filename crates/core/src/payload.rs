@@ -136,8 +136,10 @@ impl Default for Limits {
 }
 
 /// A location fix. Optional fields a device did not send stay `None` and are
-/// omitted from live messages.
-#[derive(Debug, Clone, PartialEq)]
+/// omitted from live messages ([`crate::live::location_json`]). Serialized
+/// as is, every field in this order and a missing one as `null`: one point
+/// of the gateway's history API.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Location {
     pub ts: i64,
     pub lat: f64,

@@ -16,8 +16,8 @@
 //! (not measured) every outbox is drained, as its connection's writer would,
 //! so each dispatch finds empty queues: no coalescing, no slow-consumer
 //! close. Cloning the update (two reference counts) is not measured either.
-//! No metrics recorder is installed, so the hub's counters cost nothing
-//! here; nothing calls them on this path anyway (only on overflow).
+//! The hub and the outboxes count in one `Metrics`, as in a gateway;
+//! nothing is counted on this path anyway (only on overflow or coalescing).
 //!
 //! `cargo bench -p fieldcast-gateway --bench fanout`
 
@@ -25,13 +25,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fieldcast_core::{live, Location};
+use fieldcast_core::{live, DeviceId, Location};
 use fieldcast_gateway::auth::Scope;
 use fieldcast_gateway::live::feed::parse_live;
 use fieldcast_gateway::live::hub::{
     Activation, ConnSignals, Hub, Mode, Registration, Selection, Update,
 };
 use fieldcast_gateway::live::outbox::{Item, Outbox};
+use fieldcast_gateway::metrics::Metrics;
 
 const RECEIVERS: usize = 10_000;
 /// `FIELDCAST_WS_QUEUE`'s default.
@@ -64,12 +65,13 @@ struct Fanout {
 impl Fanout {
     fn new(selection: &Selection) -> Self {
         // What `serve` passes for the default queue size.
-        let hub = Hub::new((WS_QUEUE * 16).max(65_536));
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new((WS_QUEUE * 16).max(65_536), &metrics);
         let scope = Arc::new(Scope::unrestricted());
         let mut outboxes = Vec::with_capacity(RECEIVERS);
         let mut registrations = Vec::with_capacity(RECEIVERS);
         for _ in 0..RECEIVERS {
-            let outbox = Arc::new(Outbox::new(WS_QUEUE));
+            let outbox = Arc::new(Outbox::new(WS_QUEUE, metrics.clone()));
             let reg = hub.register(
                 scope.clone(),
                 outbox.clone(),
@@ -104,7 +106,7 @@ fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
     g.throughput(Throughput::Elements(RECEIVERS as u64));
     let by_device = Selection {
-        devices: vec![Arc::from(DEVICE)],
+        devices: vec![DeviceId::parse(DEVICE).unwrap()],
         ..Default::default()
     };
     let fleet = Selection {

@@ -123,6 +123,5 @@ pub async fn probe(
                 "readiness changed"
             );
         }
-        metrics::gauge!("fieldcast_gateway_ready").set(if now { 1.0 } else { 0.0 });
     }
 }

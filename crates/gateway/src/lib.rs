@@ -15,7 +15,8 @@
 //!   snapshots and replays through [`store::redis`].
 //!
 //! Around it: [`http`] (`/api/*` with [`store::history`] for SQL, the map
-//! page and its tiles, `/healthz`, `/readyz` from [`health`], `/metrics`),
+//! page and its tiles, `/healthz`, `/readyz` from [`health`], `/metrics`
+//! from [`metrics`]),
 //! [`auth`] (JWT -> [`auth::Scope`]), [`state`] (what handlers and
 //! connections share), [`config`].
 //! [`serve`] wires them and owns shutdown.
@@ -29,46 +30,21 @@ pub mod cursor;
 pub mod health;
 pub mod http;
 pub mod live;
+pub mod metrics;
 pub mod state;
 pub mod store;
 pub mod ws;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{AuthMode, Config};
-
-/// The process-wide Prometheus recorder (installed once: `metrics` has one
-/// global recorder, and tests run several gateways in one process).
-pub fn prometheus() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full("fieldcast_gateway_broadcast_latency_seconds".into()),
-                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
-                )
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            let recorder = builder.build_recorder();
-            let handle = recorder.handle();
-            // Another recorder may already be global (a test process that
-            // also runs the bridge); our /metrics then renders an empty set
-            // rather than failing.
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder was already installed; /metrics will not show the gateway's metrics");
-            }
-            handle
-        })
-        .clone()
-}
 
 /// Every accepted socket: no Nagle delay (a live update is small and must
 /// leave now; the writer already combines queued frames into one flush),
@@ -135,69 +111,50 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let tiles = open_tiles(&config).await?;
-    let prometheus = prometheus();
-    metrics::gauge!("fieldcast_gateway_connections").increment(0.0);
+    let tracker = TaskTracker::new();
+    let state = app_state(&config, tiles, tracker.clone(), shutdown.clone())?;
+    spawn_live_feed(&config, &state);
+    spawn_probe(&config, &state)?;
+    let store = state.store.clone();
+    listen(&config, listener, state).await?;
 
+    // Sockets saw the same token and are sending their 1001.
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not finish within the shutdown grace period");
+    }
+    store.quit().await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// What every handler and connection shares: the store clients (which
+/// connect in the background), the hub, health, metrics and limits.
+fn app_state(
+    config: &Config,
+    tiles: Option<Arc<http::tiles::TileSource>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<state::AppState> {
+    let metrics = Arc::new(metrics::Metrics::new());
     let store = store::redis::Store::connect(&config.store.redis_url, &config.store.redis_prefix)
         .context("redis client")?;
     let pg = store::history::pool(&config.store.database_url, config.database_pool.get())
         .context("postgresql pool")?;
     let queue = config.ws_queue.get();
-    let hub = live::hub::Hub::new((queue * 16).max(65_536));
-    let health = Arc::new(health::Health::default());
-    let tracker = TaskTracker::new();
-
-    tracker.spawn({
-        let feed_buffer = config.feed_buffer.get();
-        let (url, keys, hub, health, shutdown) = (
-            config.store.redis_url.clone(),
-            store.keys.clone(),
-            hub.clone(),
-            health.clone(),
-            shutdown.clone(),
-        );
-        async move {
-            if let Err(e) = live::feed::run(url, feed_buffer, keys, hub, health, shutdown).await {
-                tracing::error!(error = %e, "live feed stopped");
-            }
-        }
-    });
-    let mut probe_pg: tokio_postgres::Config = config
-        .store
-        .database_url
-        .parse()
-        .context("FIELDCAST_DATABASE_URL")?;
-    probe_pg
-        .connect_timeout(Duration::from_secs(1))
-        .application_name("fieldcast-gateway-probe");
-    tracker.spawn(health::probe(
-        health.clone(),
-        store.clone(),
-        probe_pg,
-        shutdown.clone(),
-    ));
-    tracker.spawn({
-        let (prometheus, shutdown) = (prometheus.clone(), shutdown.clone());
-        async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => prometheus.run_upkeep(),
-                }
-            }
-        }
-    });
-
-    let state = state::AppState {
-        page_config: Arc::new(page_config(&config, tiles.as_deref())),
+    Ok(state::AppState {
+        page_config: Arc::new(page_config(config, tiles.as_deref())),
         tiles,
-        auth: auth::Authenticator::from_config(&config),
-        store: store.clone(),
+        auth: auth::Authenticator::from_config(config),
+        store,
         pg,
-        hub,
-        health,
-        prometheus,
+        hub: live::hub::Hub::new((queue * 16).max(65_536), &metrics),
+        health: Arc::new(health::Health::default()),
+        sent: Arc::new(metrics.sent()),
+        metrics,
         limits: ws::connection::Limits {
             queue,
             queue_bytes: config.ws_queue_bytes.get(),
@@ -217,10 +174,57 @@ pub async fn serve(
         snapshots: Arc::new(tokio::sync::Semaphore::new(
             config.snapshot_concurrency.get(),
         )),
-        history_limits: store::history::HistoryLimits::from_config(&config),
-        tracker: tracker.clone(),
-        shutdown: shutdown.clone(),
-    };
+        history_limits: store::history::HistoryLimits::from_config(config),
+        tracker,
+        shutdown,
+    })
+}
+
+/// The instance's one Redis subscriber, feeding the hub until shutdown.
+fn spawn_live_feed(config: &Config, s: &state::AppState) {
+    let feed = live::feed::run(
+        config.store.redis_url.clone(),
+        config.feed_buffer.get(),
+        s.store.keys.clone(),
+        s.hub.clone(),
+        s.health.clone(),
+        s.metrics.clone(),
+        s.shutdown.clone(),
+    );
+    s.tracker.spawn(async move {
+        if let Err(e) = feed.await {
+            tracing::error!(error = %e, "live feed stopped");
+        }
+    });
+}
+
+/// The readiness probe, with a PostgreSQL connection of its own.
+fn spawn_probe(config: &Config, s: &state::AppState) -> anyhow::Result<()> {
+    let mut probe_pg: tokio_postgres::Config = config
+        .store
+        .database_url
+        .parse()
+        .context("FIELDCAST_DATABASE_URL")?;
+    probe_pg
+        .connect_timeout(Duration::from_secs(1))
+        .application_name("fieldcast-gateway-probe");
+    s.tracker.spawn(health::probe(
+        s.health.clone(),
+        s.store.clone(),
+        probe_pg,
+        s.shutdown.clone(),
+    ));
+    Ok(())
+}
+
+/// Serves HTTP and WebSocket on `listener` until the shutdown token is
+/// cancelled (axum's graceful shutdown: no new connections, requests in
+/// flight finish).
+async fn listen(
+    config: &Config,
+    listener: TcpListener,
+    state: state::AppState,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, "gateway listening");
     if config.auth == config::AuthMode::None {
@@ -229,22 +233,11 @@ pub async fn serve(
             "--auth none: the gateway is open — anyone who can reach it sees the whole fleet and may publish; browsers may use it only from its own origin (or FIELDCAST_ALLOWED_ORIGINS). Set FIELDCAST_JWT_SECRET for anything but a local demo"
         );
     }
+    let shutdown = state.shutdown.clone();
     let send_buffer = config.ws_send_buffer;
     let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
     axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
-        .context("http server")?;
-
-    // Sockets saw the same token and are sending their 1001.
-    tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some tasks did not finish within the shutdown grace period");
-    }
-    store.quit().await;
-    tracing::info!("gateway stopped");
-    Ok(())
+        .context("http server")
 }

@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::health::Health;
 use crate::live::hub::Hub;
+use crate::metrics::{Metrics, Sent};
 use crate::store::redis::Store;
 use crate::ws::connection::Limits;
 
@@ -23,7 +23,10 @@ pub struct AppState {
     pub pg: deadpool_postgres::Pool,
     pub hub: Arc<Hub>,
     pub health: Arc<Health>,
-    pub prometheus: PrometheusHandle,
+    /// This gateway's metrics, rendered by `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The socket writers' handles on [`AppState::metrics`].
+    pub sent: Arc<Sent>,
     pub limits: Limits,
     pub max_frame: usize,
     /// Origins allowed to use `/ws` and `/api/*` from a browser; empty =

@@ -3,8 +3,9 @@
 //! instances -> WebSocket and HTTP clients. No hand-written Redis writes:
 //! these tests pin that both sides agree on docs/redis-layout.md.
 //!
-//! The tests take turns (`SERIAL`): metrics are process-wide, and the churn
-//! test reads the connection and subscription gauges back to zero.
+//! The tests take turns (`SERIAL`). Each gateway counts its own metrics:
+//! the churn test reads its gateway's connection and subscription gauges
+//! back to zero.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -6,6 +6,10 @@
 
 pub use prometheus_client;
 
+/// The content type of [`metric_set!`]'s `encode()`: prometheus-client
+/// writes the OpenMetrics text format (it ends with `# EOF`).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Declares a struct of metrics registered under `prefix`; a field's name is
 /// the metric's name after the prefix (counters gain `_total` on export) and
 /// its doc comment is the metric's help text.

@@ -10,8 +10,6 @@
 //! the body ends with an error, so the client sees a truncated transfer,
 //! never a short page that looks complete.
 
-use std::sync::Arc;
-
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -19,7 +17,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use deadpool_postgres::{Object, Transaction};
-use fieldcast_core::{DeviceId, DeviceState};
+use fieldcast_core::{DeviceId, DeviceState, Location};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -29,7 +27,7 @@ use crate::auth::{Authed, Scope};
 use crate::http::error::ApiError;
 use crate::state::AppState;
 use crate::store::history::{
-    self, EventCursor, EventRow, EventsQuery, HistoryError, Point, TrackQuery, CHUNK_ROWS,
+    self, EventCursor, EventRow, EventsQuery, HistoryError, TrackQuery, CHUNK_ROWS,
 };
 use fieldcast_core::geo::BBox;
 
@@ -181,7 +179,7 @@ pub async fn track(
     let permit = history_slot(&s)?;
     let enc = TrackEncoder {
         format,
-        device: Arc::from(d.as_str()),
+        device: d.clone(),
         limit: limit as usize,
         n: 0,
         next: None,
@@ -189,7 +187,7 @@ pub async fn track(
     };
     let job = Job::Track {
         q: TrackQuery {
-            device: d.to_string(),
+            device: d,
             from,
             to,
             limit,
@@ -216,7 +214,7 @@ pub async fn track(
 /// Writes a track as json, geojson or csv, one chunk of rows at a time.
 struct TrackEncoder {
     format: Format,
-    device: Arc<str>,
+    device: DeviceId,
     limit: usize,
     /// Rows seen so far (the one past `limit` only sets `next`).
     n: usize,
@@ -231,7 +229,7 @@ fn opt(v: Option<f64>) -> String {
 
 impl TrackEncoder {
     fn device_json(&self) -> String {
-        serde_json::to_string(&*self.device).unwrap_or_default()
+        serde_json::to_string(&self.device).unwrap_or_default()
     }
 
     fn head(&self) -> String {
@@ -242,13 +240,13 @@ impl TrackEncoder {
         }
     }
 
-    fn points(&mut self, ps: &[Point], out: &mut String) {
+    fn points(&mut self, ps: &[Location], out: &mut String) {
         for p in ps {
             self.point(p, out);
         }
     }
 
-    fn point(&mut self, p: &Point, out: &mut String) {
+    fn point(&mut self, p: &Location, out: &mut String) {
         use std::fmt::Write;
         self.n += 1;
         if self.n > self.limit {
@@ -328,15 +326,17 @@ pub async fn events(
             EventCursor::decode(c).ok_or_else(|| ApiError::BadRequest("malformed cursor".into()))
         })
         .transpose()?;
-    if let Some(d) = &p.device {
-        if DeviceId::validate(d).is_err() || !scope.allows_device(d) {
-            // Out of scope reads as "no events", exactly like an unknown device.
+    let device = match p.device.as_deref().map(DeviceId::parse) {
+        None => None,
+        Some(Ok(d)) if scope.allows_device(d.as_str()) => Some(d),
+        // Out of scope reads as "no events", exactly like an unknown device.
+        Some(_) => {
             return Ok(Json(serde_json::json!({"events": [], "next": null})).into_response());
         }
-    }
+    };
     let permit = history_slot(&s)?;
     let q = EventsQuery {
-        device: p.device,
+        device,
         kind: p.kind,
         from,
         to,
@@ -447,7 +447,7 @@ impl Cut {
 /// A slot of the instance's history cap, or 429.
 fn history_slot(s: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
     s.history_limits.try_acquire().ok_or_else(|| {
-        metrics::counter!("fieldcast_gateway_history_rejected_total").increment(1);
+        s.metrics.history_rejected.inc();
         ApiError::TooManyRequests {
             message: format!(
                 "{} history requests are already running on this gateway; retry shortly",
@@ -520,8 +520,7 @@ async fn run(
     let clean = match history::begin(&mut client, &s.history_limits).await {
         Ok(txn) => {
             if let Err(cut) = write(&s, &txn, job, head_tx, &body_tx).await {
-                metrics::counter!("fieldcast_gateway_history_cut_total", "reason" => cut.reason())
-                    .increment(1);
+                s.metrics.history_cut(cut.reason());
                 match &cut {
                     Cut::Query(e) => tracing::warn!(error = %e, "history response failed midway"),
                     Cut::Stalled => tracing::info!(
@@ -555,95 +554,116 @@ async fn write(
     body_tx: &mpsc::Sender<Frame>,
 ) -> Result<(), Cut> {
     match job {
-        Job::Track { q, mut enc } => {
-            let first = async {
-                let next_header = if enc.format == Format::Csv {
-                    history::track_next(txn, &q).await.map_err(history_error)?
-                } else {
-                    None
-                };
-                let portal = history::track_portal(txn, &q)
-                    .await
-                    .map_err(history_error)?;
-                let rows = history::fetch_points(txn, &portal, CHUNK_ROWS)
-                    .await
-                    .map_err(history_error)?;
-                if rows.is_empty() && !seen(s, txn, &q.device).await? {
-                    return Err(ApiError::NotFound(format!("no device {:?}", q.device)));
-                }
-                Ok((Head { next_header }, portal, rows))
-            }
-            .await;
-            let (portal, mut rows) = match first {
-                Ok((head, portal, rows)) => {
-                    head_tx.send(Ok(head)).map_err(|_| Cut::Gone)?;
-                    (portal, rows)
-                }
-                Err(e) => {
-                    let _ = head_tx.send(Err(e));
-                    return Ok(());
-                }
-            };
-            let mut out = enc.head();
-            loop {
-                enc.points(&rows, &mut out);
-                if rows.len() < CHUNK_ROWS {
-                    break;
-                }
-                send(
-                    s,
-                    body_tx,
-                    Frame::Data(Bytes::from(std::mem::take(&mut out))),
-                )
-                .await?;
-                rows = history::fetch_points(txn, &portal, CHUNK_ROWS)
-                    .await
-                    .map_err(Cut::Query)?;
-            }
-            out.push_str(&enc.tail());
-            send(s, body_tx, Frame::Last(Bytes::from(out))).await
-        }
-        Job::Events { q, mut enc } => {
-            let first = async {
-                let portal = history::events_portal(txn, &q)
-                    .await
-                    .map_err(history_error)?;
-                let rows = history::fetch_events(txn, &portal, CHUNK_ROWS)
-                    .await
-                    .map_err(history_error)?;
-                Ok::<_, ApiError>((portal, rows))
-            }
-            .await;
-            let (portal, mut rows) = match first {
-                Ok(first) => {
-                    head_tx.send(Ok(Head::default())).map_err(|_| Cut::Gone)?;
-                    first
-                }
-                Err(e) => {
-                    let _ = head_tx.send(Err(e));
-                    return Ok(());
-                }
-            };
-            let mut out = enc.head().to_owned();
-            loop {
-                enc.rows(&rows, &mut out);
-                if rows.len() < CHUNK_ROWS {
-                    break;
-                }
-                send(
-                    s,
-                    body_tx,
-                    Frame::Data(Bytes::from(std::mem::take(&mut out))),
-                )
-                .await?;
-                rows = history::fetch_events(txn, &portal, CHUNK_ROWS)
-                    .await
-                    .map_err(Cut::Query)?;
-            }
-            out.push_str(&enc.tail());
-            send(s, body_tx, Frame::Last(Bytes::from(out))).await
-        }
+        Job::Track { q, enc } => write_track(s, txn, q, enc, head_tx, body_tx).await,
+        Job::Events { q, enc } => write_events(s, txn, q, enc, head_tx, body_tx).await,
     }
+}
+
+/// [`write`] for a track: csv's `next` first (its header goes out before
+/// the rows), the first chunk and the "never seen" check, then the rest.
+async fn write_track(
+    s: &AppState,
+    txn: &Transaction<'_>,
+    q: TrackQuery,
+    mut enc: TrackEncoder,
+    head_tx: oneshot::Sender<Result<Head, ApiError>>,
+    body_tx: &mpsc::Sender<Frame>,
+) -> Result<(), Cut> {
+    let first = async {
+        let next_header = if enc.format == Format::Csv {
+            history::track_next(txn, &q).await.map_err(history_error)?
+        } else {
+            None
+        };
+        let portal = history::track_portal(txn, &q)
+            .await
+            .map_err(history_error)?;
+        let rows = history::fetch_points(txn, &portal, CHUNK_ROWS)
+            .await
+            .map_err(history_error)?;
+        if rows.is_empty() && !seen(s, txn, q.device.as_str()).await? {
+            return Err(ApiError::NotFound(format!("no device {:?}", q.device)));
+        }
+        Ok((Head { next_header }, portal, rows))
+    }
+    .await;
+    let (portal, mut rows) = match first {
+        Ok((head, portal, rows)) => {
+            head_tx.send(Ok(head)).map_err(|_| Cut::Gone)?;
+            (portal, rows)
+        }
+        Err(e) => {
+            let _ = head_tx.send(Err(e));
+            return Ok(());
+        }
+    };
+    let mut out = enc.head();
+    loop {
+        enc.points(&rows, &mut out);
+        if rows.len() < CHUNK_ROWS {
+            break;
+        }
+        send(
+            s,
+            body_tx,
+            Frame::Data(Bytes::from(std::mem::take(&mut out))),
+        )
+        .await?;
+        rows = history::fetch_points(txn, &portal, CHUNK_ROWS)
+            .await
+            .map_err(Cut::Query)?;
+    }
+    out.push_str(&enc.tail());
+    send(s, body_tx, Frame::Last(Bytes::from(out))).await
+}
+
+/// [`write`] for an events page: the first chunk, then the rest.
+async fn write_events(
+    s: &AppState,
+    txn: &Transaction<'_>,
+    q: EventsQuery,
+    mut enc: EventsEncoder,
+    head_tx: oneshot::Sender<Result<Head, ApiError>>,
+    body_tx: &mpsc::Sender<Frame>,
+) -> Result<(), Cut> {
+    let first = async {
+        let portal = history::events_portal(txn, &q)
+            .await
+            .map_err(history_error)?;
+        let rows = history::fetch_events(txn, &portal, CHUNK_ROWS)
+            .await
+            .map_err(history_error)?;
+        Ok::<_, ApiError>((portal, rows))
+    }
+    .await;
+    let (portal, mut rows) = match first {
+        Ok(first) => {
+            head_tx.send(Ok(Head::default())).map_err(|_| Cut::Gone)?;
+            first
+        }
+        Err(e) => {
+            let _ = head_tx.send(Err(e));
+            return Ok(());
+        }
+    };
+    let mut out = enc.head().to_owned();
+    loop {
+        enc.rows(&rows, &mut out);
+        if rows.len() < CHUNK_ROWS {
+            break;
+        }
+        send(
+            s,
+            body_tx,
+            Frame::Data(Bytes::from(std::mem::take(&mut out))),
+        )
+        .await?;
+        rows = history::fetch_events(txn, &portal, CHUNK_ROWS)
+            .await
+            .map_err(Cut::Query)?;
+    }
+    out.push_str(&enc.tail());
+    send(s, body_tx, Frame::Last(Bytes::from(out))).await
 }
 
 /// Whether a device without points in the window was ever seen: a hot
@@ -776,6 +796,56 @@ mod tests {
         assert!(!is_json(&with_type("application/jsonx")));
         assert!(!is_json(&with_type("application/x-www-form-urlencoded")));
         assert!(!is_json(&HeaderMap::new()));
+    }
+
+    fn encoded_track(format: Format, limit: usize) -> String {
+        let fix = |ts: i64, alt: Option<f64>| Location {
+            ts,
+            lat: 51.5073509,
+            lon: -0.1277583,
+            alt,
+            speed: Some(12.5),
+            heading: None,
+            accuracy: None,
+        };
+        let mut enc = TrackEncoder {
+            format,
+            device: DeviceId::parse("truck-7").unwrap(),
+            limit,
+            n: 0,
+            next: None,
+            times: Vec::new(),
+        };
+        let mut out = enc.head();
+        enc.points(&[fix(1_763_800_000_000, Some(31.2))], &mut out);
+        enc.points(
+            &[fix(1_763_800_001_000, None), fix(1_763_800_002_000, None)],
+            &mut out,
+        );
+        out.push_str(&enc.tail());
+        out
+    }
+
+    /// Pins the track's bytes in each format, as the history `Point` wrote
+    /// them before it became core's `Location`: field order, `null` for a
+    /// missing value in json, an empty csv cell, shortest round-trip floats.
+    #[test]
+    fn track_pages_keep_their_bytes() {
+        assert_eq!(
+            encoded_track(Format::Json, 2),
+            r#"{"device":"truck-7","points":[{"ts":1763800000000,"lat":51.5073509,"lon":-0.1277583,"alt":31.2,"speed":12.5,"heading":null,"accuracy":null},{"ts":1763800001000,"lat":51.5073509,"lon":-0.1277583,"alt":null,"speed":12.5,"heading":null,"accuracy":null}],"next":1763800002000}"#
+        );
+        assert_eq!(
+            encoded_track(Format::GeoJson, 5),
+            r#"{"type":"FeatureCollection","features":[{"type":"Feature","geometry":{"type":"LineString","coordinates":[[-0.1277583,51.5073509],[-0.1277583,51.5073509],[-0.1277583,51.5073509]]},"properties":{"device":"truck-7","times":[1763800000000,1763800001000,1763800002000]}}],"next":null}"#
+        );
+        assert_eq!(
+            encoded_track(Format::Csv, 5),
+            "ts,lat,lon,alt,speed,heading,accuracy\n\
+             2025-11-22T08:26:40.000Z,51.5073509,-0.1277583,31.2,12.5,,\n\
+             2025-11-22T08:26:41.000Z,51.5073509,-0.1277583,,12.5,,\n\
+             2025-11-22T08:26:42.000Z,51.5073509,-0.1277583,,12.5,,\n"
+        );
     }
 
     #[test]

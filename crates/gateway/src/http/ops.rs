@@ -23,10 +23,18 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Prometheus' scrape: the OpenMetrics text prometheus-client writes (it
+/// ends with `# EOF`), labelled as such; Prometheus prefers it among the
+/// text formats.
 pub async fn metrics(State(s): State<AppState>) -> Response {
+    // Read at scrape time, like the bridge's: always the current answer.
+    s.metrics.ready.set(i64::from(s.health.ready()));
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.prometheus.render(),
+        [(
+            header::CONTENT_TYPE,
+            fieldcast_service::metrics::CONTENT_TYPE,
+        )],
+        s.metrics.encode(),
     )
         .into_response()
 }

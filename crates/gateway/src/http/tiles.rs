@@ -398,91 +398,21 @@ impl MbTiles {
     }
 
     fn open(path: &Path) -> anyhow::Result<(MbTiles, Info)> {
-        use rusqlite::OptionalExtension;
         let conn = Self::connect(path)?;
-        let has_table = |name: &str| -> anyhow::Result<bool> {
-            conn.query_row(
-                "SELECT 1 FROM sqlite_master WHERE name = ?1 AND type IN ('table', 'view')",
-                [name],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|r| r.is_some())
-            .context("not a readable SQLite database")
-        };
-        if !has_table("tiles")? {
+        if !mb_has_table(&conn, "tiles")? {
             bail!("not an MBTiles archive: no `tiles` table");
         }
         conn.prepare(MB_TILE_SQL).context(
             "not an MBTiles archive: `tiles` lacks zoom_level/tile_column/tile_row/tile_data",
         )?;
-        let mut meta = HashMap::new();
-        if has_table("metadata")? {
-            let mut stmt = conn
-                .prepare("SELECT name, value FROM metadata")
-                .context("bad `metadata` table")?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, Option<String>>(0)?,
-                        r.get::<_, Option<String>>(1)?,
-                    ))
-                })
-                .context("bad `metadata` table")?;
-            for row in rows {
-                if let (Some(k), Some(v)) = row.context("bad `metadata` row")? {
-                    meta.insert(k, v);
-                }
-            }
+        let meta = if mb_has_table(&conn, "metadata")? {
+            mb_metadata(&conn)?
         } else {
             tracing::warn!(path = %path.display(), "MBTiles archive without a metadata table: format and zooms taken from its tiles");
-        }
-        let format = meta.get("format").map(|f| f.trim().to_ascii_lowercase());
-        let (kind, content_type) = match format.as_deref() {
-            Some("pbf" | "mvt") => (TileKind::Vector, VECTOR_TYPE),
-            Some("png") => (TileKind::Raster, "image/png"),
-            Some("jpg" | "jpeg") => (TileKind::Raster, "image/jpeg"),
-            Some("webp") => (TileKind::Raster, "image/webp"),
-            Some("avif") => (TileKind::Raster, "image/avif"),
-            Some(other) => {
-                bail!("unsupported tile format {other:?} in metadata (png, jpg, webp, avif or pbf)")
-            }
-            None => {
-                let first: Option<Option<Vec<u8>>> = conn
-                    .query_row("SELECT tile_data FROM tiles LIMIT 1", [], |r| r.get(0))
-                    .optional()
-                    .context("cannot read a tile")?;
-                match first.flatten() {
-                    None => bail!("no tiles, and no format in metadata"),
-                    Some(d) => match sniff_image(&d) {
-                        Some(t) => (TileKind::Raster, t),
-                        None => (TileKind::Vector, VECTOR_TYPE),
-                    },
-                }
-            }
+            HashMap::new()
         };
-        let zoom = |key: &str| -> anyhow::Result<Option<u8>> {
-            meta.get(key)
-                .map(|v| {
-                    v.trim()
-                        .parse::<u8>()
-                        .with_context(|| format!("metadata {key} = {v:?} is not a zoom level"))
-                })
-                .transpose()
-        };
-        let (mut min_zoom, mut max_zoom) = (zoom("minzoom")?, zoom("maxzoom")?);
-        if min_zoom.is_none() || max_zoom.is_none() {
-            let (lo, hi): (Option<i64>, Option<i64>) = conn
-                .query_row(
-                    "SELECT MIN(zoom_level), MAX(zoom_level) FROM tiles",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .context("cannot read the zoom levels of `tiles`")?;
-            let z = |v: Option<i64>| v.and_then(|v| u8::try_from(v).ok()).unwrap_or(0);
-            min_zoom = min_zoom.or(Some(z(lo)));
-            max_zoom = max_zoom.or(Some(z(hi)));
-        }
+        let (kind, content_type) = mb_format(&conn, &meta)?;
+        let (min_zoom, max_zoom) = mb_zooms(&conn, &meta)?;
         let attribution = meta
             .get("attribution")
             .map(|a| a.trim().to_owned())
@@ -490,8 +420,8 @@ impl MbTiles {
         let info = Info {
             kind,
             content_type,
-            min_zoom: min_zoom.unwrap_or(0),
-            max_zoom: max_zoom.unwrap_or(0),
+            min_zoom,
+            max_zoom,
             attribution,
         };
         let mb = MbTiles {
@@ -526,6 +456,105 @@ impl MbTiles {
     }
 }
 
+/// Whether the archive has a table (or view) `name`.
+fn mb_has_table(conn: &rusqlite::Connection, name: &str) -> anyhow::Result<bool> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        "SELECT 1 FROM sqlite_master WHERE name = ?1 AND type IN ('table', 'view')",
+        [name],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|r| r.is_some())
+    .context("not a readable SQLite database")
+}
+
+/// The `metadata` table's name/value pairs (rows with a NULL skipped).
+fn mb_metadata(conn: &rusqlite::Connection) -> anyhow::Result<HashMap<String, String>> {
+    let mut meta = HashMap::new();
+    let mut stmt = conn
+        .prepare("SELECT name, value FROM metadata")
+        .context("bad `metadata` table")?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, Option<String>>(1)?,
+            ))
+        })
+        .context("bad `metadata` table")?;
+    for row in rows {
+        if let (Some(k), Some(v)) = row.context("bad `metadata` row")? {
+            meta.insert(k, v);
+        }
+    }
+    Ok(meta)
+}
+
+/// The tiles' kind and content type: the metadata's `format`, else
+/// sniffed from the first tile.
+fn mb_format(
+    conn: &rusqlite::Connection,
+    meta: &HashMap<String, String>,
+) -> anyhow::Result<(TileKind, &'static str)> {
+    use rusqlite::OptionalExtension;
+    let format = meta.get("format").map(|f| f.trim().to_ascii_lowercase());
+    Ok(match format.as_deref() {
+        Some("pbf" | "mvt") => (TileKind::Vector, VECTOR_TYPE),
+        Some("png") => (TileKind::Raster, "image/png"),
+        Some("jpg" | "jpeg") => (TileKind::Raster, "image/jpeg"),
+        Some("webp") => (TileKind::Raster, "image/webp"),
+        Some("avif") => (TileKind::Raster, "image/avif"),
+        Some(other) => {
+            bail!("unsupported tile format {other:?} in metadata (png, jpg, webp, avif or pbf)")
+        }
+        None => {
+            let first: Option<Option<Vec<u8>>> = conn
+                .query_row("SELECT tile_data FROM tiles LIMIT 1", [], |r| r.get(0))
+                .optional()
+                .context("cannot read a tile")?;
+            match first.flatten() {
+                None => bail!("no tiles, and no format in metadata"),
+                Some(d) => match sniff_image(&d) {
+                    Some(t) => (TileKind::Raster, t),
+                    None => (TileKind::Vector, VECTOR_TYPE),
+                },
+            }
+        }
+    })
+}
+
+/// `(min, max)` zoom: the metadata's `minzoom`/`maxzoom`, each one
+/// missing read from the `tiles` table.
+fn mb_zooms(
+    conn: &rusqlite::Connection,
+    meta: &HashMap<String, String>,
+) -> anyhow::Result<(u8, u8)> {
+    let zoom = |key: &str| -> anyhow::Result<Option<u8>> {
+        meta.get(key)
+            .map(|v| {
+                v.trim()
+                    .parse::<u8>()
+                    .with_context(|| format!("metadata {key} = {v:?} is not a zoom level"))
+            })
+            .transpose()
+    };
+    let (mut min_zoom, mut max_zoom) = (zoom("minzoom")?, zoom("maxzoom")?);
+    if min_zoom.is_none() || max_zoom.is_none() {
+        let (lo, hi): (Option<i64>, Option<i64>) = conn
+            .query_row(
+                "SELECT MIN(zoom_level), MAX(zoom_level) FROM tiles",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .context("cannot read the zoom levels of `tiles`")?;
+        let z = |v: Option<i64>| v.and_then(|v| u8::try_from(v).ok()).unwrap_or(0);
+        min_zoom = min_zoom.or(Some(z(lo)));
+        max_zoom = max_zoom.or(Some(z(hi)));
+    }
+    Ok((min_zoom.unwrap_or(0), max_zoom.unwrap_or(0)))
+}
+
 // ---------------------------------------------------------------- PMTiles
 
 /// A PMTiles v3 archive: the spec is
@@ -553,11 +582,22 @@ struct Entry {
 
 const PM_HEADER: usize = 127;
 
-impl PmTiles {
-    fn open(file: File, file_len: u64) -> anyhow::Result<(PmTiles, Info)> {
-        let mut h = [0u8; PM_HEADER];
-        file.read_exact_at(&mut h, 0)
-            .context("not a PMTiles archive: shorter than its 127-byte header")?;
+/// The fixed header of a PMTiles v3 archive, checked against the file.
+struct PmHeader {
+    /// `(offset, length)` of each section.
+    root: (u64, u64),
+    metadata: (u64, u64),
+    leaves: (u64, u64),
+    data: (u64, u64),
+    internal_gzip: bool,
+    kind: TileKind,
+    content_type: &'static str,
+    min_zoom: u8,
+    max_zoom: u8,
+}
+
+impl PmHeader {
+    fn parse(h: &[u8; PM_HEADER], file_len: u64) -> anyhow::Result<PmHeader> {
         if &h[..7] != b"PMTiles" {
             bail!("not a PMTiles archive");
         }
@@ -572,10 +612,6 @@ impl PmTiles {
             b.copy_from_slice(&h[at..at + 8]);
             u64::from_le_bytes(b)
         };
-        let (root_offset, root_length) = (u64_at(8), u64_at(16));
-        let (meta_offset, meta_length) = (u64_at(24), u64_at(32));
-        let (leaf_offset, leaf_length) = (u64_at(40), u64_at(48));
-        let (data_offset, data_length) = (u64_at(56), u64_at(64));
         let compression = |b: u8| match b {
             1 => Ok(false),
             2 => Ok(true),
@@ -601,31 +637,52 @@ impl PmTiles {
         if kind == TileKind::Raster && tile_gzip {
             bail!("gzip-compressed raster tiles are not supported");
         }
-        for (what, off, len) in [
-            ("root directory", root_offset, root_length),
-            ("metadata", meta_offset, meta_length),
-            ("leaf directories", leaf_offset, leaf_length),
-            ("tile data", data_offset, data_length),
+        let head = PmHeader {
+            root: (u64_at(8), u64_at(16)),
+            metadata: (u64_at(24), u64_at(32)),
+            leaves: (u64_at(40), u64_at(48)),
+            data: (u64_at(56), u64_at(64)),
+            internal_gzip,
+            kind,
+            content_type,
+            min_zoom: h[100],
+            max_zoom: h[101],
+        };
+        for (what, (off, len)) in [
+            ("root directory", head.root),
+            ("metadata", head.metadata),
+            ("leaf directories", head.leaves),
+            ("tile data", head.data),
         ] {
             if off.checked_add(len).is_none_or(|end| end > file_len) {
                 bail!("truncated or corrupt: the {what} ({len} bytes at {off}) ends past the file ({file_len} bytes)");
             }
         }
+        Ok(head)
+    }
+}
+
+impl PmTiles {
+    fn open(file: File, file_len: u64) -> anyhow::Result<(PmTiles, Info)> {
+        let mut h = [0u8; PM_HEADER];
+        file.read_exact_at(&mut h, 0)
+            .context("not a PMTiles archive: shorter than its 127-byte header")?;
+        let head = PmHeader::parse(&h, file_len)?;
         let mut pm = PmTiles {
             file,
             file_len,
-            internal_gzip,
-            leaf_offset,
-            leaf_length,
-            data_offset,
-            data_length,
+            internal_gzip: head.internal_gzip,
+            leaf_offset: head.leaves.0,
+            leaf_length: head.leaves.1,
+            data_offset: head.data.0,
+            data_length: head.data.1,
             root: Vec::new(),
             leaves: Mutex::new(LeafCache::default()),
         };
         pm.root = pm
-            .directory(root_offset, root_length)
+            .directory(head.root.0, head.root.1)
             .context("bad root directory")?;
-        let attribution = match pm.metadata(meta_offset, meta_length) {
+        let attribution = match pm.metadata(head.metadata.0, head.metadata.1) {
             Ok(m) => m
                 .get("attribution")
                 .and_then(|a| a.as_str())
@@ -637,10 +694,10 @@ impl PmTiles {
             }
         };
         let info = Info {
-            kind,
-            content_type,
-            min_zoom: h[100],
-            max_zoom: h[101],
+            kind: head.kind,
+            content_type: head.content_type,
+            min_zoom: head.min_zoom,
+            max_zoom: head.max_zoom,
             attribution,
         };
         Ok((pm, info))
@@ -878,16 +935,13 @@ fn parse_address(z: &str, x: &str, y: &str) -> Result<(u32, u32, u32), ApiError>
     Ok((z, x, y))
 }
 
-fn count(result: &'static str) {
-    metrics::counter!("fieldcast_gateway_tile_requests_total", "result" => result).increment(1);
-}
-
 /// `GET /tiles/{z}/{x}/{y}`: a tile of the configured archive.
 pub async fn tile(
     State(s): State<AppState>,
     path: Result<UrlPath<(String, String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let count = |result| s.metrics.tile_request(result);
     let Some(source) = s.tiles.clone() else {
         return ApiError::NotFound(
             "this gateway serves no tile archive (FIELDCAST_MAP_TILES is not a local .mbtiles/.pmtiles file)".into(),
@@ -905,22 +959,12 @@ pub async fn tile(
         }
     };
     let vector = source.kind() == TileKind::Vector;
-    let cache = |mut r: Response| {
-        let h = r.headers_mut();
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static(CACHE_CONTROL),
-        );
-        if vector {
-            h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-        }
-        r
-    };
     let tile = match source.get(z, x, y, accepts_gzip(&headers)).await {
         Ok(Some(t)) => t,
         Ok(None) => {
             count("miss");
-            return cache(ApiError::NotFound(format!("no tile {z}/{x}/{y}")).into_response());
+            let missing = ApiError::NotFound(format!("no tile {z}/{x}/{y}"));
+            return cacheable(missing.into_response(), vector);
         }
         Err(e) => {
             count("error");
@@ -931,6 +975,28 @@ pub async fn tile(
             .into_response();
         }
     };
+    let (result, response) = found(tile, &headers);
+    count(result);
+    cacheable(response, vector)
+}
+
+/// The cache headers of a tile answer (a miss too): a vector tile's bytes
+/// depend on `Accept-Encoding`.
+fn cacheable(mut r: Response, vector: bool) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(CACHE_CONTROL),
+    );
+    if vector {
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    r
+}
+
+/// A tile the archive has: 304 when the client holds it (`If-None-Match`),
+/// else its bytes with their `ETag`. Also the result it counts as.
+fn found(tile: Tile, headers: &HeaderMap) -> (&'static str, Response) {
     let etag = format!(
         "\"{:016x}{}\"",
         tile.hash,
@@ -943,10 +1009,9 @@ pub async fn tile(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     if fresh {
-        count("not_modified");
-        return cache((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+        let r = (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response();
+        return ("not_modified", r);
     }
-    count("hit");
     let mut r = (
         [
             (
@@ -962,7 +1027,7 @@ pub async fn tile(
         r.headers_mut()
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
-    cache(r)
+    ("hit", r)
 }
 
 #[cfg(test)]

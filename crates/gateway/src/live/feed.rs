@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use fieldcast_core::{LiveEnvelope, LiveHeader};
+use fieldcast_core::{DeviceId, LiveEnvelope, LiveHeader};
 use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -22,9 +22,13 @@ use crate::cursor::Cursor;
 use crate::health::Health;
 use crate::live::hub::{Hub, Update};
 use crate::live::outbox::{Item, Kind, Out};
+use crate::metrics::Metrics;
 use fieldcast_core::Backoff;
 
 use crate::store::redis::{builder, Keys, StoreError};
+
+/// How long one subscribe may take before it is tried again.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs until `shutdown`; reconnects by itself (fred's policy: exponential
 /// backoff with jitter).
@@ -34,16 +38,10 @@ pub async fn run(
     keys: Keys,
     hub: Arc<Hub>,
     health: Arc<Health>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
-    let client = builder(&url)?
-        .with_performance_config(|p| {
-            // Pub/sub messages reach the feed through a broadcast channel
-            // of this capacity (--feed-buffer); a lag there is detected and
-            // repaired by a resync of every client, which is expensive.
-            p.broadcast_channel_capacity = buffer;
-        })
-        .build()?;
+    let client = subscriber(&url, buffer)?;
     let mut messages = client.message_rx();
     let mut reconnects = client.reconnect_rx();
     let mut errors = client.error_rx();
@@ -55,18 +53,11 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if need_subscribe {
-            let sub = async {
-                client.wait_for_connect().await?;
-                client.subscribe(channels.clone()).await
-            };
-            let res = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = tokio::time::timeout(Duration::from_secs(5), sub) => r,
-            };
-            match res {
-                Ok(Ok(())) => {
+            match subscribe(&client, &channels, &mut backoff, &shutdown).await {
+                Attempt::Stopped => break,
+                Attempt::Failed => {}
+                Attempt::Subscribed => {
                     need_subscribe = false;
-                    backoff.reset();
                     health.set_feed(true);
                     if !first {
                         tracing::info!("live feed resubscribed; asking every connection to resync");
@@ -74,14 +65,6 @@ pub async fn run(
                     }
                     first = false;
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "live feed subscribe failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
-                }
-                Err(_) => {}
             }
             continue;
         }
@@ -91,7 +74,7 @@ pub async fn run(
                 Ok(m) => route(&keys, &hub, &m),
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "live feed fell behind; resyncing connections");
-                    metrics::counter!("fieldcast_gateway_feed_lagged_total").increment(n);
+                    metrics.feed_lagged.inc_by(n);
                     hub.resync_all();
                 }
                 Err(RecvError::Closed) => break,
@@ -104,7 +87,7 @@ pub async fn run(
                     continue;
                 }
                 if r.is_ok() {
-                    metrics::counter!("fieldcast_gateway_redis_reconnects_total").increment(1);
+                    metrics.redis_reconnects.inc();
                     need_subscribe = true;
                 }
             }
@@ -120,6 +103,59 @@ pub async fn run(
     health.set_feed(false);
     let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
     Ok(())
+}
+
+/// The feed's own Redis client (a subscriber holds its connection).
+fn subscriber(url: &str, buffer: usize) -> Result<Client, StoreError> {
+    Ok(builder(url)?
+        .with_performance_config(|p| {
+            // Pub/sub messages reach the feed through a broadcast channel
+            // of this capacity (--feed-buffer); a lag there is detected and
+            // repaired by a resync of every client, which is expensive.
+            p.broadcast_channel_capacity = buffer;
+        })
+        .build()?)
+}
+
+/// How one subscribe attempt ended.
+enum Attempt {
+    Subscribed,
+    /// Failed or timed out (after a backoff pause on an error): try again.
+    Failed,
+    /// Shutdown came first.
+    Stopped,
+}
+
+/// Waits for the connection and subscribes to `channels`, within
+/// [`SUBSCRIBE_TIMEOUT`].
+async fn subscribe(
+    client: &Client,
+    channels: &[String],
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Attempt {
+    let sub = async {
+        client.wait_for_connect().await?;
+        client.subscribe(channels.to_vec()).await
+    };
+    let res = tokio::select! {
+        _ = shutdown.cancelled() => return Attempt::Stopped,
+        r = tokio::time::timeout(SUBSCRIBE_TIMEOUT, sub) => r,
+    };
+    match res {
+        Ok(Ok(())) => {
+            backoff.reset();
+            Attempt::Subscribed
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "live feed subscribe failed");
+            tokio::select! {
+                _ = shutdown.cancelled() => Attempt::Stopped,
+                _ = tokio::time::sleep(backoff.next_delay()) => Attempt::Failed,
+            }
+        }
+        Err(_) => Attempt::Failed,
+    }
 }
 
 fn route(keys: &Keys, hub: &Hub, m: &fred::types::Message) {
@@ -155,9 +191,12 @@ fn route(keys: &Keys, hub: &Hub, m: &fred::types::Message) {
 }
 
 /// Parses the bridge's `{"rx","msg"}` envelope; the frame is `msg`'s bytes.
+/// The device id is checked here, once: inside, the live path carries a
+/// [`DeviceId`].
 pub fn parse_live(text: &str) -> Option<Update> {
     let env: LiveEnvelope = serde_json::from_str(text).ok()?;
     let h: LiveHeader = serde_json::from_str(env.msg.get()).ok()?;
+    let device = DeviceId::parse(h.device).ok()?;
     let kind = match h.ty {
         "location" => Kind::Location,
         "status" => Kind::Status,
@@ -177,7 +216,7 @@ pub fn parse_live(text: &str) -> Option<Update> {
     let cursor = h.cursor.and_then(|c| c.parse::<Cursor>().ok());
     Some(Update {
         kind,
-        device: Arc::from(h.device),
+        device,
         ts: h.ts,
         pos,
         cursor,

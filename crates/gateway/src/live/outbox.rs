@@ -24,7 +24,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
+use fieldcast_core::DeviceId;
 use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
 
 /// What the writer puts on the socket.
 #[derive(Debug, Clone)]
@@ -47,6 +50,26 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in [`Kind::index`] order.
+    pub const ALL: [Kind; 5] = [
+        Kind::Location,
+        Kind::Status,
+        Kind::Event,
+        Kind::Message,
+        Kind::Reply,
+    ];
+
+    /// The kind's position in [`Kind::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Kind::Location => 0,
+            Kind::Status => 1,
+            Kind::Event => 2,
+            Kind::Message => 3,
+            Kind::Reply => 4,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Location => "location",
@@ -143,7 +166,7 @@ pub enum Push {
 struct Slot {
     item: Item,
     /// The device of a queued location (for coalescing).
-    device: Option<Arc<str>>,
+    device: Option<DeviceId>,
 }
 
 struct Inner {
@@ -151,7 +174,7 @@ struct Inner {
     /// Sequence number of `queue[0]`.
     head: u64,
     /// Device -> sequence number of its newest queued location.
-    latest_location: HashMap<Arc<str>, u64>,
+    latest_location: HashMap<DeviceId, u64>,
     /// Queued frames that may never be dropped.
     strict: usize,
     /// Bytes of every queued frame.
@@ -164,6 +187,8 @@ pub struct Outbox {
     cap: usize,
     byte_cap: usize,
     reply_wait: Duration,
+    /// Counts coalesced locations and replies that waited too long.
+    metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
     /// Wakes the writer: something was queued, or the connection must close.
     ready: Notify,
@@ -174,16 +199,17 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(cap: usize) -> Self {
-        Self::with_byte_cap(cap, DEFAULT_BYTE_CAP)
+    pub fn new(cap: usize, metrics: Arc<Metrics>) -> Self {
+        Self::with_byte_cap(cap, DEFAULT_BYTE_CAP, metrics)
     }
 
     /// An outbox bounded by `cap` frames and `byte_cap` bytes.
-    pub fn with_byte_cap(cap: usize, byte_cap: usize) -> Self {
+    pub fn with_byte_cap(cap: usize, byte_cap: usize, metrics: Arc<Metrics>) -> Self {
         Outbox {
             cap: cap.max(1),
             byte_cap: byte_cap.max(1),
             reply_wait: REPLY_WAIT,
+            metrics,
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
                 head: 0,
@@ -212,7 +238,7 @@ impl Outbox {
 
     /// Offers a frame without waiting (the hub's path). `device` is the
     /// device of a location, which makes it coalescible.
-    pub fn push(&self, item: Item, device: Option<&Arc<str>>) -> Push {
+    pub fn push(&self, item: Item, device: Option<&DeviceId>) -> Push {
         let mut g = self.lock();
         if g.closing.is_some() {
             return Push::Closed;
@@ -227,7 +253,7 @@ impl Outbox {
                     let old = slot.item.bytes();
                     slot.item = item;
                     g.bytes = g.bytes - old + size;
-                    metrics::counter!("fieldcast_gateway_coalesced_total").increment(1);
+                    self.metrics.coalesced.inc();
                     return Push::Coalesced;
                 }
             }
@@ -286,7 +312,7 @@ impl Outbox {
             tokio::select! {
                 () = room => {}
                 () = tokio::time::sleep_until(deadline) => {
-                    metrics::counter!("fieldcast_gateway_reply_wait_closed_total").increment(1);
+                    self.metrics.reply_wait_closed.inc();
                     self.close(Close::SLOW_CONSUMER);
                     return false;
                 }
@@ -394,6 +420,10 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn id(s: &str) -> DeviceId {
+        DeviceId::parse(s).unwrap()
+    }
+
     fn text(s: &str, kind: Kind) -> Item {
         Item {
             out: Out::Text(s.to_owned().into()),
@@ -415,8 +445,8 @@ mod tests {
 
     #[test]
     fn locations_coalesce_only_when_full() {
-        let o = Outbox::new(2);
-        let a: Arc<str> = Arc::from("a");
+        let o = Outbox::new(2, Arc::default());
+        let a = id("a");
         assert_eq!(o.push(text("a1", Kind::Location), Some(&a)), Push::Queued);
         assert_eq!(o.push(text("a2", Kind::Location), Some(&a)), Push::Queued);
         assert_eq!(
@@ -436,7 +466,7 @@ mod tests {
 
     #[test]
     fn events_never_drop_they_close() {
-        let o = Outbox::new(2);
+        let o = Outbox::new(2, Arc::default());
         assert_eq!(o.push(text("e1", Kind::Event), None), Push::Queued);
         assert_eq!(o.push(text("e2", Kind::Event), None), Push::Queued);
         assert_eq!(o.push(text("e3", Kind::Event), None), Push::Overflow);
@@ -447,8 +477,8 @@ mod tests {
 
     #[test]
     fn many_devices_are_bounded_too() {
-        let o = Outbox::new(2);
-        let ids: Vec<Arc<str>> = (0..5).map(|i| Arc::from(format!("d{i}"))).collect();
+        let o = Outbox::new(2, Arc::default());
+        let ids: Vec<DeviceId> = (0..5).map(|i| id(&format!("d{i}"))).collect();
         let results: Vec<Push> = ids
             .iter()
             .map(|d| o.push(text("x", Kind::Location), Some(d)))
@@ -459,9 +489,9 @@ mod tests {
 
     #[test]
     fn bytes_bound_the_queue_like_frames_do() {
-        let o = Outbox::with_byte_cap(1000, 100);
-        let a: Arc<str> = Arc::from("a");
-        let b: Arc<str> = Arc::from("b");
+        let o = Outbox::with_byte_cap(1000, 100, Arc::default());
+        let a = id("a");
+        let b = id("b");
         let x40 = "x".repeat(40);
         assert_eq!(o.push(text(&x40, Kind::Location), Some(&a)), Push::Queued);
         assert_eq!(o.push(text(&x40, Kind::Location), Some(&b)), Push::Queued);
@@ -479,7 +509,7 @@ mod tests {
         let mut buf = Vec::new();
         assert_eq!(o.drain(&mut buf, 10), Err(Close::SLOW_CONSUMER));
         // A frame larger than the whole budget still goes to an empty queue.
-        let o = Outbox::with_byte_cap(10, 100);
+        let o = Outbox::with_byte_cap(10, 100, Arc::default());
         assert_eq!(
             o.push(text(&"s".repeat(500), Kind::Reply), None),
             Push::Queued
@@ -488,9 +518,12 @@ mod tests {
         assert_eq!(o.bytes(), 0);
     }
 
-    #[tokio::test]
+    // Paused clock: the runtime jumps to the next timer once every task
+    // waits, so the reply wait passes at once and nothing sleeps for real.
+    #[tokio::test(start_paused = true)]
     async fn a_reply_left_unread_closes_the_connection() {
-        let o = Outbox::with_byte_cap(1000, 100).with_reply_wait(Duration::from_millis(50));
+        let o = Outbox::with_byte_cap(1000, 100, Arc::default())
+            .with_reply_wait(Duration::from_millis(50));
         assert!(o.push_wait(text(&"s".repeat(80), Kind::Reply)).await);
         // Over half the budget is waiting: the next reply waits, then
         // closes, since nobody drains.
@@ -499,9 +532,9 @@ mod tests {
         assert_eq!(o.drain(&mut buf, 10), Err(Close::SLOW_CONSUMER));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_reply_goes_in_once_the_client_reads() {
-        let o = Arc::new(Outbox::with_byte_cap(1000, 100));
+        let o = Arc::new(Outbox::with_byte_cap(1000, 100, Arc::default()));
         assert!(o.push_wait(text(&"s".repeat(80), Kind::Reply)).await);
         let reader = {
             let o = o.clone();
@@ -515,9 +548,69 @@ mod tests {
         assert_eq!(drained(&o), ["pong"]);
     }
 
+    /// Pins the reply wait as one deadline from the reply's first try:
+    /// room that frees up but not enough does not restart it, the reply
+    /// is refused no sooner than [`REPLY_WAIT`] and not later, and the
+    /// connection closes with 4008, counted.
+    #[tokio::test(start_paused = true)]
+    async fn the_reply_wait_is_one_deadline_from_the_first_try() {
+        let metrics = Arc::new(Metrics::new());
+        let o = Arc::new(Outbox::with_byte_cap(1000, 100, metrics.clone()));
+        for _ in 0..2 {
+            assert_eq!(
+                o.push(text(&"q".repeat(40), Kind::Reply), None),
+                Push::Queued
+            );
+        }
+        let waiting = tokio::spawn({
+            let o = o.clone();
+            async move { o.push_wait(text(&"r".repeat(30), Kind::Reply)).await }
+        });
+        // The reply takes its first look (80 of 100 bytes queued: no
+        // room) and starts waiting.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+
+        // The client reads one frame: room is signalled, 40 + 30 bytes
+        // still pass half the budget, so the reply waits on.
+        tokio::time::advance(REPLY_WAIT / 2).await;
+        let mut buf = Vec::new();
+        assert_eq!(o.drain(&mut buf, 1), Ok(()));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+
+        tokio::time::advance(REPLY_WAIT / 2 - Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "refused before the reply wait");
+        assert!(!o.is_closing());
+        assert_eq!(metrics.reply_wait_closed.get(), 0);
+
+        tokio::time::advance(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert!(waiting.is_finished(), "still waiting past the reply wait");
+        assert!(!waiting.await.unwrap(), "queued past the reply wait");
+        assert!(o.is_closing());
+        assert_eq!(metrics.reply_wait_closed.get(), 1);
+        assert_eq!(o.drain(&mut buf, 10), Err(Close::SLOW_CONSUMER));
+    }
+
+    /// Pins the counter of coalesced locations.
+    #[test]
+    fn coalescing_is_counted() {
+        let metrics = Arc::new(Metrics::new());
+        let o = Outbox::new(1, metrics.clone());
+        let a = id("a");
+        assert_eq!(o.push(text("a1", Kind::Location), Some(&a)), Push::Queued);
+        assert_eq!(
+            o.push(text("a2", Kind::Location), Some(&a)),
+            Push::Coalesced
+        );
+        assert_eq!(metrics.coalesced.get(), 1);
+    }
+
     #[test]
     fn token_expiry_flushes_first() {
-        let o = Outbox::new(4);
+        let o = Outbox::new(4, Arc::default());
         o.push(text("err", Kind::Reply), None);
         o.close(Close::TOKEN_EXPIRED);
         let mut buf = Vec::new();

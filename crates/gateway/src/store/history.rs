@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool, Transaction};
+use fieldcast_core::{DeviceId, Location};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -192,36 +193,24 @@ pub fn to_time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// One stored location.
-#[derive(Debug, Clone, Serialize)]
-pub struct Point {
-    pub ts: i64,
-    pub lat: f64,
-    pub lon: f64,
-    pub alt: Option<f64>,
-    pub speed: Option<f64>,
-    pub heading: Option<f64>,
-    pub accuracy: Option<f64>,
-}
-
-impl Point {
-    fn from_row(r: &Row) -> Result<Self, tokio_postgres::Error> {
-        Ok(Point {
-            ts: r.try_get::<_, DateTime<Utc>>(0)?.timestamp_millis(),
-            lat: r.try_get(1)?,
-            lon: r.try_get(2)?,
-            alt: r.try_get(3)?,
-            speed: r.try_get(4)?,
-            heading: r.try_get(5)?,
-            accuracy: r.try_get(6)?,
-        })
-    }
+/// One stored location, a row of `locations` (the columns of
+/// [`TRACK_SQL`], in order).
+fn location_from_row(r: &Row) -> Result<Location, tokio_postgres::Error> {
+    Ok(Location {
+        ts: r.try_get::<_, DateTime<Utc>>(0)?.timestamp_millis(),
+        lat: r.try_get(1)?,
+        lon: r.try_get(2)?,
+        alt: r.try_get(3)?,
+        speed: r.try_get(4)?,
+        heading: r.try_get(5)?,
+        accuracy: r.try_get(6)?,
+    })
 }
 
 /// A track query, already validated: `[from, to)`, at most `limit` points.
 #[derive(Debug, Clone)]
 pub struct TrackQuery {
-    pub device: String,
+    pub device: DeviceId,
     pub from: i64,
     pub to: i64,
     pub limit: i64,
@@ -243,8 +232,13 @@ const SEEN_SQL: &str = "SELECT EXISTS (SELECT 1 FROM locations WHERE device_id =
 /// which the caller turns into `next`. Read it with [`fetch_points`].
 pub async fn track_portal(txn: &Transaction<'_>, q: &TrackQuery) -> Result<Portal, HistoryError> {
     let stmt = txn.prepare_cached(TRACK_SQL).await?;
-    let (f, t, n) = (to_time(q.from), to_time(q.to), q.limit + 1);
-    let params: [&(dyn ToSql + Sync); 4] = [&q.device, &f, &t, &n];
+    let (d, f, t, n) = (
+        q.device.as_str(),
+        to_time(q.from),
+        to_time(q.to),
+        q.limit + 1,
+    );
+    let params: [&(dyn ToSql + Sync); 4] = [&d, &f, &t, &n];
     Ok(txn.bind(&stmt, &params).await?)
 }
 
@@ -254,9 +248,12 @@ pub async fn fetch_points(
     txn: &Transaction<'_>,
     portal: &Portal,
     max: usize,
-) -> Result<Vec<Point>, HistoryError> {
+) -> Result<Vec<Location>, HistoryError> {
     let rows = txn.query_portal(portal, max_rows(max)).await?;
-    Ok(rows.iter().map(Point::from_row).collect::<Result<_, _>>()?)
+    Ok(rows
+        .iter()
+        .map(location_from_row)
+        .collect::<Result<_, _>>()?)
 }
 
 fn max_rows(n: usize) -> i32 {
@@ -273,7 +270,12 @@ pub async fn track_next(
     let row = txn
         .query_opt(
             &stmt,
-            &[&q.device, &to_time(q.from), &to_time(q.to), &q.limit],
+            &[
+                &q.device.as_str(),
+                &to_time(q.from),
+                &to_time(q.to),
+                &q.limit,
+            ],
         )
         .await?;
     Ok(match row {
@@ -325,7 +327,7 @@ impl EventCursor {
 /// An events query, already validated.
 #[derive(Debug, Clone)]
 pub struct EventsQuery {
-    pub device: Option<String>,
+    pub device: Option<DeviceId>,
     pub kind: Option<String>,
     pub from: i64,
     pub to: i64,
@@ -399,9 +401,10 @@ pub async fn events_portal(txn: &Transaction<'_>, q: &EventsQuery) -> Result<Por
         .map(|c| DateTime::from_timestamp_micros(c.ts_us).unwrap_or(DateTime::<Utc>::MIN_UTC));
     let after_dev = q.after.as_ref().map(|c| c.device.clone());
     let after_id = q.after.as_ref().map(|c| c.id.clone());
+    let device = q.device.as_ref().map(DeviceId::as_str);
     let (f, t, n) = (to_time(q.from), to_time(q.to), q.limit + 1);
     let params: [&(dyn ToSql + Sync); 9] = [
-        &f, &t, &q.device, &q.kind, &q.scope, &after_ts, &after_dev, &after_id, &n,
+        &f, &t, &device, &q.kind, &q.scope, &after_ts, &after_dev, &after_id, &n,
     ];
     Ok(txn.bind(&stmt, &params).await?)
 }

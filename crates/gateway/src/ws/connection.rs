@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use fieldcast_core::DeviceState;
-use futures::stream::{SplitSink, SplitStream};
+use fieldcast_core::{DeviceId, DeviceState};
+use futures::stream::SplitStream;
 use futures::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,7 @@ use crate::auth::Scope;
 use crate::cursor::Cursor;
 use crate::live::hub::{Activation, ConnId, ConnSignals, Hub, Mode, Selection};
 use crate::live::outbox::{Close, Item, Kind, Out, Outbox};
+use crate::metrics::{Metrics, Sent};
 use crate::store::redis::{Snap, Store, StoreError};
 
 /// Per-connection limits, from the configuration.
@@ -51,6 +52,10 @@ pub struct Ctx {
     /// fleet is megabytes while it is being built.
     pub snapshots: Arc<tokio::sync::Semaphore>,
     pub limits: Limits,
+    /// The gateway's metrics (the connections gauge, the outbox's counts).
+    pub metrics: Arc<Metrics>,
+    /// What the writer counts per frame, resolved once per gateway.
+    pub sent: Arc<Sent>,
     /// Cancelled on SIGTERM: the writer sends 1001 and the task ends.
     pub shutdown: CancellationToken,
 }
@@ -66,11 +71,17 @@ const FEED_WAIT: Duration = Duration::from_secs(5);
 
 /// Drives one upgraded socket until either side ends it.
 pub async fn run(socket: WebSocket, scope: Scope, ctx: Ctx) {
-    metrics::gauge!("fieldcast_gateway_connections").increment(1.0);
-    let _gauge = scopeguard(|| metrics::gauge!("fieldcast_gateway_connections").decrement(1.0));
+    ctx.metrics.connections.inc();
+    let _gauge = scopeguard({
+        let connections = ctx.metrics.connections.clone();
+        move || {
+            connections.dec();
+        }
+    });
     let outbox = Arc::new(Outbox::with_byte_cap(
         ctx.limits.queue,
         ctx.limits.queue_bytes,
+        ctx.metrics.clone(),
     ));
     let signals = Arc::new(ConnSignals::default());
     let scope = Arc::new(scope);
@@ -78,7 +89,12 @@ pub async fn run(socket: WebSocket, scope: Scope, ctx: Ctx) {
         .hub
         .register(scope.clone(), outbox.clone(), signals.clone());
     let (sink, mut stream) = socket.split();
-    let mut writer = pin!(write_loop(sink, outbox.clone(), ctx.shutdown.clone()));
+    let mut writer = pin!(write_loop(
+        sink,
+        outbox.clone(),
+        ctx.sent.clone(),
+        ctx.shutdown.clone()
+    ));
     let reader = Reader {
         id: reg.id,
         scope,
@@ -151,53 +167,18 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
     Guard(Some(f))
 }
 
-/// The writer's metric handles, looked up once: the macros hash their key
-/// into the registry on every call, three times per frame sent.
-struct OutMetrics {
-    by_kind: [metrics::Counter; 5],
-    bytes: metrics::Counter,
-    latency: metrics::Histogram,
-}
-
-impl OutMetrics {
-    fn messages(&self, kind: Kind) -> &metrics::Counter {
-        let i = match kind {
-            Kind::Location => 0,
-            Kind::Status => 1,
-            Kind::Event => 2,
-            Kind::Message => 3,
-            Kind::Reply => 4,
-        };
-        &self.by_kind[i]
-    }
-}
-
-/// Built on first use, i.e. after [`crate::serve`] installed the recorder.
-fn out_metrics() -> &'static OutMetrics {
-    static M: std::sync::OnceLock<OutMetrics> = std::sync::OnceLock::new();
-    M.get_or_init(|| {
-        let kind = |k: Kind| metrics::counter!("fieldcast_gateway_messages_out_total", "type" => k.as_str());
-        OutMetrics {
-            by_kind: [
-                kind(Kind::Location),
-                kind(Kind::Status),
-                kind(Kind::Event),
-                kind(Kind::Message),
-                kind(Kind::Reply),
-            ],
-            bytes: metrics::counter!("fieldcast_gateway_bytes_out_total"),
-            latency: metrics::histogram!("fieldcast_gateway_broadcast_latency_seconds"),
-        }
-    })
-}
-
 /// Sends queued frames, write-combined: every frame available is fed, then
-/// one flush. Returns the close it sent.
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+/// one flush. Returns the close it sent. Generic over the sink (the
+/// socket's write half), so tests can drive it with a channel.
+async fn write_loop<S>(
+    mut sink: S,
     outbox: Arc<Outbox>,
+    sent: Arc<Sent>,
     shutdown: CancellationToken,
-) -> Close {
+) -> Close
+where
+    S: futures::Sink<Message> + Unpin,
+{
     // Grows with the batches this connection actually gets: reserving
     // BATCH items up front cost 12 KiB on every idle connection.
     let mut buf: Vec<Item> = Vec::new();
@@ -218,12 +199,7 @@ async fn write_loop(
                     for item in buf.drain(..) {
                         let msg = match item.out {
                             Out::Text(t) => {
-                                let m = out_metrics();
-                                m.messages(item.kind).increment(1);
-                                m.bytes.increment(t.len() as u64);
-                                if item.rx_ms > 0 {
-                                    m.latency.record((now - item.rx_ms).max(0) as f64 / 1000.0);
-                                }
+                                sent.text(item.kind, t.len(), item.rx_ms, now);
                                 Message::Text(t)
                             }
                             Out::Ping => Message::Ping(Default::default()),
@@ -418,7 +394,11 @@ impl Reader {
 
     /// The first explicit device or channel outside the token's scope.
     fn forbidden(&self, sel: &Selection) -> Option<String> {
-        if let Some(d) = sel.devices.iter().find(|d| !self.scope.allows_device(d)) {
+        if let Some(d) = sel
+            .devices
+            .iter()
+            .find(|d| !self.scope.allows_device(d.as_str()))
+        {
             return Some(format!("device {d} is outside the token's scope"));
         }
         if let Some(c) = sel.channels.iter().find(|c| !self.scope.allows_channel(c)) {
@@ -528,7 +508,7 @@ impl Reader {
         &self,
         sel: &Selection,
         act: &mut Activation,
-    ) -> Result<(Vec<DeviceState>, Vec<Arc<str>>), StoreError> {
+    ) -> Result<(Vec<DeviceState>, Vec<DeviceId>), StoreError> {
         let store = &self.ctx.store;
         let mut ids: Vec<String> = sel.devices.iter().map(|d| d.to_string()).collect();
         if sel.fleet {
@@ -552,23 +532,29 @@ impl Reader {
         ids.sort();
         ids.dedup();
         let snaps: Vec<Snap> = store.states(&ids).await?;
-        let explicit: HashSet<&str> = sel.devices.iter().map(|d| &**d).collect();
+        let explicit: HashSet<&str> = sel.devices.iter().map(DeviceId::as_str).collect();
         let mut states = Vec::with_capacity(snaps.len());
         let mut in_box = Vec::new();
-        let mut ts: HashMap<Arc<str>, (Option<i64>, Option<i64>)> =
+        let mut ts: HashMap<DeviceId, (Option<i64>, Option<i64>)> =
             HashMap::with_capacity(snaps.len());
         for s in snaps {
-            let id: Arc<str> = Arc::from(s.state.device.as_str());
-            ts.insert(id.clone(), (s.state.ts, s.sts));
             let inside = match (&sel.bbox, s.state.lon, s.state.lat) {
                 (Some(b), Some(lon), Some(lat)) => b.contains(lon, lat),
                 _ => false,
             };
-            if inside {
-                in_box.push(id.clone());
+            // The bridge writes only valid ids; an id that is not one can
+            // never come through the live feed (it drops them), so it
+            // needs no floor and no viewport entry.
+            if let Ok(id) = DeviceId::parse(&s.state.device) {
+                ts.insert(id.clone(), (s.state.ts, s.sts));
+                if inside {
+                    in_box.push(id);
+                }
             }
-            let wanted =
-                inside || explicit.contains(&*id) || (sel.fleet && self.scope.allows_device(&id));
+            let device = s.state.device.as_str();
+            let wanted = inside
+                || explicit.contains(device)
+                || (sel.fleet && self.scope.allows_device(device));
             if wanted {
                 states.push(s.state);
             }
@@ -589,10 +575,10 @@ impl Reader {
         &self,
         since: Cursor,
         sel: &Selection,
-        in_box: &[Arc<str>],
+        in_box: &[DeviceId],
     ) -> Result<Option<Cursor>, SubscribeError> {
-        let in_box: HashSet<&str> = in_box.iter().map(|d| &**d).collect();
-        let devices: HashSet<&str> = sel.devices.iter().map(|d| &**d).collect();
+        let in_box: HashSet<&str> = in_box.iter().map(DeviceId::as_str).collect();
+        let devices: HashSet<&str> = sel.devices.iter().map(DeviceId::as_str).collect();
         let mut after = since;
         loop {
             let Some(batch) = self.ctx.store.events_after(after).await? else {
@@ -633,6 +619,42 @@ mod tests {
             device: format!("d{i}"),
             ..DeviceState::default()
         }
+    }
+
+    /// Pins the close-frame wait: once the connection must close, a writer
+    /// stuck on a socket that takes nothing more abandons the write, offers
+    /// the close frame for [`CLOSE_SEND_TIMEOUT`] and not longer, and
+    /// reports the close.
+    #[tokio::test(start_paused = true)]
+    async fn a_close_frame_waits_for_a_full_socket_at_most_its_timeout() {
+        // Room for one frame, and nobody reads: a full socket.
+        let (socket, _client) = futures::channel::mpsc::channel::<Message>(0);
+        let metrics = Arc::new(Metrics::new());
+        let outbox = Arc::new(Outbox::new(16, metrics.clone()));
+        let writer = tokio::spawn(write_loop(
+            socket,
+            outbox.clone(),
+            Arc::new(metrics.sent()),
+            CancellationToken::new(),
+        ));
+        outbox.push(Item::reply("a".to_owned()), None);
+        outbox.push(Item::reply("b".to_owned()), None);
+        // The writer sends "a", then waits for room for "b".
+        tokio::task::yield_now().await;
+        assert!(!writer.is_finished());
+        outbox.close(Close::SLOW_CONSUMER);
+        // It gives up on "b" and starts on the close frame.
+        tokio::task::yield_now().await;
+        tokio::time::advance(CLOSE_SEND_TIMEOUT - Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert!(!writer.is_finished(), "gave up before the close-frame wait");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert!(
+            writer.is_finished(),
+            "still waiting past the close-frame wait"
+        );
+        assert_eq!(writer.await.unwrap(), Close::SLOW_CONSUMER);
     }
 
     #[test]

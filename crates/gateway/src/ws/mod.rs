@@ -29,6 +29,8 @@ pub async fn upgrade(
         health: s.health.clone(),
         snapshots: s.snapshots.clone(),
         limits: s.limits,
+        metrics: s.metrics.clone(),
+        sent: s.sent.clone(),
         shutdown: s.shutdown.clone(),
     };
     let tracker = s.tracker.clone();

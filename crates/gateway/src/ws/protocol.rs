@@ -1,8 +1,6 @@
 //! The `/ws` frames of PROTOCOL.md §4: client commands parsed into types,
 //! server replies built as text.
 
-use std::sync::Arc;
-
 use fieldcast_core::{DeviceId, DeviceState};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -80,52 +78,13 @@ impl Command {
         match op.as_str() {
             "ping" => Ok(Command::Ping { r }),
             "subscribe" | "unsubscribe" => {
-                let mut selection = Selection {
-                    fleet: raw.fleet.unwrap_or(false),
-                    ..Default::default()
-                };
-                for d in raw.devices.unwrap_or_default() {
-                    match DeviceId::parse(&d) {
-                        Ok(_) => selection.devices.push(Arc::from(d.as_str())),
-                        Err(e) => return Err(bad(r, &format!("device {d:?}: {e}"))),
-                    }
-                }
-                selection.devices.sort();
-                selection.devices.dedup();
-                for c in raw.channels.unwrap_or_default() {
-                    if c.is_empty() || c.len() > MAX_CHANNEL_LEN {
-                        return Err(bad(r, "a channel is 1..256 bytes"));
-                    }
-                    selection.channels.push(c);
-                }
-                selection.channels.sort();
-                selection.channels.dedup();
-                if let Some(b) = raw.bbox {
-                    let nums: Option<Vec<f64>> = b
-                        .as_array()
-                        .map(|a| a.iter().filter_map(|v| v.as_f64()).collect());
-                    let parsed = nums
-                        .filter(|n| b.as_array().is_some_and(|a| a.len() == n.len()))
-                        .ok_or_else(|| "bbox must be [minLon,minLat,maxLon,maxLat]".to_owned())
-                        .and_then(|n| BBox::from_slice(&n).map_err(|e| e.to_string()));
-                    match parsed {
-                        Ok(bbox) => selection.bbox = Some(bbox),
-                        // `unsubscribe` takes any bbox value to mean "the bbox".
-                        Err(_) if op == "unsubscribe" => {
-                            selection.bbox = Some(BBox {
-                                min_lon: 0.0,
-                                min_lat: 0.0,
-                                max_lon: 0.0,
-                                max_lat: 0.0,
-                            })
-                        }
+                let unsubscribe = op == "unsubscribe";
+                let selection =
+                    match selection(unsubscribe, raw.fleet, raw.devices, raw.channels, raw.bbox) {
+                        Ok(s) => s,
                         Err(m) => return Err(bad(r, &m)),
-                    }
-                }
-                if selection.is_empty() {
-                    return Err(bad(r, "name devices, fleet, bbox or channels"));
-                }
-                if op == "unsubscribe" {
+                    };
+                if unsubscribe {
                     return Ok(Command::Unsubscribe { r, selection });
                 }
                 let since = raw.since.map(|s| match s.parse::<Cursor>() {
@@ -142,6 +101,66 @@ impl Command {
             other => Err(bad(r, &format!("unknown op {other:?}"))),
         }
     }
+}
+
+/// What a subscribe or unsubscribe names, each device id checked, or why
+/// it cannot be obeyed.
+fn selection(
+    unsubscribe: bool,
+    fleet: Option<bool>,
+    devices: Option<Vec<String>>,
+    channels: Option<Vec<String>>,
+    bbox: Option<serde_json::Value>,
+) -> Result<Selection, String> {
+    let mut selection = Selection {
+        fleet: fleet.unwrap_or(false),
+        ..Default::default()
+    };
+    for d in devices.unwrap_or_default() {
+        match DeviceId::parse(&d) {
+            Ok(id) => selection.devices.push(id),
+            Err(e) => return Err(format!("device {d:?}: {e}")),
+        }
+    }
+    selection.devices.sort();
+    selection.devices.dedup();
+    for c in channels.unwrap_or_default() {
+        if c.is_empty() || c.len() > MAX_CHANNEL_LEN {
+            return Err("a channel is 1..256 bytes".to_owned());
+        }
+        selection.channels.push(c);
+    }
+    selection.channels.sort();
+    selection.channels.dedup();
+    if let Some(b) = bbox {
+        match parse_bbox(&b) {
+            Ok(bbox) => selection.bbox = Some(bbox),
+            // `unsubscribe` takes any bbox value to mean "the bbox".
+            Err(_) if unsubscribe => {
+                selection.bbox = Some(BBox {
+                    min_lon: 0.0,
+                    min_lat: 0.0,
+                    max_lon: 0.0,
+                    max_lat: 0.0,
+                })
+            }
+            Err(m) => return Err(m),
+        }
+    }
+    if selection.is_empty() {
+        return Err("name devices, fleet, bbox or channels".to_owned());
+    }
+    Ok(selection)
+}
+
+/// `[minLon,minLat,maxLon,maxLat]`, numbers only.
+fn parse_bbox(b: &serde_json::Value) -> Result<BBox, String> {
+    let nums: Option<Vec<f64>> = b
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_f64()).collect());
+    nums.filter(|n| b.as_array().is_some_and(|a| a.len() == n.len()))
+        .ok_or_else(|| "bbox must be [minLon,minLat,maxLon,maxLat]".to_owned())
+        .and_then(|n| BBox::from_slice(&n).map_err(|e| e.to_string()))
 }
 
 #[derive(Serialize)]

@@ -12,17 +12,19 @@ use super::{ConnId, ConnSignals, Selection, Update};
 use crate::auth::Scope;
 use crate::cursor::Cursor;
 use crate::live::outbox::Outbox;
+use crate::metrics::SubscriptionGauges;
 use fieldcast_core::geo::BBox;
+use fieldcast_core::DeviceId;
 
 pub(super) struct Conn {
     pub(super) scope: Arc<Scope>,
     pub(super) floors: Option<Floors>,
     pub(super) outbox: Arc<Outbox>,
     pub(super) signals: Arc<ConnSignals>,
-    pub(super) devices: HashSet<Arc<str>>,
+    pub(super) devices: HashSet<DeviceId>,
     pub(super) fleet: bool,
     pub(super) bbox: Option<BBox>,
-    pub(super) in_box: HashSet<Arc<str>>,
+    pub(super) in_box: HashSet<DeviceId>,
     pub(super) channels: HashSet<String>,
     pub(super) pending: Option<Pending>,
     /// Where a resync may resume this connection's events, and the
@@ -54,10 +56,10 @@ pub(super) type BoxEntry = GeomWithData<Rectangle<[f64; 2]>, ConnId>;
 #[derive(Default)]
 pub(super) struct State {
     pub(super) conns: HashMap<ConnId, Conn>,
-    pub(super) by_device: HashMap<Arc<str>, HashSet<ConnId>>,
+    pub(super) by_device: HashMap<DeviceId, HashSet<ConnId>>,
     pub(super) fleet: HashSet<ConnId>,
     pub(super) boxes: RTree<BoxEntry>,
-    pub(super) in_box: HashMap<Arc<str>, HashSet<ConnId>>,
+    pub(super) in_box: HashMap<DeviceId, HashSet<ConnId>>,
     pub(super) by_channel: HashMap<String, HashSet<ConnId>>,
     pub(super) pending: HashSet<ConnId>,
     /// Newest event cursor dispatched, with its observation number.
@@ -65,6 +67,8 @@ pub(super) struct State {
     /// Counts cursor observations (dispatches, activations), to tell which
     /// of two cursors of different lives was learnt later.
     pub(super) observed: u64,
+    /// `fieldcast_gateway_subscriptions`, kept with the indexes it counts.
+    pub(super) gauges: SubscriptionGauges,
 }
 
 /// The R-tree entries of connection `id`'s viewport: one rectangle per
@@ -91,25 +95,22 @@ fn remove_box(st: &mut State, b: &BBox, id: ConnId) {
     }
 }
 
-fn gauge(kind: &'static str, delta: f64) {
-    metrics::gauge!("fieldcast_gateway_subscriptions", "kind" => kind).increment(delta);
-}
-
 /// Whether connection `id`'s live selection wants `u` now, updating its
 /// viewport membership for locations.
 pub(super) fn wants(st: &mut State, id: ConnId, u: &Update) -> bool {
     let Some(c) = st.conns.get(&id) else {
         return false;
     };
-    if c.devices.contains(&u.device) || (c.fleet && c.scope.allows_device(&u.device)) {
+    let device = u.device.as_str();
+    if c.devices.contains(&u.device) || (c.fleet && c.scope.allows_device(device)) {
         if let (Some(b), Some((lon, lat))) = (c.bbox, u.pos) {
-            let inside = b.contains(lon, lat) && c.scope.allows_device(&u.device);
+            let inside = b.contains(lon, lat) && c.scope.allows_device(device);
             set_in_box(st, id, &u.device, inside);
         }
         return true;
     }
     let Some(b) = c.bbox else { return false };
-    if !c.scope.allows_device(&u.device) {
+    if !c.scope.allows_device(device) {
         return false;
     }
     let was = c.in_box.contains(&u.device);
@@ -123,7 +124,7 @@ pub(super) fn wants(st: &mut State, id: ConnId, u: &Update) -> bool {
     }
 }
 
-pub(super) fn set_in_box(st: &mut State, id: ConnId, device: &Arc<str>, inside: bool) {
+pub(super) fn set_in_box(st: &mut State, id: ConnId, device: &DeviceId, inside: bool) {
     let Some(c) = st.conns.get_mut(&id) else {
         return;
     };
@@ -166,20 +167,22 @@ pub(super) fn add_selection(st: &mut State, id: ConnId, sel: &Selection) {
     let new_box = sel.bbox;
     for d in new_devices {
         st.by_device.entry(d).or_default().insert(id);
-        gauge("device", 1.0);
+        st.gauges.device.inc();
     }
     for ch in new_channels {
         st.by_channel.entry(ch).or_default().insert(id);
-        gauge("channel", 1.0);
+        st.gauges.channel.inc();
     }
     if new_fleet {
         st.fleet.insert(id);
-        gauge("fleet", 1.0);
+        st.gauges.fleet.inc();
     }
     if let Some(b) = new_box {
         match old_box {
             Some(Some(old)) => remove_box(st, &old, id),
-            _ => gauge("bbox", 1.0),
+            _ => {
+                st.gauges.bbox.inc();
+            }
         }
         insert_box(st, &b, id);
         // Devices of the old viewport that the new one does not hold are
@@ -190,7 +193,7 @@ pub(super) fn add_selection(st: &mut State, id: ConnId, sel: &Selection) {
 
 /// Forgets which devices connection `id`'s viewport holds.
 pub(super) fn clear_in_box(st: &mut State, id: ConnId) {
-    let old: Vec<Arc<str>> = st
+    let old: Vec<DeviceId> = st
         .conns
         .get(&id)
         .map(|c| c.in_box.iter().cloned().collect())
@@ -225,7 +228,7 @@ pub(super) fn remove_selection(st: &mut State, id: ConnId, sel: &Selection) {
     } else {
         None
     };
-    let in_box: Vec<Arc<str>> = if gone_box.is_some() {
+    let in_box: Vec<DeviceId> = if gone_box.is_some() {
         c.in_box.iter().cloned().collect()
     } else {
         Vec::new()
@@ -237,7 +240,7 @@ pub(super) fn remove_selection(st: &mut State, id: ConnId, sel: &Selection) {
                 st.by_device.remove(&d);
             }
         }
-        gauge("device", -1.0);
+        st.gauges.device.dec();
     }
     for ch in gone_channels {
         if let Some(s) = st.by_channel.get_mut(&ch) {
@@ -246,18 +249,18 @@ pub(super) fn remove_selection(st: &mut State, id: ConnId, sel: &Selection) {
                 st.by_channel.remove(&ch);
             }
         }
-        gauge("channel", -1.0);
+        st.gauges.channel.dec();
     }
     if gone_fleet {
         st.fleet.remove(&id);
-        gauge("fleet", -1.0);
+        st.gauges.fleet.dec();
     }
     if let Some(b) = gone_box {
         remove_box(st, &b, id);
         for d in in_box {
             set_in_box(st, id, &d, false);
         }
-        gauge("bbox", -1.0);
+        st.gauges.bbox.dec();
     }
 }
 
@@ -269,11 +272,12 @@ mod tests {
     use crate::auth::Scope;
     use crate::live::outbox::{Item, Kind, Out, Outbox};
     use fieldcast_core::geo::BBox;
+    use fieldcast_core::DeviceId;
 
     fn loc(device: &str, ts: i64, lon: f64, lat: f64) -> Update {
         Update {
             kind: Kind::Location,
-            device: Arc::from(device),
+            device: DeviceId::parse(device).unwrap(),
             ts,
             pos: Some((lon, lat)),
             cursor: None,
@@ -298,8 +302,8 @@ mod tests {
 
     #[test]
     fn a_box_across_the_meridian_gets_both_sides_and_leaves_nothing() {
-        let hub = Hub::new(1000);
-        let o = Arc::new(Outbox::new(100));
+        let hub = Hub::new(1000, &Default::default());
+        let o = Arc::new(Outbox::new(100, Arc::default()));
         let r = hub.register(Arc::new(Scope::unrestricted()), o.clone(), Arc::default());
         let wrapped = BBox::new([179.0, -1.0, -179.0, 1.0]).unwrap();
         let sel = Selection {

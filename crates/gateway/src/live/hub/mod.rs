@@ -29,7 +29,10 @@ use tokio::sync::Notify;
 use crate::auth::Scope;
 use crate::cursor::Cursor;
 use crate::live::outbox::{Close, Item, Kind, Outbox, Push};
+use crate::metrics::Metrics;
 use fieldcast_core::geo::BBox;
+use fieldcast_core::DeviceId;
+use prometheus_client::metrics::counter::Counter;
 
 use index::{add_selection, clear_in_box, remove_selection, set_in_box, wants, Conn, State};
 pub use pending::{Activation, Mode};
@@ -42,7 +45,7 @@ pub type ConnId = u64;
 #[derive(Debug, Clone)]
 pub struct Update {
     pub kind: Kind,
-    pub device: Arc<str>,
+    pub device: DeviceId,
     pub ts: i64,
     /// `(lon, lat)` of a location.
     pub pos: Option<(f64, f64)>,
@@ -55,7 +58,7 @@ pub struct Update {
 /// What a subscribe or unsubscribe names.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Selection {
-    pub devices: Vec<Arc<str>>,
+    pub devices: Vec<DeviceId>,
     pub fleet: bool,
     pub bbox: Option<BBox>,
     pub channels: Vec<String>,
@@ -85,6 +88,8 @@ pub struct Hub {
     /// Most updates a pending subscribe may buffer before the connection is
     /// treated as a slow consumer.
     pending_cap: usize,
+    /// `fieldcast_gateway_slow_consumer_closes_total`.
+    slow_closes: Counter,
 }
 
 /// Removes its connection from the hub when dropped, so a connection task
@@ -101,11 +106,17 @@ impl Drop for Registration {
 }
 
 impl Hub {
-    pub fn new(pending_cap: usize) -> Arc<Self> {
+    /// A hub counting in `metrics` (its subscription gauges and slow
+    /// consumer closes).
+    pub fn new(pending_cap: usize, metrics: &Metrics) -> Arc<Self> {
         Arc::new(Hub {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                gauges: metrics.subscription_gauges(),
+                ..State::default()
+            }),
             next_id: AtomicU64::new(1),
             pending_cap,
+            slow_closes: metrics.slow_consumer_closes.clone(),
         })
     }
 
@@ -238,7 +249,7 @@ impl Hub {
             if let Some(c) = st.conns.get(&id) {
                 snapshot_ts.retain(|d, _| {
                     !(c.devices.contains(d)
-                        || (c.fleet && c.scope.allows_device(d))
+                        || (c.fleet && c.scope.allows_device(d.as_str()))
                         || c.in_box.contains(d))
                 });
             }
@@ -284,23 +295,12 @@ impl Hub {
                     if floors.stale(&u) || !wants(&mut st, id, &u) {
                         continue;
                     }
-                    offer(&outbox, &u);
+                    offer(&outbox, &u, &self.slow_closes);
                 }
             }
         }
         if let Some(c) = st.conns.get_mut(&id) {
-            c.floors = Some(match c.floors.take() {
-                Some(mut old) if old.until > Instant::now() => {
-                    old.ts.extend(floors.ts);
-                    old.cursor = match (old.cursor, floors.cursor) {
-                        (Some(o), Some(n)) => Some(o.advanced_to(n)),
-                        (o, n) => n.or(o),
-                    };
-                    old.until = floors.until;
-                    old
-                }
-                _ => floors,
-            });
+            c.floors = Some(floors.after(c.floors.take()));
         }
     }
 
@@ -328,19 +328,19 @@ impl Hub {
             st.last_event = Some((last, st.observed));
         }
         let receivers = receivers(&mut st, &u);
-        let mut overflowed = deliver(&mut st, &receivers, &u, self.pending_cap);
+        let mut overflowed = deliver(&mut st, &receivers, &u, self.pending_cap, &self.slow_closes);
         overflowed.extend(buffer_pending(
             &mut st,
             &receivers,
             |p, scope| {
                 p.devices.contains(&u.device)
                     || ((p.selection.fleet || p.selection.bbox.is_some())
-                        && scope.allows_device(&u.device))
+                        && scope.allows_device(u.device.as_str()))
             },
             || Buffered::Update(u.clone()),
             self.pending_cap,
         ));
-        close_overflowed(&mut st, overflowed);
+        close_overflowed(&mut st, overflowed, &self.slow_closes);
     }
 
     /// Routes one channel message to the channel's subscribers, and to the
@@ -365,7 +365,7 @@ impl Hub {
                 continue;
             }
             if c.outbox.push(item.clone(), None) == Push::Overflow {
-                metrics::counter!("fieldcast_gateway_slow_consumer_closes_total").increment(1);
+                self.slow_closes.inc();
             }
         }
         overflowed.extend(buffer_pending(
@@ -375,7 +375,7 @@ impl Hub {
             || Buffered::Message(item.clone()),
             self.pending_cap,
         ));
-        close_overflowed(&mut st, overflowed);
+        close_overflowed(&mut st, overflowed, &self.slow_closes);
     }
 }
 
@@ -392,7 +392,7 @@ fn receivers(st: &mut State, u: &Update) -> Vec<ConnId> {
         if st
             .conns
             .get(&id)
-            .is_some_and(|c| c.scope.allows_device(&u.device))
+            .is_some_and(|c| c.scope.allows_device(u.device.as_str()))
         {
             receivers.push(id);
         }
@@ -406,7 +406,7 @@ fn receivers(st: &mut State, u: &Update) -> Vec<ConnId> {
                 .filter(|id| {
                     st.conns.get(id).is_some_and(|c| {
                         c.bbox.is_some_and(|b| b.contains(lon, lat))
-                            && c.scope.allows_device(&u.device)
+                            && c.scope.allows_device(u.device.as_str())
                     })
                 })
                 .collect();
@@ -442,7 +442,13 @@ fn receivers(st: &mut State, u: &Update) -> Vec<ConnId> {
 /// Offers the update to each receiver — held back instead while the
 /// receiver resyncs, dropped when its last snapshot already showed it.
 /// Returns the receivers whose resync buffer overflowed.
-fn deliver(st: &mut State, receivers: &[ConnId], u: &Update, pending_cap: usize) -> Vec<ConnId> {
+fn deliver(
+    st: &mut State,
+    receivers: &[ConnId],
+    u: &Update,
+    pending_cap: usize,
+    slow_closes: &Counter,
+) -> Vec<ConnId> {
     let mut overflowed = Vec::new();
     let now = Instant::now();
     for &id in receivers {
@@ -464,7 +470,7 @@ fn deliver(st: &mut State, receivers: &[ConnId], u: &Update, pending_cap: usize)
                 continue;
             }
         }
-        offer(&c.outbox, u);
+        offer(&c.outbox, u, slow_closes);
     }
     overflowed
 }
@@ -501,20 +507,20 @@ fn buffer_pending(
 
 /// A subscribe whose buffer outgrew the cap while its snapshot was read:
 /// the client cannot keep up, so it is closed as a slow consumer.
-fn close_overflowed(st: &mut State, overflowed: Vec<ConnId>) {
+fn close_overflowed(st: &mut State, overflowed: Vec<ConnId>, slow_closes: &Counter) {
     for id in overflowed {
         if let Some(c) = st.conns.get_mut(&id) {
             c.pending = None;
             c.outbox.close(Close::SLOW_CONSUMER);
-            metrics::counter!("fieldcast_gateway_slow_consumer_closes_total").increment(1);
+            slow_closes.inc();
         }
         st.pending.remove(&id);
     }
 }
 
-fn offer(outbox: &Outbox, u: &Update) {
+fn offer(outbox: &Outbox, u: &Update, slow_closes: &Counter) {
     let device = (u.kind == Kind::Location).then_some(&u.device);
     if outbox.push(u.item.clone(), device) == Push::Overflow {
-        metrics::counter!("fieldcast_gateway_slow_consumer_closes_total").increment(1);
+        slow_closes.inc();
     }
 }

@@ -2,8 +2,9 @@
 //! what it buffers, and the snapshot "floors" that filter what arrives late.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use fieldcast_core::DeviceId;
 
 use super::{Selection, Update};
 use crate::cursor::Cursor;
@@ -16,9 +17,9 @@ pub struct Activation {
     /// Frames to queue before the buffered updates (`subscribed`).
     pub before: Vec<Item>,
     /// Device -> (location `ts`, status `ts`) as the snapshot read them.
-    pub snapshot_ts: HashMap<Arc<str>, (Option<i64>, Option<i64>)>,
+    pub snapshot_ts: HashMap<DeviceId, (Option<i64>, Option<i64>)>,
     /// Devices inside the bbox at snapshot time.
-    pub in_box: Vec<Arc<str>>,
+    pub in_box: Vec<DeviceId>,
     /// Buffered events at or before this cursor (in its life) were
     /// replayed or precede the subscription; they are not sent again.
     pub cursor_floor: Option<Cursor>,
@@ -41,7 +42,7 @@ pub(super) enum Buffered {
 
 pub(super) struct Pending {
     pub(super) selection: Selection,
-    pub(super) devices: HashSet<Arc<str>>,
+    pub(super) devices: HashSet<DeviceId>,
     pub(super) mode: Mode,
     pub(super) buffer: Vec<Buffered>,
 }
@@ -60,7 +61,7 @@ impl Pending {
 /// activation. Such updates are dropped here; after [`FLOOR_TTL`] the feed
 /// has long passed them and the map is freed.
 pub(super) struct Floors {
-    pub(super) ts: HashMap<Arc<str>, (Option<i64>, Option<i64>)>,
+    pub(super) ts: HashMap<DeviceId, (Option<i64>, Option<i64>)>,
     pub(super) cursor: Option<Cursor>,
     pub(super) until: Instant,
 }
@@ -69,6 +70,25 @@ pub(super) struct Floors {
 pub(super) const FLOOR_TTL: Duration = Duration::from_secs(30);
 
 impl Floors {
+    /// These floors, taken over a connection's `old` ones: an earlier
+    /// snapshot's floors still in force keep filtering too, this snapshot's
+    /// per-device values replace theirs, the cursor floor is the later one,
+    /// and all last until this one's end.
+    pub(super) fn after(self, old: Option<Floors>) -> Floors {
+        match old {
+            Some(mut old) if old.until > Instant::now() => {
+                old.ts.extend(self.ts);
+                old.cursor = match (old.cursor, self.cursor) {
+                    (Some(o), Some(n)) => Some(o.advanced_to(n)),
+                    (o, n) => n.or(o),
+                };
+                old.until = self.until;
+                old
+            }
+            _ => self,
+        }
+    }
+
     pub(super) fn stale(&self, u: &Update) -> bool {
         let (loc_ts, sts) = self.ts.get(&u.device).copied().unwrap_or((None, None));
         match u.kind {

@@ -3,10 +3,14 @@ use std::collections::HashMap;
 use super::*;
 use crate::live::outbox::Out;
 
+fn id(s: &str) -> DeviceId {
+    DeviceId::parse(s).unwrap()
+}
+
 fn loc(device: &str, ts: i64, lon: f64, lat: f64) -> Update {
     Update {
         kind: Kind::Location,
-        device: Arc::from(device),
+        device: id(device),
         ts,
         pos: Some((lon, lat)),
         cursor: None,
@@ -30,17 +34,17 @@ fn texts(o: &Outbox) -> Vec<String> {
 }
 
 fn conn(hub: &Arc<Hub>) -> (Registration, Arc<Outbox>) {
-    let o = Arc::new(Outbox::new(100));
+    let o = Arc::new(Outbox::new(100, Arc::default()));
     let r = hub.register(Arc::new(Scope::unrestricted()), o.clone(), Arc::default());
     (r, o)
 }
 
 #[test]
 fn buffered_updates_older_than_the_snapshot_are_dropped() {
-    let hub = Hub::new(1000);
+    let hub = Hub::new(1000, &Default::default());
     let (r, o) = conn(&hub);
     let sel = Selection {
-        devices: vec![Arc::from("a")],
+        devices: vec![id("a")],
         ..Default::default()
     };
     hub.begin(r.id, sel, Mode::Subscribe);
@@ -48,7 +52,7 @@ fn buffered_updates_older_than_the_snapshot_are_dropped() {
     hub.dispatch(loc("a", 2, 0.0, 0.0));
     hub.dispatch(loc("b", 2, 0.0, 0.0));
     let mut snapshot_ts = HashMap::new();
-    snapshot_ts.insert(Arc::from("a"), (Some(1), None));
+    snapshot_ts.insert(id("a"), (Some(1), None));
     hub.activate(
         r.id,
         Activation {
@@ -63,7 +67,7 @@ fn buffered_updates_older_than_the_snapshot_are_dropped() {
 
 #[test]
 fn bbox_enter_and_leave() {
-    let hub = Hub::new(1000);
+    let hub = Hub::new(1000, &Default::default());
     let (r, o) = conn(&hub);
     let sel = Selection {
         bbox: Some(BBox::new([0.0, 0.0, 1.0, 1.0]).unwrap()),
@@ -85,15 +89,15 @@ fn bbox_enter_and_leave() {
 
 #[test]
 fn live_updates_the_snapshot_already_showed_are_dropped() {
-    let hub = Hub::new(1000);
+    let hub = Hub::new(1000, &Default::default());
     let (r, o) = conn(&hub);
     let sel = Selection {
-        devices: vec![Arc::from("a")],
+        devices: vec![id("a")],
         ..Default::default()
     };
     hub.begin(r.id, sel, Mode::Subscribe);
     let mut snapshot_ts = HashMap::new();
-    snapshot_ts.insert(Arc::from("a"), (Some(5), None));
+    snapshot_ts.insert(id("a"), (Some(5), None));
     hub.activate(
         r.id,
         Activation {
@@ -111,7 +115,7 @@ fn live_updates_the_snapshot_already_showed_are_dropped() {
 fn event(device: &str, cursor: &str) -> Update {
     Update {
         kind: Kind::Event,
-        device: Arc::from(device),
+        device: id(device),
         ts: 0,
         pos: None,
         cursor: Some(cursor.parse().unwrap()),
@@ -128,16 +132,16 @@ const E2: &str = "00000000000000e2";
 
 #[test]
 fn event_floors_and_resume_points_stay_within_one_life() {
-    let hub = Hub::new(1000);
+    let hub = Hub::new(1000, &Default::default());
     let (r, o) = conn(&hub);
     assert_eq!(hub.resume_cursor(r.id), None);
     let sel = Selection {
-        devices: vec![Arc::from("a")],
+        devices: vec![id("a")],
         ..Default::default()
     };
     hub.begin(r.id, sel, Mode::Subscribe);
     let mut snapshot_ts = HashMap::new();
-    snapshot_ts.insert(Arc::from("a"), (None, None));
+    snapshot_ts.insert(id("a"), (None, None));
     let floor = format!("{E1}:5-0").parse().unwrap();
     hub.activate(
         r.id,
