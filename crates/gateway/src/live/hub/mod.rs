@@ -243,15 +243,34 @@ impl Hub {
         let sel = pending.selection;
         let resync = pending.mode == Mode::Resync;
         let mut snapshot_ts = act.snapshot_ts;
+        // Events up to the cursor floor were replayed for what the replay
+        // covered: the selection's devices by name and by box, and every
+        // device when it names the fleet.
+        let mut events: std::collections::HashMap<DeviceId, Cursor> = act
+            .cursor_floor
+            .map(|floor| {
+                sel.devices
+                    .iter()
+                    .chain(&act.in_box)
+                    .map(|d| (d.clone(), floor))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut fleet_events = act.cursor_floor.filter(|_| sel.fleet);
         if !resync {
             // Devices the connection already gets live keep their live
             // order; only the newly covered ones are filtered by the snapshot.
             if let Some(c) = st.conns.get(&id) {
-                snapshot_ts.retain(|d, _| {
-                    !(c.devices.contains(d)
+                let live = |d: &DeviceId| {
+                    c.devices.contains(d)
                         || (c.fleet && c.scope.allows_device(d.as_str()))
-                        || c.in_box.contains(d))
-                });
+                        || c.in_box.contains(d)
+                };
+                snapshot_ts.retain(|d, _| !live(d));
+                events.retain(|d, _| !live(d));
+                if c.fleet {
+                    fleet_events = None;
+                }
             }
         }
         if resync {
@@ -283,7 +302,8 @@ impl Hub {
         }
         let floors = Floors {
             ts: snapshot_ts,
-            cursor: act.cursor_floor,
+            events,
+            fleet_events,
             until: Instant::now() + FLOOR_TTL,
         };
         for b in pending.buffer {

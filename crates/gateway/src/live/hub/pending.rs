@@ -62,7 +62,13 @@ impl Pending {
 /// has long passed them and the map is freed.
 pub(super) struct Floors {
     pub(super) ts: HashMap<DeviceId, (Option<i64>, Option<i64>)>,
-    pub(super) cursor: Option<Cursor>,
+    /// Events at or before these cursors were replayed (or precede the
+    /// subscription): per device the replay covered by name or by box, and
+    /// for every device when it covered the fleet — which the snapshot's
+    /// `ts` cannot stand for, since a device can appear in the log after
+    /// the snapshot was read and before the replay.
+    pub(super) events: HashMap<DeviceId, Cursor>,
+    pub(super) fleet_events: Option<Cursor>,
     pub(super) until: Instant,
 }
 
@@ -78,7 +84,8 @@ impl Floors {
         match old {
             Some(mut old) if old.until > Instant::now() => {
                 old.ts.extend(self.ts);
-                old.cursor = match (old.cursor, self.cursor) {
+                old.events.extend(self.events);
+                old.fleet_events = match (old.fleet_events, self.fleet_events) {
                     (Some(o), Some(n)) => Some(o.advanced_to(n)),
                     (o, n) => n.or(o),
                 };
@@ -97,10 +104,13 @@ impl Floors {
             // An event of another life is not behind the floor: the log
             // started over, and the snapshot's replay never covered it.
             Kind::Event => {
-                self.ts.contains_key(&u.device)
-                    && u.cursor
-                        .zip(self.cursor)
-                        .is_some_and(|(c, floor)| c.at_or_before(&floor))
+                let floor = match (self.events.get(&u.device).copied(), self.fleet_events) {
+                    (Some(d), Some(f)) => Some(d.advanced_to(f)),
+                    (d, f) => d.or(f),
+                };
+                u.cursor
+                    .zip(floor)
+                    .is_some_and(|(c, floor)| c.at_or_before(&floor))
             }
             _ => false,
         }

@@ -170,3 +170,68 @@ fn event_floors_and_resume_points_stay_within_one_life() {
     );
     assert_eq!(texts(&o), [format!("a#{E1}:7-0"), format!("a#{E2}:1-0")]);
 }
+
+/// Pins the flake of `epoch.rs` (an event sent twice after a resync): a
+/// fleet resync whose snapshot was read before a device's first event, and
+/// whose replay (read after it) sent that event, must not send it again
+/// when it arrives late on the feed — the fleet floor covers devices the
+/// snapshot never saw. Events after the floor still go out.
+#[test]
+fn a_fleet_floor_covers_devices_the_snapshot_did_not_see() {
+    let hub = Hub::new(1000, &Default::default());
+    let (r, o) = conn(&hub);
+    let fleet = Selection {
+        fleet: true,
+        ..Default::default()
+    };
+    hub.begin(r.id, fleet, Mode::Subscribe);
+    // The snapshot saw no device; the replay sent b's event 5-0.
+    hub.dispatch(event("b", &format!("{E1}:5-0")));
+    hub.activate(
+        r.id,
+        Activation {
+            cursor_floor: Some(format!("{E1}:5-0").parse().unwrap()),
+            ..Default::default()
+        },
+    );
+    hub.dispatch(event("b", &format!("{E1}:5-0")));
+    hub.dispatch(event("c", &format!("{E1}:4-0")));
+    hub.dispatch(event("b", &format!("{E1}:6-0")));
+    assert_eq!(texts(&o), [format!("b#{E1}:6-0")]);
+}
+
+/// The other side of the same floor: a new device subscribe on a
+/// connection that already gets the fleet live does not hold back the
+/// fleet's late events (the subscribe's replay did not cover them).
+#[test]
+fn a_new_subscribe_does_not_floor_what_the_connection_already_gets() {
+    let hub = Hub::new(1000, &Default::default());
+    let (r, o) = conn(&hub);
+    let fleet = Selection {
+        fleet: true,
+        ..Default::default()
+    };
+    hub.begin(r.id, fleet, Mode::Subscribe);
+    hub.activate(
+        r.id,
+        Activation {
+            cursor_floor: Some(format!("{E1}:1-0").parse().unwrap()),
+            ..Default::default()
+        },
+    );
+    let one = Selection {
+        devices: vec![id("a")],
+        ..Default::default()
+    };
+    hub.begin(r.id, one, Mode::Subscribe);
+    hub.activate(
+        r.id,
+        Activation {
+            cursor_floor: Some(format!("{E1}:9-0").parse().unwrap()),
+            ..Default::default()
+        },
+    );
+    hub.dispatch(event("a", &format!("{E1}:8-0")));
+    hub.dispatch(event("b", &format!("{E1}:7-0")));
+    assert_eq!(texts(&o), [format!("a#{E1}:8-0"), format!("b#{E1}:7-0")]);
+}
