@@ -180,9 +180,9 @@ impl Config {
         if let Some(path) = self
             .map_tiles
             .as_deref()
-            .and_then(crate::http::tiles::archive_path)
+            .and_then(crate::store::tiles::archive_path)
         {
-            crate::http::tiles::TileSource::open(&path)
+            crate::store::tiles::TileSource::open(&path)
                 .map_err(|e| ConfigError::MapTiles(format!("{e:#}")))?;
         }
         Ok(())

@@ -62,15 +62,15 @@ fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
 
 /// The tile archive `FIELDCAST_MAP_TILES` names, opened and checked, or
 /// `None` for an online URL template (or no tiles).
-async fn open_tiles(config: &Config) -> anyhow::Result<Option<Arc<http::tiles::TileSource>>> {
+async fn open_tiles(config: &Config) -> anyhow::Result<Option<Arc<store::tiles::TileSource>>> {
     let Some(path) = config
         .map_tiles
         .as_deref()
-        .and_then(http::tiles::archive_path)
+        .and_then(store::tiles::archive_path)
     else {
         return Ok(None);
     };
-    let source = tokio::task::spawn_blocking(move || http::tiles::TileSource::open(&path))
+    let source = tokio::task::spawn_blocking(move || store::tiles::TileSource::open(&path))
         .await
         .context("tile archive open task")?
         .context("FIELDCAST_MAP_TILES")?;
@@ -88,7 +88,7 @@ async fn open_tiles(config: &Config) -> anyhow::Result<Option<Arc<http::tiles::T
 /// The map page's `/config.json`: [`http::assets::page_config`], with
 /// the tile fields pointing at `/tiles/*` when the gateway serves an
 /// archive (its attribution unless `FIELDCAST_MAP_ATTRIBUTION` is set).
-fn page_config(config: &Config, tiles: Option<&http::tiles::TileSource>) -> serde_json::Value {
+fn page_config(config: &Config, tiles: Option<&store::tiles::TileSource>) -> serde_json::Value {
     let mut page = http::assets::page_config(config);
     if let Some(t) = tiles {
         let operator_attribution = config
@@ -135,7 +135,7 @@ pub async fn serve(
 /// connect in the background), the hub, health, metrics and limits.
 fn app_state(
     config: &Config,
-    tiles: Option<Arc<http::tiles::TileSource>>,
+    tiles: Option<Arc<store::tiles::TileSource>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<state::AppState> {

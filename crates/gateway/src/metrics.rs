@@ -18,7 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
-use crate::live::outbox::Kind;
+use crate::live::kind::Kind;
 
 /// `fieldcast_gateway_subscriptions{kind}`: a selector kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

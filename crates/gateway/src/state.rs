@@ -46,7 +46,7 @@ pub struct AppState {
     pub page_config: Arc<serde_json::Value>,
     /// The local tile archive behind `/tiles/*`, when `FIELDCAST_MAP_TILES`
     /// names one.
-    pub tiles: Option<Arc<crate::http::tiles::TileSource>>,
+    pub tiles: Option<Arc<crate::store::tiles::TileSource>>,
 }
 
 impl FromRef<AppState> for Authenticator {

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use fieldcast_gateway::http::tiles::TileSource;
+use fieldcast_gateway::store::tiles::TileSource;
 use fieldcast_gateway::Config;
 use http_body_util::BodyExt;
 use hyper::HeaderMap;

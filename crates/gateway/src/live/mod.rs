@@ -5,4 +5,5 @@
 
 pub mod feed;
 pub mod hub;
+pub mod kind;
 pub mod outbox;
