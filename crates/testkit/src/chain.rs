@@ -51,13 +51,7 @@ pub fn bridge_config(
 impl Chain {
     /// Starts the broker and a ready bridge; `tag` begins the prefix.
     pub async fn start(tag: &str) -> anyhow::Result<Chain> {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
-            .try_init();
+        crate::init_tracing();
         let broker = Mosquitto::start().await.context("private mosquitto")?;
         let db = PgDb::create().await.context("test database")?;
         let prefix = format!("{}:", unique(tag));

@@ -38,7 +38,7 @@ pub use postgres::PgDb;
 pub use proxy::TcpProxy;
 pub use redis::RedisServer;
 pub use redis_cluster::{RedisCluster, NODE_TIMEOUT_MS};
-pub use util::{free_port, unique, wait_until};
+pub use util::{free_port, init_tracing, unique, wait_until};
 
 /// The shared broker: `FIELDCAST_TEST_MQTT_URL`, else `mqtt://127.0.0.1:1883`.
 pub fn shared_mqtt_url() -> String {

@@ -22,6 +22,29 @@ pub struct RedisServer {
     _dir: TempDir,
 }
 
+/// `redis-server` on 127.0.0.1:`port` in the foreground, without
+/// persistence (a restart comes back empty), data in `dir`, logging to
+/// stdout (the process's log file), with `extra` flags before those.
+pub(crate) fn server_args(port: &str, dir: &str, extra: &[&str]) -> Vec<String> {
+    let base = [
+        "--port",
+        port,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        dir,
+        "--daemonize",
+        "no",
+        "--logfile",
+        "",
+    ];
+    base.iter().chain(extra).map(|a| (*a).to_owned()).collect()
+}
+
 impl RedisServer {
     pub async fn start() -> anyhow::Result<RedisServer> {
         let dir = tempdir("redis")?;
@@ -29,26 +52,10 @@ impl RedisServer {
         let log = dir.path().join("redis.log");
         let service = Service::start_on_free_ports(1, |ports| {
             let port = ports[0].to_string();
-            let args = [
-                "--port",
-                &port,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                &data,
-                "--daemonize",
-                "no",
-                "--logfile",
-                "",
-            ];
             Ok(Recipe {
                 name: "redis-server",
                 program: PathBuf::from(REDIS_SERVER),
-                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                args: server_args(&port, &data, &[]),
                 log: log.clone(),
                 ports: ports.to_vec(),
             })

@@ -228,45 +228,35 @@ impl Node {
         let node_timeout = NODE_TIMEOUT_MS.to_string();
         let service = Service::start_on_free_ports(2, |ports| {
             let (port, bus) = (ports[0].to_string(), ports[1].to_string());
-            let args = [
-                "--port",
+            let args = crate::redis::server_args(
                 &port,
-                // The bus port is chosen, not the default port + 10000,
-                // which may be taken or past 65535.
-                "--cluster-port",
-                &bus,
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                &node_timeout,
-                // Any replica may take over, however long its link was down;
-                // and replicas stay with the primary they were given.
-                "--cluster-replica-validity-factor",
-                "0",
-                "--cluster-allow-replica-migration",
-                "no",
-                // A replica's first sync starts at once, not after 5 s.
-                "--repl-diskless-sync-delay",
-                "0",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
                 &data,
-                "--daemonize",
-                "no",
-                "--logfile",
-                "",
-            ];
+                &[
+                    // The bus port is chosen, not the default port + 10000,
+                    // which may be taken or past 65535.
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    &node_timeout,
+                    // Any replica may take over, however long its link was
+                    // down; and replicas stay with the primary they were given.
+                    "--cluster-replica-validity-factor",
+                    "0",
+                    "--cluster-allow-replica-migration",
+                    "no",
+                    // A replica's first sync starts at once, not after 5 s.
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ],
+            );
             Ok(Recipe {
                 name: "redis-server (cluster node)",
                 program: PathBuf::from(REDIS_SERVER),
-                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                args,
                 log: log.clone(),
                 ports: ports.to_vec(),
             })

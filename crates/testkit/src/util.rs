@@ -112,3 +112,15 @@ mod tests {
         .unwrap();
     }
 }
+
+/// Logs of the code under test into the test's output (shown for a failing
+/// test), at `RUST_LOG` or else `warn`; once per process, later calls do
+/// nothing.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -38,13 +38,7 @@ impl Env {
     }
 
     pub async fn with_redis(redis_url: &str) -> Env {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
-            .with_test_writer()
-            .try_init();
+        fieldcast_testkit::init_tracing();
         let prefix = format!("{}:", unique("gw"));
         let db = PgDb::create().await.unwrap();
         let pg = db.client().await.unwrap();
