@@ -80,6 +80,18 @@ where
     }
 }
 
+/// Logs of the code under test into the test's output (shown for a failing
+/// test), at `RUST_LOG` or else `warn`; once per process, later calls do
+/// nothing.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 mod tests {
@@ -111,16 +123,4 @@ mod tests {
         .await
         .unwrap();
     }
-}
-
-/// Logs of the code under test into the test's output (shown for a failing
-/// test), at `RUST_LOG` or else `warn`; once per process, later calls do
-/// nothing.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
 }
