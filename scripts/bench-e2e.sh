@@ -61,6 +61,10 @@ FIELDCAST_MQTT_CLIENT_ID="bench-bridge-$$" FIELDCAST_ADMIN_ADDR="$ADMIN" FIELDCA
   "$T/fieldcast-bridge" & bridge=$!; pids+=("$bridge")
 for _ in $(seq 1 150); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.2; done
 watch=(--watch-pid "$bridge")
+# Redis's own CPU beside the services' (the shared Redis of the machine,
+# which nothing else should use during a bench).
+redis_pid=$(redis-cli info server 2>/dev/null | awk -F: '/^process_id:/ { print $2 }' | tr -d '\r')
+[ -n "$redis_pid" ] && watch+=(--watch-pid "$redis_pid")
 gateways=(); gw_pids=()
 for i in $(seq 0 $((GATEWAYS - 1))); do
   addr=127.0.0.1:$((GW_PORT + i))

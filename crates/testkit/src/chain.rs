@@ -22,6 +22,7 @@ pub struct Chain {
     pub prefix: String,
     pub redis_url: String,
     pub spool: tempfile::TempDir,
+    _keys: crate::PrefixGuard,
     bridge_stop: CancellationToken,
     bridge_done: JoinHandle<anyhow::Result<()>>,
 }
@@ -71,6 +72,7 @@ impl Chain {
         let h = &handles;
         wait_until(READY, "bridge ready", || async move { h.health.ready() }).await?;
         Ok(Chain {
+            _keys: crate::PrefixGuard::new(&redis_url, &prefix),
             broker,
             db,
             prefix,

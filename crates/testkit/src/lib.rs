@@ -36,7 +36,7 @@ mod util;
 pub use mosquitto::{Mosquitto, MosquittoTls};
 pub use postgres::PgDb;
 pub use proxy::TcpProxy;
-pub use redis::RedisServer;
+pub use redis::{delete_prefix, PrefixGuard, RedisServer};
 pub use redis_cluster::{RedisCluster, NODE_TIMEOUT_MS};
 pub use util::{free_port, init_tracing, unique, wait_until};
 

@@ -86,3 +86,81 @@ impl RedisServer {
         self.service.restart().await
     }
 }
+
+/// A test world's key prefix in a shared Redis: every key under it is
+/// deleted when the guard drops, so the keys of one test or run do not pile
+/// up in the Redis that all of them share. The prefix is the caller's
+/// (from [`crate::unique`]: letters, digits, `-`, `_` and a final `:`).
+#[derive(Debug)]
+pub struct PrefixGuard {
+    url: String,
+    prefix: String,
+}
+
+impl PrefixGuard {
+    pub fn new(url: &str, prefix: &str) -> Self {
+        PrefixGuard {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+        }
+    }
+}
+
+impl Drop for PrefixGuard {
+    fn drop(&mut self) {
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        // Drop may run inside a runtime, which cannot block: a thread with
+        // its own runtime does the deleting.
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(delete_prefix(&url, &prefix))
+        })
+        .join();
+        if let Ok(Err(e)) = done {
+            eprintln!(
+                "testkit: could not delete the keys under {}: {e:#}",
+                self.prefix
+            );
+        }
+    }
+}
+
+/// Deletes every key whose name starts with `prefix` (`SCAN MATCH` +
+/// `UNLINK`, on one Redis). Returns how many.
+pub async fn delete_prefix(url: &str, prefix: &str) -> anyhow::Result<usize> {
+    use fred::prelude::*;
+    use fred::types::{CustomCommand, Value};
+    anyhow::ensure!(
+        prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_:".contains(&b)),
+        "prefix {prefix:?} would need glob escapes"
+    );
+    let client = Builder::from_config(Config::from_url(url)?).build()?;
+    client.init().await.context("connect to redis")?;
+    let pattern = format!("{prefix}*");
+    let (mut cursor, mut deleted) = ("0".to_owned(), 0);
+    loop {
+        let page: Value = client
+            .custom(
+                CustomCommand::new_static("SCAN", None, false),
+                vec![cursor.as_str(), "MATCH", &pattern, "COUNT", "1000"],
+            )
+            .await?;
+        let (next, keys): (String, Vec<String>) = page.convert()?;
+        if !keys.is_empty() {
+            deleted += keys.len();
+            let _: Value = client
+                .custom(CustomCommand::new_static("UNLINK", None, false), keys)
+                .await?;
+        }
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    let _ = client.quit().await;
+    Ok(deleted)
+}

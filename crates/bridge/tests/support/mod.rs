@@ -31,6 +31,8 @@ pub struct Harness {
     pub mqtt_url: String,
     pub redis_url: String,
     pub extra: Vec<String>,
+    /// The keys under `prefix` go when the test ends (shared Redis only).
+    _keys: Option<fieldcast_testkit::PrefixGuard>,
 }
 
 pub struct Running {
@@ -67,10 +69,13 @@ impl Harness {
         .build()
         .unwrap();
         redis.init().await.expect("shared redis");
+        let prefix = format!("{}:", unique("fc"));
         Harness {
+            _keys: (redis_url == fieldcast_testkit::shared_redis_url())
+                .then(|| fieldcast_testkit::PrefixGuard::new(redis_url, &prefix)),
             broker: None,
             db: PgDb::create().await.expect("test database"),
-            prefix: format!("{}:", unique("fc")),
+            prefix,
             client_id: unique("bridge"),
             spool: tempfile::tempdir().unwrap(),
             redis,

@@ -30,6 +30,8 @@ pub struct Env {
     pub db: PgDb,
     pub redis: Client,
     pub pg: tokio_postgres::Client,
+    /// The keys under `prefix` go when the test ends (shared Redis only).
+    pub prefix_guard: Option<fieldcast_testkit::PrefixGuard>,
 }
 
 impl Env {
@@ -52,6 +54,8 @@ impl Env {
         .unwrap();
         let redis = redis_client(redis_url).await;
         Env {
+            prefix_guard: (redis_url == shared_redis_url())
+                .then(|| fieldcast_testkit::PrefixGuard::new(redis_url, &prefix)),
             prefix,
             redis_url: redis_url.to_owned(),
             db,
