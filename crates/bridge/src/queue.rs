@@ -108,6 +108,12 @@ struct Inner {
     closed: bool,
 }
 
+/// The bounded, backpressured queue between the source and the sinks, in
+/// four lanes with their own overflow policy (module doc): live locations
+/// coalesce per device and drop the oldest device when full, reliable items
+/// and history rows make the producer wait (the source holds back instead
+/// of blocking its MQTT loop), dead letters drop the oldest. One mutex over
+/// all four, so a location enters the live and history lanes together.
 pub struct Queue {
     inner: Mutex<Inner>,
     cap: Capacity,

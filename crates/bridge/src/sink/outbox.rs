@@ -28,6 +28,10 @@ use crate::store::redis::RedisSink;
 use crate::store::spool::{Record, SegmentReader, Spool, SpoolError};
 use fieldcast_core::{Backoff, LogLimiter};
 
+/// The fsync'd log of Redis work owed for acknowledged events and
+/// statuses (module doc): appended by the reliable sink while Redis is
+/// away or behind, replayed in order by [`drain`], which also gates new
+/// batches behind what is owed.
 pub struct Outbox {
     spool: Spool,
     /// Held by whoever decides between "write to Redis now" and "append

@@ -83,6 +83,12 @@ pub fn connect(
     Ok((client, eventloop))
 }
 
+/// The MQTT side of the bridge: polls the broker (keepalive included,
+/// whatever the queue does), parses and validates each PUBLISH once, and
+/// offers it to the [`Queue`]; what does not fit waits in an ordered
+/// hold-back buffer, QoS 1 messages unacknowledged (the broker's inflight
+/// window bounds them). Acknowledgements come later, from the sinks
+/// ([`crate::ack::Acker`]).
 pub struct Source {
     pub client: AsyncClient,
     pub filters: Vec<SubscribeFilter>,

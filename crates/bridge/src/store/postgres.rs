@@ -215,6 +215,10 @@ pub fn encode_locations(rows: &[LocationRow]) -> Result<Bytes, PgError> {
     Ok(copy.finish())
 }
 
+/// The bridge's PostgreSQL client: a deadpool of sessions with statement
+/// and lock timeouts, binary COPY of location batches ([`LocationCopy`]),
+/// idempotent inserts of events and statuses, and the isolation of rows
+/// PostgreSQL refuses for their content (`write_*_isolating`).
 pub struct Pg {
     pool: Pool,
 }

@@ -140,7 +140,11 @@ struct Inner {
     closing: Option<Close>,
 }
 
-/// See the module docs.
+/// One connection's queue of frames, bounded in frames and bytes (module
+/// doc): the hub pushes without waiting (under pressure a location replaces
+/// the same device's queued one; past the bounds the connection is marked
+/// for a 4008 close), replies wait for room at most [`REPLY_WAIT`], and the
+/// connection's writer drains it.
 pub struct Outbox {
     cap: usize,
     byte_cap: usize,

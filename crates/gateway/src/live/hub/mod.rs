@@ -81,7 +81,11 @@ pub struct ConnSignals {
     pub resync: Notify,
 }
 
-/// See the module docs.
+/// Who gets each live update: the indexes of every connection's selection
+/// (devices, fleet, an R-tree of viewports, channels), the pending subscribes whose
+/// snapshot is being read (their updates buffered, then filtered by the
+/// snapshot's floors), and each connection's [`Outbox`], offered every
+/// update without waiting. One mutex; the module docs say why it is enough.
 pub struct Hub {
     state: Mutex<State>,
     next_id: AtomicU64,
