@@ -25,7 +25,7 @@ export async function boot() {
   const api = new Api(null);
   const config = await api.config();
   const store = new Store(Number(params.get('stale')) || config.stale_after_ms || 120000);
-  const { token, known } = await signIn(api);
+  const { token, known } = await signIn(api, config.auth === 'none');
   for (const s of known) store.putState(s);
   const mode = params.get('live') || (known.length > FLEET_LIMIT ? 'bbox' : 'fleet');
   document.body.dataset.mode = mode;
@@ -52,10 +52,11 @@ export async function boot() {
 /**
  * The token from the URL, the session or the login prompt, checked with one
  * API call (the known devices, returned with it). A refused token asks again;
- * an unreachable gateway is retried after 2–5 s, like the socket does.
+ * an unreachable gateway is retried after 2–5 s, like the socket does. A
+ * gateway without authentication (`--auth none`) is not asked for one.
  */
-async function signIn(api) {
-  let token = tokenFromPage();
+async function signIn(api, open) {
+  let token = tokenFromPage() ?? (open ? '' : null);
   for (;;) {
     if (token == null) token = await askToken();
     api.token = token;

@@ -88,7 +88,8 @@ pub async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
 
 /// `{"tiles": string|null, "tiles_format": "raster"|"vector"|null,
 /// "tiles_max_zoom": number|null, "attribution": string|null,
-/// "stale_after_ms": number}`, built once from the configuration. A URL
+/// "stale_after_ms": number, "auth": "jwt"|"none"}`, built once from the
+/// configuration (`auth` "none": the page asks for no token). A URL
 /// template ending in `.pbf` or `.mvt` (before any query) is vector tiles,
 /// any other raster; its max zoom is unknown here (null: the page asks for
 /// every zoom). When the gateway serves a tile archive, `lib.rs` overwrites
@@ -103,6 +104,10 @@ pub fn page_config(config: &crate::Config) -> serde_json::Value {
         "tiles_max_zoom": serde_json::Value::Null,
         "attribution": nonempty(&config.map_attribution),
         "stale_after_ms": u64::try_from(config.map_stale.as_millis()).unwrap_or(u64::MAX),
+        "auth": match config.auth {
+            crate::config::AuthMode::Jwt => "jwt",
+            crate::config::AuthMode::None => "none",
+        },
     })
 }
 
@@ -357,6 +362,10 @@ mod tests {
         assert_eq!(none["tiles_max_zoom"], serde_json::Value::Null);
         assert_eq!(none["attribution"], serde_json::Value::Null);
         assert_eq!(none["stale_after_ms"], 120_000);
+        assert_eq!(none["auth"], "none", "the page asks for no token");
+        let jwt =
+            <crate::Config as clap::Parser>::try_parse_from(["g", "--jwt-secret", "s"]).unwrap();
+        assert_eq!(page_config(&jwt)["auth"], "jwt");
         let raster = config(Some("https://tiles.example/{z}/{x}/{y}.png"));
         assert_eq!(raster["tiles"], "https://tiles.example/{z}/{x}/{y}.png");
         assert_eq!(raster["tiles_format"], "raster");
