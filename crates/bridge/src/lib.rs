@@ -246,6 +246,18 @@ fn spawn_background(
     ));
 }
 
+impl Stops {
+    /// The caller's token first, the bridge's own after it.
+    fn after(shutdown: CancellationToken) -> Stops {
+        Stops {
+            shutdown,
+            abandon: CancellationToken::new(),
+            stop_polling: CancellationToken::new(),
+            background: CancellationToken::new(),
+        }
+    }
+}
+
 /// A spawned pipeline: what [`Running::drain`] waits for, in order.
 struct Running {
     stops: Stops,
@@ -261,12 +273,7 @@ struct Running {
 
 impl Running {
     fn spawn(config: &Config, o: Opened, shutdown: CancellationToken) -> Running {
-        let stops = Stops {
-            shutdown,
-            abandon: CancellationToken::new(),
-            stop_polling: CancellationToken::new(),
-            background: CancellationToken::new(),
-        };
+        let stops = Stops::after(shutdown);
         let tracker = TaskTracker::new();
         let redis = Arc::new(RedisSink::new(
             o.redis_client.clone(),

@@ -238,7 +238,7 @@ impl Hub {
     }
 
     /// Makes the pending selection live; see the module docs.
-    pub fn activate(&self, id: ConnId, act: Activation) {
+    pub fn activate(&self, id: ConnId, mut act: Activation) {
         let mut st = self.lock();
         st.pending.remove(&id);
         let Some(pending) = st.conns.get_mut(&id).and_then(|c| c.pending.take()) else {
@@ -246,37 +246,7 @@ impl Hub {
         };
         let sel = pending.selection;
         let resync = pending.mode == Mode::Resync;
-        let mut snapshot_ts = act.snapshot_ts;
-        // Events up to the cursor floor were replayed for what the replay
-        // covered: the selection's devices by name and by box, and every
-        // device when it names the fleet.
-        let mut events: std::collections::HashMap<DeviceId, Cursor> = act
-            .cursor_floor
-            .map(|floor| {
-                sel.devices
-                    .iter()
-                    .chain(&act.in_box)
-                    .map(|d| (d.clone(), floor))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut fleet_events = act.cursor_floor.filter(|_| sel.fleet);
-        if !resync {
-            // Devices the connection already gets live keep their live
-            // order; only the newly covered ones are filtered by the snapshot.
-            if let Some(c) = st.conns.get(&id) {
-                let live = |d: &DeviceId| {
-                    c.devices.contains(d)
-                        || (c.fleet && c.scope.allows_device(d.as_str()))
-                        || c.in_box.contains(d)
-                };
-                snapshot_ts.retain(|d, _| !live(d));
-                events.retain(|d, _| !live(d));
-                if c.fleet {
-                    fleet_events = None;
-                }
-            }
-        }
+        let floors = new_floors(&st, id, &sel, &mut act, resync);
         if resync {
             // The snapshot is the truth for the viewport.
             clear_in_box(&mut st, id);
@@ -304,12 +274,6 @@ impl Hub {
                 }
             }
         }
-        let floors = Floors {
-            ts: snapshot_ts,
-            events,
-            fleet_events,
-            until: Instant::now() + FLOOR_TTL,
-        };
         for b in pending.buffer {
             match b {
                 Buffered::Message(item) => {
@@ -497,6 +461,50 @@ fn deliver(
         offer(&c.outbox, u, slow_closes);
     }
     overflowed
+}
+
+/// The floors of a snapshot and its replay (see [`Floors`]). Events up to
+/// the cursor floor were replayed for what the replay covered: the
+/// selection's devices by name and by box, and every device when it names
+/// the fleet. Outside a resync, devices the connection already gets live
+/// keep their live order: only the newly covered ones are filtered.
+fn new_floors(
+    st: &State,
+    id: ConnId,
+    sel: &Selection,
+    act: &mut Activation,
+    resync: bool,
+) -> Floors {
+    let mut ts = std::mem::take(&mut act.snapshot_ts);
+    let mut events: std::collections::HashMap<DeviceId, Cursor> = act
+        .cursor_floor
+        .map(|floor| {
+            sel.devices
+                .iter()
+                .chain(&act.in_box)
+                .map(|d| (d.clone(), floor))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut fleet_events = act.cursor_floor.filter(|_| sel.fleet);
+    if let Some(c) = st.conns.get(&id).filter(|_| !resync) {
+        let live = |d: &DeviceId| {
+            c.devices.contains(d)
+                || (c.fleet && c.scope.allows_device(d.as_str()))
+                || c.in_box.contains(d)
+        };
+        ts.retain(|d, _| !live(d));
+        events.retain(|d, _| !live(d));
+        if c.fleet {
+            fleet_events = None;
+        }
+    }
+    Floors {
+        ts,
+        events,
+        fleet_events,
+        until: Instant::now() + FLOOR_TTL,
+    }
 }
 
 /// The one pending-buffer path of both dispatches: every pending subscribe
