@@ -10,15 +10,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use fieldcast_core::{Kind, RejectReason};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
-}
+pub use fieldcast_service::metrics::{KindLabel, ReasonLabel};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LaneLabel {

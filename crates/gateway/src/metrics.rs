@@ -18,13 +18,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
-use crate::live::kind::Kind;
+use fieldcast_service::metrics::{KindLabel, ReasonLabel};
 
-/// `fieldcast_gateway_subscriptions{kind}`: a selector kind.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SelectorLabel {
-    pub kind: &'static str,
-}
+use crate::live::kind::Kind;
 
 /// `fieldcast_gateway_messages_out_total{type}`: a frame's [`Kind`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,12 +32,6 @@ pub struct TypeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
-}
-
-/// `fieldcast_gateway_history_cut_total{reason}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
 }
 
 /// The selector kinds of `fieldcast_gateway_subscriptions`.
@@ -62,7 +52,7 @@ fieldcast_service::metric_set! {
         /// Open WebSocket connections
         pub connections: Gauge = Gauge::default(),
         /// Live subscriptions by selector kind
-        pub subscriptions: Family<SelectorLabel, Gauge> = Family::default(),
+        pub subscriptions: Family<KindLabel, Gauge> = Family::default(),
         /// Frames written to sockets by type
         pub messages_out: Family<TypeLabel, Counter> = Family::default(),
         /// Bytes of text frames written to sockets
@@ -100,7 +90,7 @@ impl Metrics {
     pub fn new() -> Self {
         let m = Self::register();
         for kind in SELECTORS {
-            let _ = m.subscriptions.get_or_create(&SelectorLabel { kind });
+            let _ = m.subscriptions.get_or_create(&KindLabel { kind });
         }
         for k in Kind::ALL {
             let _ = m
@@ -134,7 +124,7 @@ impl Metrics {
     pub fn subscription_gauges(&self) -> SubscriptionGauges {
         let g = |kind| {
             self.subscriptions
-                .get_or_create(&SelectorLabel { kind })
+                .get_or_create(&KindLabel { kind })
                 .clone()
         };
         SubscriptionGauges {

@@ -6,6 +6,20 @@
 
 pub use prometheus_client;
 
+use prometheus_client::encoding::EncodeLabelSet;
+
+/// The label set `{kind="…"}`, shared by both services' metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// The label set `{reason="…"}`, shared by both services' metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 /// The content type of [`metric_set!`]'s `encode()`: prometheus-client
 /// writes the OpenMetrics text format (it ends with `# EOF`).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
