@@ -99,12 +99,6 @@ fieldcast_service::metric_set! {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
     pub fn new() -> Self {
         let m = Self::register();

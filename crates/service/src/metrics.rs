@@ -26,7 +26,9 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 /// Declares a struct of metrics registered under `prefix`; a field's name is
 /// the metric's name after the prefix (counters gain `_total` on export) and
-/// its doc comment is the metric's help text.
+/// its doc comment is the metric's help text. The service writes `new()`
+/// (what it shows from the start) on top of the generated `register()`;
+/// `Default` is `new()`.
 ///
 /// ```
 /// use fieldcast_service::metric_set;
@@ -40,7 +42,13 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 ///     }
 /// }
 ///
-/// let m = Metrics::register();
+/// impl Metrics {
+///     pub fn new() -> Self {
+///         Self::register()
+///     }
+/// }
+///
+/// let m = Metrics::default();
 /// m.done.inc();
 /// assert!(m.encode().contains("example_done_total 1"));
 /// ```
@@ -88,6 +96,12 @@ macro_rules! metric_set {
                     &self.registry,
                 );
                 out
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
             }
         }
     };
