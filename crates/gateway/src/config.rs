@@ -144,10 +144,8 @@ pub struct Config {
 pub enum ConfigError {
     #[error("FIELDCAST_JWT_SECRET is required (or pass --auth none)")]
     MissingJwtSecret,
-    #[error("FIELDCAST_REDIS_URL is not a valid Redis URL: {0}")]
-    BadRedisUrl(String),
-    #[error("FIELDCAST_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
-    BadDatabaseUrl(String),
+    #[error(transparent)]
+    Store(#[from] fieldcast_service::StoreArgsError),
     #[error("FIELDCAST_WS_PING_INTERVAL must be at least 1s")]
     PingInterval,
     #[error("FIELDCAST_WS_SEND_BUFFER must be at most 64 MiB (0 = kernel autotuning)")]
@@ -163,12 +161,7 @@ impl Config {
         if self.auth == AuthMode::Jwt && self.jwt_secret.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError::MissingJwtSecret);
         }
-        fred::types::config::Config::from_url(&self.store.redis_url)
-            .map_err(|e| ConfigError::BadRedisUrl(e.to_string()))?;
-        self.store
-            .database_url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| ConfigError::BadDatabaseUrl(e.to_string()))?;
+        self.store.validate()?;
         if self.ws_ping_interval < Duration::from_secs(1) {
             return Err(ConfigError::PingInterval);
         }
@@ -224,7 +217,9 @@ mod tests {
         assert!(Config::try_parse_from(["g", "--ws-queue", "0"]).is_err());
         let c =
             Config::try_parse_from(["g", "--auth", "none", "--database-url", "mysql:x"]).unwrap();
-        assert!(c.validate().is_err());
+        assert!(matches!(c.validate(), Err(ConfigError::Store(_))));
+        let c = Config::try_parse_from(["g", "--auth", "none", "--redis-url", "http://x"]).unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::Store(_))));
         let c = Config::try_parse_from(["g", "--auth", "none", "--ws-send-buffer", "1000000000"])
             .unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::SendBuffer)));
