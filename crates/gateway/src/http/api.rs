@@ -584,35 +584,22 @@ async fn write_track(
         if rows.is_empty() && !seen(s, txn, q.device.as_str()).await? {
             return Err(ApiError::NotFound(format!("no device {:?}", q.device)));
         }
-        Ok((Head { next_header }, portal, rows))
+        Ok((Head { next_header }, (portal, rows)))
     }
     .await;
-    let (portal, mut rows) = match first {
-        Ok((head, portal, rows)) => {
-            head_tx.send(Ok(head)).map_err(|_| Cut::Gone)?;
-            (portal, rows)
-        }
-        Err(e) => {
-            let _ = head_tx.send(Err(e));
-            return Ok(());
-        }
+    let Some((portal, rows)) = answer(head_tx, first)? else {
+        return Ok(());
     };
-    let mut out = enc.head();
-    loop {
-        enc.points(&rows, &mut out);
-        if rows.len() < CHUNK_ROWS {
-            break;
-        }
-        send(
-            s,
-            body_tx,
-            Frame::Data(Bytes::from(std::mem::take(&mut out))),
-        )
-        .await?;
-        rows = history::fetch_points(txn, &portal, CHUNK_ROWS)
-            .await
-            .map_err(Cut::Query)?;
-    }
+    let out = enc.head();
+    let mut out = stream_rows(
+        s,
+        body_tx,
+        out,
+        rows,
+        |r, out| enc.points(r, out),
+        || history::fetch_points(txn, &portal, CHUNK_ROWS),
+    )
+    .await?;
     out.push_str(&enc.tail());
     send(s, body_tx, Frame::Last(Bytes::from(out))).await
 }
@@ -636,21 +623,59 @@ async fn write_events(
         Ok::<_, ApiError>((portal, rows))
     }
     .await;
-    let (portal, mut rows) = match first {
-        Ok(first) => {
-            head_tx.send(Ok(Head::default())).map_err(|_| Cut::Gone)?;
-            first
+    let Some((portal, rows)) = answer(head_tx, first.map(|f| (Head::default(), f)))? else {
+        return Ok(());
+    };
+    let out = enc.head().to_owned();
+    let mut out = stream_rows(
+        s,
+        body_tx,
+        out,
+        rows,
+        |r, out| enc.rows(r, out),
+        || history::fetch_events(txn, &portal, CHUNK_ROWS),
+    )
+    .await?;
+    out.push_str(&enc.tail());
+    send(s, body_tx, Frame::Last(Bytes::from(out))).await
+}
+
+/// Hands the handler its head, or the error that came before it. `None`
+/// when the response ends there (the handler answers the error; no cut).
+fn answer<T>(
+    head_tx: oneshot::Sender<Result<Head, ApiError>>,
+    first: Result<(Head, T), ApiError>,
+) -> Result<Option<T>, Cut> {
+    match first {
+        Ok((head, rest)) => {
+            head_tx.send(Ok(head)).map_err(|_| Cut::Gone)?;
+            Ok(Some(rest))
         }
         Err(e) => {
             let _ = head_tx.send(Err(e));
-            return Ok(());
+            Ok(None)
         }
-    };
-    let mut out = enc.head().to_owned();
+    }
+}
+
+/// Encodes `rows` and every further chunk `next` fetches after `out`,
+/// sending the text as each full chunk is encoded; returns what is left
+/// for the last frame. A chunk shorter than [`CHUNK_ROWS`] is the last.
+async fn stream_rows<R, Fut>(
+    s: &AppState,
+    body_tx: &mpsc::Sender<Frame>,
+    mut out: String,
+    mut rows: Vec<R>,
+    mut encode: impl FnMut(&[R], &mut String),
+    mut next: impl FnMut() -> Fut,
+) -> Result<String, Cut>
+where
+    Fut: std::future::Future<Output = Result<Vec<R>, history::HistoryError>>,
+{
     loop {
-        enc.rows(&rows, &mut out);
+        encode(&rows, &mut out);
         if rows.len() < CHUNK_ROWS {
-            break;
+            return Ok(out);
         }
         send(
             s,
@@ -658,12 +683,8 @@ async fn write_events(
             Frame::Data(Bytes::from(std::mem::take(&mut out))),
         )
         .await?;
-        rows = history::fetch_events(txn, &portal, CHUNK_ROWS)
-            .await
-            .map_err(Cut::Query)?;
+        rows = next().await.map_err(Cut::Query)?;
     }
-    out.push_str(&enc.tail());
-    send(s, body_tx, Frame::Last(Bytes::from(out))).await
 }
 
 /// Whether a device without points in the window was ever seen: a hot
