@@ -15,7 +15,9 @@
 //!   producer waits for room; the batcher drains it continuously (spilling
 //!   to disk while PostgreSQL is down), so this only fills if the disk does.
 //! - **deadletters**: rejected messages for the Redis dead-letter list; at
-//!   capacity the oldest is dropped and counted.
+//!   capacity the oldest is dropped and counted. The list is promised
+//!   newest first, so one live worker at a time holds dead letters: the
+//!   next worker gets the rest only after [`Queue::deadletters_written`].
 //!
 //! Three consumers: the live sink reads live + deadletters (Redis only, so
 //! locations never wait for a PostgreSQL commit), the reliable sink reads
@@ -105,6 +107,9 @@ struct Inner {
     reliable: VecDeque<Reliable>,
     history: Vec<LocationRow>,
     deadletters: VecDeque<DeadLetter>,
+    /// A live worker holds dead letters it has not written yet; another
+    /// worker writing later ones first would reorder the list.
+    deadletters_out: bool,
     closed: bool,
 }
 
@@ -279,10 +284,20 @@ impl Queue {
                 let Some(l) = g.live.pop_oldest() else { break };
                 b.locations.push(l);
             }
-            let n = g.deadletters.len().min(max.saturating_sub(b.len()).max(1));
-            b.deadletters.extend(g.deadletters.drain(..n));
+            if !g.deadletters_out && !g.deadletters.is_empty() {
+                let n = g.deadletters.len().min(max.saturating_sub(b.len()).max(1));
+                b.deadletters.extend(g.deadletters.drain(..n));
+                g.deadletters_out = true;
+            }
         })
         .await
+    }
+
+    /// The dead letters of a batch from [`Queue::next_live`] are written (or
+    /// given up on): the next worker may take the ones after them.
+    pub fn deadletters_written(&self) {
+        self.lock().deadletters_out = false;
+        self.live_wake.notify_one();
     }
 
     /// Takes up to `max` reliable items, in order, waiting while there are
@@ -447,6 +462,34 @@ mod tests {
         let b = q.next_reliable(10).await.unwrap();
         let acks: Vec<_> = b.reliable.iter().map(|r| r.ack().unwrap().pkid).collect();
         assert_eq!(acks, vec![2, 3]);
+    }
+
+    /// The CI failure this pins: two live workers each took dead letters
+    /// and the later ones reached the list first.
+    #[tokio::test(start_paused = true)]
+    async fn one_worker_at_a_time_holds_dead_letters() {
+        let q = q(10, 10);
+        for i in 0..2 {
+            q.push_deadletter(DeadLetter::new("t", "bad_json", i, b"x"));
+        }
+        let first = q.next_live(1).await.unwrap();
+        assert_eq!(first.deadletters.len(), 1);
+        q.push_location(row("a", 1)).await;
+        let second = q.next_live(2).await.unwrap();
+        assert!(
+            second.deadletters.is_empty(),
+            "taken while the first are out"
+        );
+        assert_eq!(second.locations.len(), 1);
+        let waiting = tokio::time::timeout(std::time::Duration::from_secs(1), q.next_live(2)).await;
+        assert!(
+            waiting.is_err(),
+            "nothing else to take until they are written"
+        );
+        q.deadletters_written();
+        let third = q.next_live(2).await.unwrap();
+        let at: Vec<i64> = third.deadletters.iter().map(|d| d.received_at).collect();
+        assert_eq!(at, vec![1]);
     }
 
     #[tokio::test]

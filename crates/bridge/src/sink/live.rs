@@ -16,7 +16,8 @@ use fieldcast_core::{Backoff, LogLimiter};
 
 /// Takes the live and dead-letter lanes of the [`Queue`] to Redis. Several
 /// run side by side (`FIELDCAST_SINK_WORKERS`): each batch holds at most one
-/// location per device, so their order across workers does not matter.
+/// location per device, so their order across workers does not matter;
+/// dead letters, whose list is ordered, go to one worker at a time.
 #[derive(Clone)]
 pub struct LiveSink {
     pub queue: Arc<Queue>,
@@ -33,7 +34,11 @@ impl LiveSink {
     pub async fn run(self, abandon: CancellationToken) {
         let mut log = LogLimiter::new(5, Duration::from_secs(10));
         while let Some(batch) = self.queue.next_live(self.batch_size).await {
-            if !self.write_redis(&batch, &abandon, &mut log).await {
+            let written = self.write_redis(&batch, &abandon, &mut log).await;
+            if !batch.deadletters.is_empty() {
+                self.queue.deadletters_written();
+            }
+            if !written {
                 break;
             }
         }
