@@ -90,7 +90,7 @@ cat <<EOF
 
 live map:       http://$LISTEN/
 bridge metrics: http://$ADMIN/metrics
-hot state:      redis-cli --scan --pattern 'fieldcast:dev:*' | head
+hot state:      redis-cli --scan --pattern 'fieldcast:{*}:dev:*' | head
 history:        $(fc_psql_hint "$DB") -c 'SELECT count(*) FROM locations'
 Ctrl-C stops the fleet, the gateway and the bridge (the services keep running).
 

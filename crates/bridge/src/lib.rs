@@ -219,7 +219,7 @@ fn spawn_background(
         bg.clone(),
     ));
     tracker.spawn(upkeep::trim_event_log(
-        RedisSink::new(o.redis_client.clone(), &config.store.redis_prefix),
+        RedisSink::new(o.redis_client.clone(), config.store.keys()),
         bg.clone(),
     ));
     tracker.spawn(
@@ -275,10 +275,7 @@ impl Running {
     fn spawn(config: &Config, o: Opened, shutdown: CancellationToken) -> Running {
         let stops = Stops::after(shutdown);
         let tracker = TaskTracker::new();
-        let redis = Arc::new(RedisSink::new(
-            o.redis_client.clone(),
-            &config.store.redis_prefix,
-        ));
+        let redis = Arc::new(RedisSink::new(o.redis_client.clone(), config.store.keys()));
         let bg = &stops.background;
         spawn_background(config, &o, &redis, &tracker, bg);
         tracker.spawn(admin::serve(

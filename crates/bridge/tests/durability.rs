@@ -707,7 +707,7 @@ async fn disk_full_spool_backpressures_without_losing_acked_events_or_the_connec
         all && have.len() == N,
         format!("{} of {N} published events stored", have.len()),
     );
-    let log_key = h.key("events");
+    let log_key = h.keys().events;
     let redis = &h.redis;
     let logged = checks
         .wait("every event in the event log", || async {
@@ -843,14 +843,14 @@ async fn redis_outage_with_a_small_broker_queue_loses_no_acked_event() {
     proxy.restore();
     let back_at = Instant::now();
 
-    let log_key = h.key("events");
+    let log_key = h.keys().events;
     let c = &client;
     let logged = checks
         .wait("the event log has every event", || async {
             c.xlen::<i64, _>(&log_key).await.unwrap_or(0) >= N
         })
         .await;
-    let dev_key = h.key(&format!("dev:{id}"));
+    let dev_key = h.keys().device(&id);
     let caught_up = checks
         .wait("last_seen catches up", || async {
             c.hget::<Option<String>, _, _>(&dev_key, "last_seen")
@@ -1086,7 +1086,7 @@ async fn the_outbox_is_replayed_by_the_next_bridge_after_a_restart() {
     redis.restart().await.unwrap();
     let bridge = h.start().await;
     let client = redis_client(&redis.url).await;
-    let key = h.key("events");
+    let key = h.keys().events;
     let c = &client;
     wait_until(WAIT, "the new bridge replays the outbox", || {
         let key = key.clone();
@@ -1095,7 +1095,7 @@ async fn the_outbox_is_replayed_by_the_next_bridge_after_a_restart() {
     .await
     .unwrap();
     let last_seen: Option<String> = client
-        .hget(h.key(&format!("dev:{id}")), "last_seen")
+        .hget(h.keys().device(&id), "last_seen")
         .await
         .unwrap();
     assert_eq!(last_seen, Some((t0 + N - 1).to_string()));
@@ -1114,7 +1114,7 @@ async fn the_outbox_is_replayed_by_the_next_bridge_after_a_restart() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        client.xlen::<i64, _>(h.key("events")).await.unwrap(),
+        client.xlen::<i64, _>(h.keys().events).await.unwrap(),
         N,
         "each event logged once"
     );

@@ -143,7 +143,7 @@ async fn sigkill_mid_stream_loses_and_doubles_no_event() {
         h.count("SELECT count(DISTINCT event_id) FROM events").await,
         N as i64
     );
-    let key = h.key("events");
+    let key = h.keys().events;
     wait_until(WAIT, "event log complete", || {
         let r = hh.redis.xlen::<i64, _>(key.clone());
         async move { r.await.unwrap_or(0) == N as i64 }
@@ -282,7 +282,7 @@ async fn redis_outage_recovers() {
         .build()
         .unwrap();
     client.init().await.unwrap();
-    let key = h.key(&format!("dev:{id}"));
+    let key = h.keys().device(&id);
     let c = &client;
     wait_until(WAIT, "state written after redis returns", || {
         let key = key.clone();
@@ -297,7 +297,7 @@ async fn redis_outage_recovers() {
     })
     .await
     .unwrap();
-    let key = h.key("events");
+    let key = h.keys().events;
     wait_until(WAIT, "event logged after redis returns", || {
         let key = key.clone();
         async move { c.xlen::<i64, _>(key).await.unwrap_or(0) == 1 }

@@ -55,10 +55,13 @@ async fn location_reaches_state_live_and_history() {
     assert_eq!(state["ts"], ts.to_string());
     assert_eq!(state["last_seen"], ts.to_string());
     assert!(!state.contains_key("alt"));
-    let members: Vec<String> = h.redis.smembers(h.key("devices")).await.unwrap();
+    let members: Vec<String> = h.redis.smembers(&h.keys().of(&id).1.devices).await.unwrap();
     assert_eq!(members, vec![id.clone()]);
-    let pos: Vec<Option<fred::types::geo::GeoPosition>> =
-        h.redis.geopos(h.key("geo"), id.clone()).await.unwrap();
+    let pos: Vec<Option<fred::types::geo::GeoPosition>> = h
+        .redis
+        .geopos(&h.keys().of(&id).1.geo, id.clone())
+        .await
+        .unwrap();
     assert!(pos[0].is_some());
 
     h.wait_count("SELECT count(*) FROM locations", 1).await;
@@ -254,11 +257,11 @@ async fn events_are_stored_and_pushed_once() {
     let cursor = a["msg"]["cursor"].as_str().unwrap().to_owned();
     let entries: Vec<(String, std::collections::HashMap<String, String>)> = h
         .redis
-        .xrange(h.key("events"), "-", "+", None)
+        .xrange(h.keys().events, "-", "+", None)
         .await
         .unwrap();
     assert_eq!(entries.len(), 2);
-    let epoch: String = h.redis.get(h.key("events:epoch")).await.unwrap();
+    let epoch: String = h.redis.get(h.keys().epoch).await.unwrap();
     assert_eq!(
         cursor,
         format!("{epoch}:{}", entries[0].0),

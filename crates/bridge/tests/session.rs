@@ -93,11 +93,9 @@ async fn retained_status_storm_through_a_small_queue() {
     let bridge = h.start().await;
     h.wait_count("SELECT count(*) FROM device_status", N as i64)
         .await;
-    let key = h.key("devices");
     let hh = &h;
-    wait_until(WAIT, "every device in the hot state", || {
-        let key = key.clone();
-        async move { hh.redis.scard::<i64, _>(key).await.unwrap_or(0) == N as i64 }
+    wait_until(WAIT, "every device in the hot state", || async move {
+        hh.fleet_size().await == N as i64
     })
     .await
     .unwrap();
@@ -133,7 +131,7 @@ async fn shared_group_splits_the_load() {
         .await;
     }
     h.wait_count("SELECT count(*) FROM events", N as i64).await;
-    let key = h.key("events");
+    let key = h.keys().events;
     let hh = &h;
     wait_until(WAIT, "event log", || {
         let key = key.clone();

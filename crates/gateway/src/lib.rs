@@ -140,7 +140,7 @@ fn app_state(
     shutdown: CancellationToken,
 ) -> anyhow::Result<state::AppState> {
     let metrics = Arc::new(metrics::Metrics::new());
-    let store = store::redis::Store::connect(&config.store.redis_url, &config.store.redis_prefix)
+    let store = store::redis::Store::connect(&config.store.redis_url, config.store.keys())
         .context("redis client")?;
     let pg = store::history::pool(&config.store.database_url, config.database_pool.get())
         .context("postgresql pool")?;

@@ -208,8 +208,8 @@ async fn a_log_or_epoch_gone_starts_a_new_life_on_either_side() {
     let env = Env::new().await;
     let gw = env.gateway().await;
     let t = token(json!({}));
-    let stream = format!("{}events", env.prefix);
-    let epoch_key = format!("{}events:epoch", env.prefix);
+    let stream = env.keys().events;
+    let epoch_key = env.keys().epoch;
 
     // A fresh deployment: the gateway starts the log, the bridge keeps it.
     let mut watcher = gw.ws(&t).await;

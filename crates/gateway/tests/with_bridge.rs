@@ -613,8 +613,9 @@ async fn connect_disconnect_churn_leaves_nothing_behind() {
     );
 }
 
-/// A plain Redis subscriber on the bridge's live channel: the reference for
-/// what the bridge published, in the order every gateway receives it.
+/// A plain Redis subscriber on the bridge's live shard channels: the
+/// reference for what the bridge published, in the order every gateway
+/// receives it.
 struct LiveChannel {
     _client: fred::clients::SubscriberClient,
     rx: tokio::sync::broadcast::Receiver<fred::types::Message>,
@@ -633,7 +634,8 @@ impl LiveChannel {
         .unwrap();
         client.init().await.unwrap();
         let rx = client.message_rx();
-        client.subscribe(format!("{prefix}live")).await.unwrap();
+        let keys = fieldcast_core::Keys::new(prefix, fieldcast_core::Partitions::default());
+        client.ssubscribe(keys.live_channels()).await.unwrap();
         LiveChannel {
             _client: client,
             rx,

@@ -1,9 +1,9 @@
 //! What the Fieldcast service binaries share, so that the bridge and the
 //! gateway name their stores with the same flags and stop the same way.
 //!
-//! - [`StoreArgs`]: `FIELDCAST_REDIS_URL`, `FIELDCAST_REDIS_PREFIX` and
-//!   `FIELDCAST_DATABASE_URL` (PROTOCOL.md), flattened into each binary's
-//!   clap configuration;
+//! - [`StoreArgs`]: `FIELDCAST_REDIS_URL`, `FIELDCAST_REDIS_PREFIX`,
+//!   `FIELDCAST_REDIS_PARTITIONS` and `FIELDCAST_DATABASE_URL`
+//!   (PROTOCOL.md), flattened into each binary's clap configuration;
 //! - [`shutdown_on_signal`]: one cancellation token for SIGTERM and SIGINT;
 //! - [`redis::builder`]: the one Redis client builder, with its retry
 //!   settings;
@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod redis;
 
 use clap::Args;
+use fieldcast_core::{Keys, Partitions};
 use tokio_util::sync::CancellationToken;
 
 /// Where the fleet's state lives. The bridge writes both stores; the
@@ -30,6 +31,12 @@ pub struct StoreArgs {
     /// Prefix of every Redis key and channel (several deployments can share one Redis).
     #[arg(long, env = "FIELDCAST_REDIS_PREFIX", default_value = "fieldcast:")]
     pub redis_prefix: String,
+
+    /// Partitions of the Redis layout (docs/redis-layout.md): the same for
+    /// every bridge and gateway of a deployment.
+    #[arg(long, env = "FIELDCAST_REDIS_PARTITIONS", default_value_t = Partitions::DEFAULT,
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(Partitions::MAX)))]
+    pub redis_partitions: u16,
 
     /// PostgreSQL with the history tables.
     #[arg(
@@ -50,9 +57,23 @@ pub enum StoreArgsError {
     RedisScheme,
     #[error("FIELDCAST_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
     DatabaseUrl(tokio_postgres::Error),
+    #[error(transparent)]
+    Prefix(#[from] fieldcast_core::keys::PrefixError),
+    #[error(transparent)]
+    Partitions(#[from] fieldcast_core::partition::PartitionsError),
 }
 
 impl StoreArgs {
+    /// The stores at these addresses, with the default partition count.
+    pub fn new(redis_url: &str, redis_prefix: &str, database_url: &str) -> Self {
+        StoreArgs {
+            redis_url: redis_url.to_owned(),
+            redis_prefix: redis_prefix.to_owned(),
+            redis_partitions: Partitions::DEFAULT,
+            database_url: database_url.to_owned(),
+        }
+    }
+
     /// Parses both addresses as their clients will.
     pub fn validate(&self) -> Result<(), StoreArgsError> {
         // fred reads an unknown scheme as a plain Redis URL; say so instead.
@@ -67,7 +88,18 @@ impl StoreArgs {
         self.database_url
             .parse::<tokio_postgres::Config>()
             .map_err(StoreArgsError::DatabaseUrl)?;
+        Keys::check_prefix(&self.redis_prefix)?;
+        Partitions::new(u64::from(self.redis_partitions))?;
         Ok(())
+    }
+
+    /// The Redis layout these flags name. Clap bounds the partition count;
+    /// a value built by hand outside it is clamped into range here, and
+    /// [`Self::validate`] refuses it.
+    pub fn keys(&self) -> Keys {
+        let count = self.redis_partitions.clamp(1, Partitions::MAX);
+        let partitions = Partitions::new(u64::from(count)).unwrap_or_default();
+        Keys::new(&self.redis_prefix, partitions)
     }
 }
 
@@ -135,11 +167,7 @@ mod tests {
 
     #[test]
     fn store_addresses_are_checked_as_their_clients_parse_them() {
-        let store = |redis: &str, db: &str| StoreArgs {
-            redis_url: redis.to_owned(),
-            redis_prefix: "p:".to_owned(),
-            database_url: db.to_owned(),
-        };
+        let store = |redis: &str, db: &str| StoreArgs::new(redis, "p:", db);
         assert!(store("redis://127.0.0.1:6379", "postgres://u@h/db")
             .validate()
             .is_ok());
@@ -158,5 +186,24 @@ mod tests {
             store("redis://h", "postgres://u@h:notaport/db").validate(),
             Err(StoreArgsError::DatabaseUrl(_))
         ));
+        let mut braces = store("redis://h", "postgres://u@h/db");
+        braces.redis_prefix = "p{1}:".into();
+        assert!(matches!(braces.validate(), Err(StoreArgsError::Prefix(_))));
+        let mut zero = store("redis://h", "postgres://u@h/db");
+        zero.redis_partitions = 0;
+        assert!(matches!(
+            zero.validate(),
+            Err(StoreArgsError::Partitions(_))
+        ));
+    }
+
+    #[test]
+    fn partitions_are_bounded_by_the_flag() {
+        let p = |v: &str| Cli::try_parse_from(["x", "--redis-partitions", v]).map(|c| c.store);
+        assert_eq!(p("8").map(|s| s.keys().partitions().count()).ok(), Some(8));
+        assert!(p("0").is_err());
+        assert!(p("1025").is_err());
+        let d = Cli::try_parse_from(["x"]).map(|c| c.store.redis_partitions);
+        assert_eq!(d.ok(), Some(64));
     }
 }

@@ -58,11 +58,7 @@ impl Chain {
         let prefix = format!("{}:", unique(tag));
         let spool = tempfile::tempdir().context("spool directory")?;
         let redis_url = shared_redis_url();
-        let store = fieldcast_service::StoreArgs {
-            redis_url: redis_url.clone(),
-            redis_prefix: prefix.clone(),
-            database_url: db.url.clone(),
-        };
+        let store = fieldcast_service::StoreArgs::new(&redis_url, &prefix, &db.url);
         let config = bridge_config(&broker.url, &unique("bridge"), store, spool.path());
         let bridge_stop = CancellationToken::new();
         let (handles, done) = fieldcast_bridge::start(config, bridge_stop.clone())
@@ -85,11 +81,7 @@ impl Chain {
 
     /// Where the bridge keeps the fleet's state, for the gateways.
     pub fn store(&self) -> fieldcast_service::StoreArgs {
-        fieldcast_service::StoreArgs {
-            redis_url: self.redis_url.clone(),
-            redis_prefix: self.prefix.clone(),
-            database_url: self.db.url.clone(),
-        }
+        fieldcast_service::StoreArgs::new(&self.redis_url, &self.prefix, &self.db.url)
     }
 
     /// Stops the bridge (it drains and acks), then drops the broker.

@@ -1,17 +1,20 @@
 //! Redis sink: hot state, geo index, live publication, event log and dead
 //! letters (layout in docs/redis-layout.md). A whole batch goes out as one
-//! pipeline of Lua scripts: one network round trip, and the "only forward
-//! in `ts`" decision taken atomically on the server.
+//! pipeline of Lua scripts: one network round trip (one per node on a
+//! cluster), and the "only forward in `ts`" decision taken atomically on
+//! the server. Each script call touches the keys of one partition, or of
+//! the event log: one hash slot.
 
 use std::time::{Duration, Instant};
 
 use fred::clients::Pipeline;
 use fred::prelude::*;
 use fred::types::scripts::Script;
-use fred::types::{CustomCommand, Value};
+use fred::types::{ClusterHash, CustomCommand, Value};
 
 use fieldcast_core::live::{self, fmt_f64};
-use fieldcast_core::{Event, Keys, Kind, Status};
+use fieldcast_core::partition::key_slot;
+use fieldcast_core::{Event, Keys, Kind, Partition, Status};
 use fieldcast_service::redis::ReplyCode;
 
 use crate::metrics::{KindLabel, Metrics};
@@ -22,8 +25,8 @@ use crate::record::{DeadLetter, LiveLocation, Reliable};
 pub const EVENT_LOG_MAXLEN: u64 = 100_000;
 /// How long the event log and the live dedup keys last.
 pub const EVENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
-/// Locations per script call: one EVALSHA and one PUBLISH (a JSON array)
-/// for this many updates, instead of one each.
+/// Locations per script call: one EVALSHA and one SPUBLISH (a JSON array)
+/// for up to this many updates of one partition, instead of one each.
 pub const LOCATIONS_PER_SCRIPT: usize = 100;
 /// Dead-letter list length (PROTOCOL.md §2).
 pub const DEADLETTER_MAX: i64 = 10_000;
@@ -66,6 +69,7 @@ pub struct RedisSink {
     location: Script,
     status: Script,
     event: Script,
+    touch: Script,
 }
 
 /// What one batch did.
@@ -77,12 +81,23 @@ pub struct Applied {
     pub duplicate_events: usize,
 }
 
+/// One script call of a pipeline, to read its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Location,
+    Status,
+    Event,
+    /// `touch.lua`, which follows each event: no outcome of its own.
+    Touch,
+}
+
 impl Applied {
     /// Adds one script call's answer: `location.lua` answers a flag per
     /// fix, the others 1 when applied (else stale or duplicate).
-    fn count(&mut self, kind: Kind, answer: Value) {
-        match (kind, answer) {
-            (Kind::Location, Value::Array(flags)) => {
+    fn count(&mut self, call: Call, answer: Value) {
+        match (call, answer) {
+            (Call::Touch, _) => {}
+            (Call::Location, Value::Array(flags)) => {
                 for f in flags {
                     if matches!(f, Value::Integer(1)) {
                         self.published += 1;
@@ -92,9 +107,9 @@ impl Applied {
                 }
             }
             (_, Value::Integer(1)) => self.published += 1,
-            (Kind::Event, _) => self.duplicate_events += 1,
-            (Kind::Status, _) => self.stale_statuses += 1,
-            (Kind::Location, _) => {}
+            (Call::Event, _) => self.duplicate_events += 1,
+            (Call::Status, _) => self.stale_statuses += 1,
+            (Call::Location, _) => {}
         }
     }
 
@@ -127,13 +142,14 @@ fn opt(v: Option<f64>) -> String {
 }
 
 impl RedisSink {
-    pub fn new(client: Client, prefix: &str) -> Self {
+    pub fn new(client: Client, keys: Keys) -> Self {
         RedisSink {
             client,
-            keys: Keys::new(prefix),
+            keys,
             location: Script::from_lua(include_str!("lua/location.lua")),
             status: Script::from_lua(include_str!("lua/status.lua")),
             event: Script::from_lua(include_str!("lua/event.lua")),
+            touch: Script::from_lua(include_str!("lua/touch.lua")),
         }
     }
 
@@ -146,7 +162,9 @@ impl RedisSink {
     }
 
     async fn load_scripts(&self) -> Result<(), RedisSinkError> {
-        for s in [&self.location, &self.status, &self.event] {
+        // To every primary (fred's SCRIPT LOAD on a cluster): a replica
+        // promoted by a failover has none.
+        for s in [&self.location, &self.status, &self.event, &self.touch] {
             s.load(&self.client).await?;
         }
         Ok(())
@@ -183,9 +201,11 @@ impl RedisSink {
         let pipe = self.client.pipeline();
         // The kind of each script call, in pipeline order, to read outcomes.
         let mut calls = Vec::with_capacity(batch.len());
-        for chunk in batch.locations.chunks(LOCATIONS_PER_SCRIPT) {
-            self.queue_locations(&pipe, chunk).await?;
-            calls.push(Kind::Location);
+        for (p, group) in self.by_partition(&batch.locations) {
+            for chunk in group.chunks(LOCATIONS_PER_SCRIPT) {
+                self.queue_locations(&pipe, p, chunk).await?;
+                calls.push(Call::Location);
+            }
         }
         for r in &batch.reliable {
             match r {
@@ -194,13 +214,15 @@ impl RedisSink {
                 } => {
                     self.queue_status(&pipe, device.as_str(), status, *rx)
                         .await?;
-                    calls.push(Kind::Status);
+                    calls.push(Call::Status);
                 }
                 Reliable::Event {
                     device, event, rx, ..
                 } => {
                     self.queue_event(&pipe, device.as_str(), event, *rx).await?;
-                    calls.push(Kind::Event);
+                    calls.push(Call::Event);
+                    self.queue_touch(&pipe, device.as_str(), event.ts).await?;
+                    calls.push(Call::Touch);
                 }
                 Reliable::AckOnly(_) => {}
             }
@@ -216,19 +238,44 @@ impl RedisSink {
         }
         let results = pipe.try_all::<Value>().await;
         let mut applied = Applied::default();
-        for (kind, r) in calls.iter().zip(results) {
-            applied.count(*kind, r?);
+        for (call, r) in calls.iter().zip(results) {
+            applied.count(*call, r?);
         }
         Ok(applied)
     }
 
-    /// One `location.lua` call for up to [`LOCATIONS_PER_SCRIPT`] fixes.
+    /// The batch's locations by partition, in partition order, each group
+    /// in batch order.
+    fn by_partition<'a>(
+        &self,
+        locations: &'a [LiveLocation],
+    ) -> Vec<(Partition, Vec<&'a LiveLocation>)> {
+        let partitions = self.keys.partitions();
+        let mut tagged: Vec<(Partition, &LiveLocation)> = locations
+            .iter()
+            .map(|l| (partitions.of(l.device.as_str()), l))
+            .collect();
+        // Stable: a group keeps the batch's order.
+        tagged.sort_by_key(|(p, _)| *p);
+        let mut groups: Vec<(Partition, Vec<&LiveLocation>)> = Vec::new();
+        for (p, l) in tagged {
+            match groups.last_mut() {
+                Some((last, group)) if *last == p => group.push(l),
+                _ => groups.push((p, vec![l])),
+            }
+        }
+        groups
+    }
+
+    /// One `location.lua` call for up to [`LOCATIONS_PER_SCRIPT`] fixes of
+    /// partition `p`.
     async fn queue_locations(
         &self,
         pipe: &Pipeline<Client>,
-        chunk: &[LiveLocation],
+        p: Partition,
+        chunk: &[&LiveLocation],
     ) -> Result<(), fred::error::Error> {
-        let k = &self.keys;
+        let k = self.keys.partition(p);
         let mut keys = Vec::with_capacity(2 + chunk.len());
         keys.push(k.geo.clone());
         keys.push(k.devices.clone());
@@ -263,7 +310,7 @@ impl RedisSink {
         status: &Status,
         rx: i64,
     ) -> Result<(), fred::error::Error> {
-        let k = &self.keys;
+        let (_, k) = self.keys.of(id);
         let (envelope, after_ts, untimed) = if status.device_ts {
             let msg = live::status_json(id, status);
             (live::envelope(rx, &msg), String::new(), "0")
@@ -297,22 +344,33 @@ impl RedisSink {
         let k = &self.keys;
         let args: Vec<String> = vec![
             id.to_owned(),
-            event.ts.to_string(),
             live::event_json(id, event),
             rx.to_string(),
-            k.live.clone(),
+            k.events_live.clone(),
             EVENT_LOG_MAXLEN.to_string(),
             EVENT_WINDOW.as_secs().to_string(),
             new_epoch(),
         ];
         let keys = vec![
-            k.device(id),
             k.event_seen(id, &event.id),
             k.events.clone(),
-            k.devices.clone(),
             k.epoch.clone(),
         ];
         evalsha(pipe, &self.event, keys, args).await
+    }
+
+    /// One `touch.lua` call: an event moves its device's `last_seen` (in
+    /// the device's partition, so not in `event.lua`, which holds the log's
+    /// slot).
+    async fn queue_touch(
+        &self,
+        pipe: &Pipeline<Client>,
+        id: &str,
+        ts: i64,
+    ) -> Result<(), fred::error::Error> {
+        let (_, k) = self.keys.of(id);
+        let keys = vec![k.device(id), k.devices.clone()];
+        evalsha(pipe, &self.touch, keys, vec![id.to_owned(), ts.to_string()]).await
     }
 
     /// [`Self::apply`], but items Redis refuses for their content are found
@@ -368,20 +426,23 @@ impl RedisSink {
 }
 
 /// Queues `EVALSHA` on a pipeline (fred's pipelines have no typed Lua
-/// commands, so it goes out as a custom command).
+/// commands, so it goes out as a custom command), routed on a cluster to
+/// the slot of its keys (one slot: the layout's rule). fred would hash the
+/// first argument, the script's SHA.
 async fn evalsha(
     pipe: &Pipeline<Client>,
     script: &Script,
     keys: Vec<String>,
     args: Vec<String>,
 ) -> Result<(), fred::error::Error> {
+    let slot = keys.first().map(|k| key_slot(k)).unwrap_or(0);
     let mut all: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
     all.push(script.sha1().clone().into());
     all.push((keys.len() as i64).into());
     all.extend(keys.into_iter().map(Value::from));
     all.extend(args.into_iter().map(Value::from));
-    pipe.custom::<(), _>(CustomCommand::new_static("EVALSHA", None, false), all)
-        .await
+    let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
+    pipe.custom::<(), _>(command, all).await
 }
 
 /// A candidate epoch for the event log: only used when the log has none, so

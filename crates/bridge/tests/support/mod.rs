@@ -147,9 +147,23 @@ impl Harness {
         format!("{}{k}", self.prefix)
     }
 
+    /// The bridge's Redis layout (default partition count).
+    pub fn keys(&self) -> fieldcast_core::Keys {
+        fieldcast_core::Keys::new(&self.prefix, fieldcast_core::Partitions::default())
+    }
+
+    /// How many devices have a hot state, over every partition.
+    pub async fn fleet_size(&self) -> i64 {
+        let mut n = 0;
+        for part in self.keys().all() {
+            n += self.redis.scard::<i64, _>(&part.devices).await.unwrap_or(0);
+        }
+        n
+    }
+
     pub async fn state(&self, device: &str) -> std::collections::HashMap<String, String> {
         self.redis
-            .hgetall(self.key(&format!("dev:{device}")))
+            .hgetall(self.keys().device(device))
             .await
             .unwrap()
     }
@@ -322,7 +336,10 @@ pub async fn live_subscriber_at(
             }
         }
     });
-    sub.subscribe(format!("{prefix}live")).await.unwrap();
+    // Every live shard channel; one SSUBSCRIBE naming them all is fine on a
+    // single Redis.
+    let keys = fieldcast_core::Keys::new(prefix, fieldcast_core::Partitions::default());
+    sub.ssubscribe(keys.live_channels()).await.unwrap();
     (sub, rx)
 }
 

@@ -1,12 +1,17 @@
-//! The feed: this instance's one Redis subscriber, on `<prefix>live` (the
-//! bridge's updates) and `<prefix>push` (channel messages from any backend
-//! or gateway). Each message is parsed once into a shared frame and handed
-//! to the [`Hub`].
+//! The feed: this instance's one Redis subscriber, on the live shard
+//! channels (`SSUBSCRIBE`: one per partition and one for events, where the
+//! bridge's scripts publish) and on `<prefix>push` (classic `SUBSCRIBE`:
+//! channel messages from any backend or gateway). Each message is parsed
+//! once into a shared frame and handed to the [`Hub`].
 //!
 //! On a reconnect (or if this task ever falls behind the client's
-//! broadcast buffer) messages may have been missed, so every connection is
-//! told to resync: a fresh snapshot plus the events since the last cursor.
+//! broadcast buffer) messages may have been missed, so every channel is
+//! subscribed again (on a cluster a failover moves shard channels to the
+//! promoted replica, and fred does not follow them by itself) and every
+//! connection is told to resync: a fresh snapshot plus the events since
+//! the last cursor.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,9 +51,12 @@ pub async fn run(
     let mut reconnects = client.reconnect_rx();
     let mut errors = client.error_rx();
     let _task = client.connect();
-    let channels = vec![keys.live.clone(), keys.push.clone()];
+    let channels = Channels {
+        live: keys.live_channels(),
+        push: keys.push.clone(),
+    };
+    let live: HashSet<String> = channels.live.iter().cloned().collect();
     let mut first = true;
-    let mut initial_connect = true;
     let mut need_subscribe = true;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
@@ -59,7 +67,13 @@ pub async fn run(
                 Attempt::Subscribed => {
                     need_subscribe = false;
                     health.set_feed(true);
-                    if !first {
+                    if first {
+                        // fred reports the first connection to each node
+                        // (every primary of a cluster) as a reconnect too;
+                        // answered as one, it resynced every client of a
+                        // fresh instance.
+                        while reconnects.try_recv().is_ok() {}
+                    } else {
                         tracing::info!("live feed resubscribed; asking every connection to resync");
                         hub.resync_all();
                     }
@@ -71,7 +85,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             m = messages.recv() => match m {
-                Ok(m) => route(&keys, &hub, &m),
+                Ok(m) => route(&live, &keys.push, &hub, &m),
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "live feed fell behind; resyncing connections");
                     metrics.feed_lagged.inc_by(n);
@@ -80,12 +94,6 @@ pub async fn run(
                 Err(RecvError::Closed) => break,
             },
             r = reconnects.recv() => {
-                // fred reports the first connection on this channel too;
-                // that one needs no resubscribe, and answering it as a
-                // reconnect resynced every client of a fresh instance.
-                if r.is_ok() && std::mem::replace(&mut initial_connect, false) {
-                    continue;
-                }
                 if r.is_ok() {
                     metrics.redis_reconnects.inc();
                     need_subscribe = true;
@@ -126,17 +134,32 @@ enum Attempt {
     Stopped,
 }
 
-/// Waits for the connection and subscribes to `channels`, within
-/// [`SUBSCRIBE_TIMEOUT`].
+/// What the feed listens to.
+struct Channels {
+    /// Shard channels, each in its own slot.
+    live: Vec<String>,
+    push: String,
+}
+
+/// Waits for the connection and subscribes to every channel, within
+/// [`SUBSCRIBE_TIMEOUT`]. One `SSUBSCRIBE` per channel, all at once: on a
+/// cluster one naming channels of several slots fails with `CROSSSLOT`.
 async fn subscribe(
     client: &Client,
-    channels: &[String],
+    channels: &Channels,
     backoff: &mut Backoff,
     shutdown: &CancellationToken,
 ) -> Attempt {
     let sub = async {
         client.wait_for_connect().await?;
-        client.subscribe(channels.to_vec()).await
+        futures::future::try_join_all(
+            channels
+                .live
+                .iter()
+                .map(|ch| client.ssubscribe(ch.as_str())),
+        )
+        .await?;
+        client.subscribe(channels.push.as_str()).await
     };
     let res = tokio::select! {
         _ = shutdown.cancelled() => return Attempt::Stopped,
@@ -158,11 +181,11 @@ async fn subscribe(
     }
 }
 
-fn route(keys: &Keys, hub: &Hub, m: &fred::types::Message) {
+fn route(live: &HashSet<String>, push: &str, hub: &Hub, m: &fred::types::Message) {
     let Some(text) = m.value.as_str() else {
         return;
     };
-    if *m.channel == *keys.live {
+    if live.contains(&*m.channel) {
         // The bridge publishes one update, or a batch of them as a JSON array.
         if text.trim_start().starts_with('[') {
             match serde_json::from_str::<Vec<&RawValue>>(&text) {
@@ -182,7 +205,7 @@ fn route(keys: &Keys, hub: &Hub, m: &fred::types::Message) {
                 None => tracing::debug!("ignoring a malformed live message"),
             }
         }
-    } else if *m.channel == *keys.push {
+    } else if *m.channel == *push {
         match parse_push(&text) {
             Some((channel, item)) => hub.dispatch_message(&channel, item),
             None => tracing::debug!("ignoring a malformed push message"),

@@ -2,6 +2,11 @@
 //! writes the gateway makes: `PUBLISH <prefix>push`, and starting a new
 //! life of the event log (its epoch) when the log has none.
 //!
+//! The fleet is split into partitions (one hash slot each, so on a
+//! cluster each lives on one node): what covers the whole fleet (the
+//! device sets, a bbox search) asks every partition in one pipeline, which
+//! fred sends to each node at once.
+//!
 //! In: device ids, a bbox, a cursor. Out: [`Snap`]s (a `DeviceState` plus
 //! the status `ts` the snapshot filter needs) and event-log entries.
 
@@ -77,12 +82,12 @@ const BOUNDS_ATTEMPTS: usize = 3;
 impl Store {
     /// Starts connecting (in the background, retrying forever) and returns
     /// at once, so the gateway runs, not ready, while Redis is away.
-    pub fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+    pub fn connect(url: &str, keys: Keys) -> Result<Self, StoreError> {
         let pool = builder(url)?.build_pool(4)?;
         let _ = pool.connect_pool();
         Ok(Store {
             pool,
-            keys: Keys::new(prefix),
+            keys,
             epoch_script: Script::from_lua(include_str!("lua/epoch.lua")),
         })
     }
@@ -96,9 +101,18 @@ impl Store {
         Ok(())
     }
 
-    /// Every device with a hot state (`SMEMBERS <prefix>devices`).
+    /// Every device with a hot state (`SMEMBERS` of every partition's
+    /// device set, in one pipeline).
     pub async fn fleet(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self.pool.next().smembers(&self.keys.devices).await?)
+        let pipe = self.pool.next().pipeline();
+        for part in self.keys.all() {
+            let () = pipe.smembers(&part.devices).await?;
+        }
+        let mut ids = Vec::new();
+        for reply in pipe.try_all::<Value>().await {
+            ids.extend(strings(reply?));
+        }
+        Ok(ids)
     }
 
     /// The ids the geo index places in or near `bbox` (a superset; filter
@@ -111,26 +125,28 @@ impl Store {
             return self.fleet().await;
         };
         let pipe = self.pool.next().pipeline();
-        for (lon, lat, w, h) in boxes {
-            let args: Vec<Value> = vec![
-                self.keys.geo.clone().into(),
-                "FROMLONLAT".into(),
-                lon.into(),
-                lat.into(),
-                "BYBOX".into(),
-                w.into(),
-                h.into(),
-                "km".into(),
-            ];
-            let () = pipe.custom(command("GEOSEARCH"), args).await?;
+        for part in self.keys.all() {
+            for &(lon, lat, w, h) in &boxes {
+                let args: Vec<Value> = vec![
+                    part.geo.clone().into(),
+                    "FROMLONLAT".into(),
+                    lon.into(),
+                    lat.into(),
+                    "BYBOX".into(),
+                    w.into(),
+                    h.into(),
+                    "km".into(),
+                ];
+                let () = pipe.custom(command("GEOSEARCH"), args).await?;
+            }
         }
         // `try_all`: one result per command, so each GEOSEARCH's array
-        // stays apart whether one or three were sent.
+        // stays apart, however many were sent.
         let mut ids = Vec::new();
         for reply in pipe.try_all::<Value>().await {
             ids.extend(strings(reply?));
         }
-        // The parts' search boxes overlap by their margins at the meridian.
+        // The boxes overlap by their margins at the meridian.
         ids.sort_unstable();
         ids.dedup();
         Ok(ids)

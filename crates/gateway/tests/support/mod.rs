@@ -75,8 +75,14 @@ impl Env {
         Gateway::start(self.config()).await
     }
 
+    /// The Redis layout the gateway reads (default partition count).
+    pub fn keys(&self) -> fieldcast_core::Keys {
+        fieldcast_core::Keys::new(&self.prefix, fieldcast_core::Partitions::default())
+    }
+
     /// A location as the bridge writes it: hash forward-only, devices set,
-    /// geo index, one PUBLISH on `<prefix>live` when the state moved.
+    /// geo index, one SPUBLISH on the partition's live channel when the
+    /// state moved.
     pub async fn location(&self, device: &str, ts: i64, lat: f64, lon: f64) -> bool {
         let msg =
             json!({"type":"location","device":device,"ts":ts,"lat":lat,"lon":lon}).to_string();
@@ -84,12 +90,16 @@ impl Env {
             .redis
             .eval(
                 LOCATION_LUA,
-                vec![
-                    format!("{}dev:{device}", self.prefix),
-                    format!("{}devices", self.prefix),
-                    format!("{}geo", self.prefix),
-                    format!("{}live", self.prefix),
-                ],
+                {
+                    let keys = self.keys();
+                    let (_, k) = keys.of(device);
+                    vec![
+                        k.device(device),
+                        k.devices.clone(),
+                        k.geo.clone(),
+                        k.live.clone(),
+                    ]
+                },
                 vec![
                     device.to_owned(),
                     ts.to_string(),
@@ -109,11 +119,11 @@ impl Env {
             .redis
             .eval(
                 STATUS_LUA,
-                vec![
-                    format!("{}dev:{device}", self.prefix),
-                    format!("{}devices", self.prefix),
-                    format!("{}live", self.prefix),
-                ],
+                {
+                    let keys = self.keys();
+                    let (_, k) = keys.of(device);
+                    vec![k.device(device), k.devices.clone(), k.live.clone()]
+                },
                 vec![
                     device.to_owned(),
                     ts.to_string(),
@@ -126,36 +136,43 @@ impl Env {
         n == 1
     }
 
-    /// An event, through the bridge's own script (`event.lua`): dedup key,
-    /// `last_seen`, XADD to `<prefix>events` (starting a new life of the
-    /// log, with a new epoch, when it has none), PUBLISH with its
-    /// `<epoch>:<id>` cursor. Returns whether it was logged (not a
+    /// An event, through the bridge's own scripts: `event.lua` (dedup key,
+    /// XADD to the event log, starting a new life of the log, with a new
+    /// epoch, when it has none, SPUBLISH with its `<epoch>:<id>` cursor),
+    /// then `touch.lua` (`last_seen`). Returns whether it was logged (not a
     /// duplicate).
     pub async fn event(&self, device: &str, id: &str, ts: i64, data: Value) -> bool {
         let msg = json!({"type":"event","device":device,"id":id,"ts":ts,"kind":"panic","severity":"critical","data":data})
             .to_string();
-        let p = &self.prefix;
+        let keys = self.keys();
         let n: i64 = self
             .redis
             .eval(
                 EVENT_LUA,
                 vec![
-                    format!("{p}dev:{device}"),
-                    format!("{p}evseen:{device}:{id}"),
-                    format!("{p}events"),
-                    format!("{p}devices"),
-                    format!("{p}events:epoch"),
+                    keys.event_seen(device, id),
+                    keys.events.clone(),
+                    keys.epoch.clone(),
                 ],
                 vec![
                     device.to_owned(),
-                    ts.to_string(),
                     msg,
                     "0".to_owned(),
-                    format!("{p}live"),
+                    keys.events_live.clone(),
                     "100000".to_owned(),
                     "86400".to_owned(),
                     format!("{:016x}", rand::random::<u64>()),
                 ],
+            )
+            .await
+            .unwrap();
+        let (_, k) = keys.of(device);
+        let _: i64 = self
+            .redis
+            .eval(
+                TOUCH_LUA,
+                vec![k.device(device), k.devices.clone()],
+                vec![device.to_owned(), ts.to_string()],
             )
             .await
             .unwrap();
@@ -192,7 +209,7 @@ local lat = tonumber(ARGV[3])
 if lat > 85.05112878 then lat = 85.05112878 end
 if lat < -85.05112878 then lat = -85.05112878 end
 redis.call('GEOADD', KEYS[3], ARGV[4], lat, ARGV[1])
-redis.call('PUBLISH', KEYS[4], '{"rx":' .. ARGV[2] .. ',"msg":' .. ARGV[5] .. '}')
+redis.call('SPUBLISH', KEYS[4], '{"rx":' .. ARGV[2] .. ',"msg":' .. ARGV[5] .. '}')
 return 1
 "#;
 
@@ -204,13 +221,14 @@ redis.call('HSET', KEYS[1], 'sts', ARGV[2], 'online', ARGV[3])
 local seen = tonumber(redis.call('HGET', KEYS[1], 'last_seen') or '-1')
 if ts > seen then redis.call('HSET', KEYS[1], 'last_seen', ARGV[2]) end
 redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('PUBLISH', KEYS[3], '{"rx":' .. ARGV[2] .. ',"msg":' .. ARGV[4] .. '}')
+redis.call('SPUBLISH', KEYS[3], '{"rx":' .. ARGV[2] .. ',"msg":' .. ARGV[4] .. '}')
 return 1
 "#;
 
 /// The bridge's script itself, so the feeder and the bridge cannot drift
 /// apart on the event log's epoch rule.
 const EVENT_LUA: &str = include_str!("../../../bridge/src/store/lua/event.lua");
+const TOUCH_LUA: &str = include_str!("../../../bridge/src/store/lua/touch.lua");
 
 /// A gateway running `serve` on a port-0 listener.
 pub struct Gateway {

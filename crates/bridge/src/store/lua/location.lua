@@ -1,11 +1,12 @@
--- Moves the location part of a batch of devices' hot state forward,
--- atomically, and publishes what moved as one message.
--- KEYS: 1 geo set, 2 device set, then one device hash per location
--- ARGV: 1 live channel, then 9 per location: device id, ts, lat, lon, alt,
+-- Moves the location part of a batch of one partition's devices' hot state
+-- forward, atomically, and publishes what moved as one message.
+-- KEYS: 1 geo set, 2 device set, then one device hash per location (all of
+--       one partition: one hash slot)
+-- ARGV: 1 the partition's live shard channel, then 9 per location: device id, ts, lat, lon, alt,
 --       speed, heading, accuracy ('' = not sent), live envelope
 -- Returns one integer per location: 1 applied, 0 not newer than the stored
 -- one. The applied envelopes go out as one JSON array on the live channel.
--- Hot path: per update HMGET, HSET, GEOADD; one PUBLISH per batch.
+-- Hot path: per update HMGET, HSET, GEOADD; one SPUBLISH per batch.
 local names = { 'alt', 'speed', 'heading', 'accuracy' }
 local out = {}
 local published = {}
@@ -57,6 +58,6 @@ for n = 1, #KEYS - 2 do
   end
 end
 if #published > 0 then
-  redis.call('PUBLISH', ARGV[1], '[' .. table.concat(published, ',') .. ']')
+  redis.call('SPUBLISH', ARGV[1], '[' .. table.concat(published, ',') .. ']')
 end
 return out

@@ -1,8 +1,8 @@
 -- Moves the status part of a device's hot state forward, atomically.
--- KEYS: 1 device hash, 2 device set
+-- KEYS: 1 device hash, 2 device set (of the device's partition)
 -- ARGV: 1 device id, 2 ts, 3 online ('1'/'0'), 4 battery, 5 signal
 --       ('' = not sent: the last known value stays), 6 live envelope,
---       7 live channel, 8 '1' when the device sent no ts (then ARGV[2] is
+--       7 the partition's live shard channel, 8 '1' when the device sent no ts (then ARGV[2] is
 --       the receive time and ARGV[6] the envelope up to the ts value),
 --       9 the rest of the envelope after the ts value (with ARGV[8] = '1')
 -- Returns 1 when applied and published, 0 when not newer than the stored
@@ -51,8 +51,8 @@ if untimed then
 end
 redis.call('HSET', k, unpack(set))
 if untimed then
-  redis.call('PUBLISH', ARGV[7], ARGV[6] .. tss .. ARGV[9])
+  redis.call('SPUBLISH', ARGV[7], ARGV[6] .. tss .. ARGV[9])
 else
-  redis.call('PUBLISH', ARGV[7], ARGV[6])
+  redis.call('SPUBLISH', ARGV[7], ARGV[6])
 end
 return 1
