@@ -22,7 +22,7 @@ pub struct Chain {
     pub prefix: String,
     pub redis_url: String,
     pub spool: tempfile::TempDir,
-    _keys: crate::PrefixGuard,
+    _keys: Option<crate::PrefixGuard>,
     bridge_stop: CancellationToken,
     bridge_done: JoinHandle<anyhow::Result<()>>,
 }
@@ -50,14 +50,20 @@ pub fn bridge_config(
 }
 
 impl Chain {
-    /// Starts the broker and a ready bridge; `tag` begins the prefix.
+    /// Starts the broker and a ready bridge on the shared Redis; `tag`
+    /// begins the prefix.
     pub async fn start(tag: &str) -> anyhow::Result<Chain> {
+        Self::start_on(tag, &shared_redis_url()).await
+    }
+
+    /// [`Chain::start`] on the Redis (or Redis Cluster) at `redis_url`.
+    pub async fn start_on(tag: &str, redis_url: &str) -> anyhow::Result<Chain> {
         crate::init_tracing();
         let broker = Mosquitto::start().await.context("private mosquitto")?;
         let db = PgDb::create().await.context("test database")?;
         let prefix = format!("{}:", unique(tag));
         let spool = tempfile::tempdir().context("spool directory")?;
-        let redis_url = shared_redis_url();
+        let redis_url = redis_url.to_owned();
         let store = fieldcast_service::StoreArgs::new(&redis_url, &prefix, &db.url);
         let config = bridge_config(&broker.url, &unique("bridge"), store, spool.path());
         let bridge_stop = CancellationToken::new();
@@ -68,7 +74,9 @@ impl Chain {
         let h = &handles;
         wait_until(READY, "bridge ready", || async move { h.health.ready() }).await?;
         Ok(Chain {
-            _keys: crate::PrefixGuard::new(&redis_url, &prefix),
+            // A private Redis (a test's cluster) goes with its keys.
+            _keys: (redis_url == shared_redis_url())
+                .then(|| crate::PrefixGuard::new(&redis_url, &prefix)),
             broker,
             db,
             prefix,
