@@ -8,8 +8,34 @@
 //! script call touches one hash slot. The event log and its keys share the
 //! tag `{ev}` (one slot); the dead-letter list and the push channel are
 //! single keys of their own.
+//!
+//! The keys are the same on one Redis and on a cluster; the live channels
+//! are not ([`Topology`]): on a cluster each partition (and the event log)
+//! has its shard channel, so live traffic stays on the partition's node;
+//! on one Redis every update goes to one channel, `<prefix>live`, so a
+//! script call may mix partitions and the gateway reads one channel, as
+//! before partitions existed (the cluster's split would only cost there).
 
 use crate::partition::{Partition, Partitions};
+
+/// What the Redis URL names: one server, or a Redis Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    Single,
+    Cluster,
+}
+
+impl Topology {
+    /// `redis-cluster://` and `rediss-cluster://` (fred's form) name a
+    /// cluster; anything else one server.
+    pub fn of_url(url: &str) -> Self {
+        if url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://") {
+            Topology::Cluster
+        } else {
+            Topology::Single
+        }
+    }
+}
 
 /// The keys of one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,19 +45,23 @@ pub struct PartitionKeys {
     /// GEO set of the partition's devices' last positions.
     pub geo: String,
     /// Shard channel (`SPUBLISH`) of the partition's live updates: one JSON
-    /// object or an array of them.
+    /// object or an array of them. `<prefix>{n}:live` on a cluster,
+    /// `<prefix>live` (shared by all) on one Redis.
     pub live: String,
     /// `<prefix>{n}:dev:`, the start of each device hash's key.
     device: String,
 }
 
 impl PartitionKeys {
-    fn new(prefix: &str, p: Partition) -> Self {
+    fn new(prefix: &str, p: Partition, topology: Topology) -> Self {
         let tag = format!("{prefix}{{{p}}}:");
         PartitionKeys {
             devices: format!("{tag}devices"),
             geo: format!("{tag}geo"),
-            live: format!("{tag}live"),
+            live: match topology {
+                Topology::Cluster => format!("{tag}live"),
+                Topology::Single => format!("{prefix}live"),
+            },
             device: format!("{tag}dev:"),
         }
     }
@@ -51,14 +81,16 @@ impl PartitionKeys {
 pub struct Keys {
     prefix: String,
     partitions: Partitions,
+    topology: Topology,
     parts: Vec<PartitionKeys>,
     /// Stream: the event log behind cursors.
     pub events: String,
     /// The event log's epoch: part of every cursor, so a cursor from an
     /// earlier life of the log is told apart (see the bridge's `event.lua`).
     pub epoch: String,
-    /// Shard channel of live events (in the event log's slot, so the script
-    /// that logs an event publishes it).
+    /// Shard channel of live events: on a cluster in the event log's slot
+    /// (so the script that logs an event publishes it), on one Redis
+    /// `<prefix>live`.
     pub events_live: String,
     /// `<prefix>{ev}:evseen:`, the start of the live de-duplication keys.
     event_seen: String,
@@ -76,17 +108,21 @@ pub struct Keys {
 pub struct PrefixError;
 
 impl Keys {
-    pub fn new(prefix: &str, partitions: Partitions) -> Self {
+    pub fn new(prefix: &str, partitions: Partitions, topology: Topology) -> Self {
         Keys {
             prefix: prefix.to_owned(),
             partitions,
+            topology,
             parts: partitions
                 .all()
-                .map(|p| PartitionKeys::new(prefix, p))
+                .map(|p| PartitionKeys::new(prefix, p, topology))
                 .collect(),
             events: format!("{prefix}{{ev}}:events"),
             epoch: format!("{prefix}{{ev}}:events:epoch"),
-            events_live: format!("{prefix}{{ev}}:live"),
+            events_live: match topology {
+                Topology::Cluster => format!("{prefix}{{ev}}:live"),
+                Topology::Single => format!("{prefix}live"),
+            },
             event_seen: format!("{prefix}{{ev}}:evseen:"),
             deadletter: format!("{prefix}deadletter"),
             push: format!("{prefix}push"),
@@ -107,6 +143,10 @@ impl Keys {
 
     pub fn partitions(&self) -> Partitions {
         self.partitions
+    }
+
+    pub fn topology(&self) -> Topology {
+        self.topology
     }
 
     /// The partition of `device` and its keys.
@@ -134,11 +174,17 @@ impl Keys {
         format!("{}{device}:{event_id}", self.event_seen)
     }
 
-    /// Every live shard channel: the partitions' and the events'.
+    /// Every live shard channel, each once: the partitions' and the
+    /// events' on a cluster, `<prefix>live` on one Redis.
     pub fn live_channels(&self) -> Vec<String> {
-        let mut all: Vec<String> = self.parts.iter().map(|p| p.live.clone()).collect();
-        all.push(self.events_live.clone());
-        all
+        match self.topology {
+            Topology::Single => vec![self.events_live.clone()],
+            Topology::Cluster => {
+                let mut all: Vec<String> = self.parts.iter().map(|p| p.live.clone()).collect();
+                all.push(self.events_live.clone());
+                all
+            }
+        }
     }
 }
 
@@ -151,7 +197,7 @@ mod tests {
     /// share.
     #[test]
     fn names_under_the_prefix() {
-        let k = Keys::new("fc:", Partitions::new(4).unwrap());
+        let k = Keys::new("fc:", Partitions::new(4).unwrap(), Topology::Cluster);
         let (p, part) = k.of("v1");
         assert_eq!(p, Partitions::new(4).unwrap().of("v1"));
         assert_eq!(part.devices, format!("fc:{{{p}}}:devices"));
@@ -166,13 +212,30 @@ mod tests {
         assert_eq!(k.push, "fc:push");
         assert_eq!(k.all().len(), 4);
         assert_eq!(k.live_channels().len(), 5);
+
+        let one = Keys::new("fc:", Partitions::new(4).unwrap(), Topology::Single);
+        assert_eq!(one.device("v1"), k.device("v1"), "the same keys");
+        assert_eq!(one.of("v1").1.live, "fc:live");
+        assert_eq!(one.events_live, "fc:live");
+        assert_eq!(one.live_channels(), ["fc:live"]);
+    }
+
+    #[test]
+    fn the_url_names_the_topology() {
+        assert_eq!(Topology::of_url("redis://h:1"), Topology::Single);
+        assert_eq!(Topology::of_url("rediss://h:1"), Topology::Single);
+        assert_eq!(
+            Topology::of_url("redis-cluster://h:1?node=h:2"),
+            Topology::Cluster
+        );
+        assert_eq!(Topology::of_url("rediss-cluster://h:1"), Topology::Cluster);
     }
 
     /// What makes the layout run on a cluster: each script's keys share a
     /// slot.
     #[test]
     fn a_partition_and_the_event_log_each_hold_one_slot() {
-        let k = Keys::new("fc:", Partitions::default());
+        let k = Keys::new("fc:", Partitions::default(), Topology::Cluster);
         for id in ["v1", "truck-17", "a/b"] {
             let (_, part) = k.of(id);
             let slot = key_slot(&part.geo);

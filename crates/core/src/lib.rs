@@ -29,7 +29,7 @@ pub mod topic;
 
 pub use backoff::{Backoff, LogLimiter};
 pub use id::{DeviceId, DeviceIdError};
-pub use keys::Keys;
+pub use keys::{Keys, Topology};
 pub use live::{DeviceState, LiveEnvelope, LiveHeader};
 pub use partition::{Partition, Partitions};
 pub use payload::{Event, Limits, Location, Message, Reject, RejectReason, Severity, Status};

@@ -223,7 +223,11 @@ fn gateway_config(chain: &Chain) -> Config {
 async fn the_whole_chain_runs_on_a_cluster() {
     let cluster = RedisCluster::start(3, 0).await.unwrap();
     let chain = Chain::start_on("gwc", cluster.url()).await.unwrap();
-    let keys = fieldcast_core::Keys::new(&chain.prefix, fieldcast_core::Partitions::default());
+    let keys = fieldcast_core::Keys::new(
+        &chain.prefix,
+        fieldcast_core::Partitions::default(),
+        fieldcast_core::Topology::Cluster,
+    );
     let ids = spread(&cluster, &keys, &unique("w")).await;
     let gw = Gateway::start(gateway_config(&chain)).await;
     let t = token(json!({}));
@@ -309,7 +313,11 @@ const RESUME_WITHIN: Duration = Duration::from_secs(30);
 async fn a_killed_primary_under_load_loses_nothing_acknowledged() {
     let mut cluster = RedisCluster::start(3, 1).await.unwrap();
     let chain = Chain::start_on("gwf", cluster.url()).await.unwrap();
-    let keys = fieldcast_core::Keys::new(&chain.prefix, fieldcast_core::Partitions::default());
+    let keys = fieldcast_core::Keys::new(
+        &chain.prefix,
+        fieldcast_core::Partitions::default(),
+        fieldcast_core::Topology::Cluster,
+    );
     let ids = spread(&cluster, &keys, &unique("f")).await;
     // The primary with the most of the fleet, and one slot of it.
     let mut by_primary: BTreeMap<u16, Vec<u16>> = BTreeMap::new();

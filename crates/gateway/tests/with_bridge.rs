@@ -634,7 +634,11 @@ impl LiveChannel {
         .unwrap();
         client.init().await.unwrap();
         let rx = client.message_rx();
-        let keys = fieldcast_core::Keys::new(prefix, fieldcast_core::Partitions::default());
+        let keys = fieldcast_core::Keys::new(
+            prefix,
+            fieldcast_core::Partitions::default(),
+            fieldcast_core::Topology::Single,
+        );
         client.ssubscribe(keys.live_channels()).await.unwrap();
         LiveChannel {
             _client: client,

@@ -13,7 +13,7 @@ pub mod metrics;
 pub mod redis;
 
 use clap::Args;
-use fieldcast_core::{Keys, Partitions};
+use fieldcast_core::{Keys, Partitions, Topology};
 use tokio_util::sync::CancellationToken;
 
 /// Where the fleet's state lives. The bridge writes both stores; the
@@ -99,7 +99,11 @@ impl StoreArgs {
     pub fn keys(&self) -> Keys {
         let count = self.redis_partitions.clamp(1, Partitions::MAX);
         let partitions = Partitions::new(u64::from(count)).unwrap_or_default();
-        Keys::new(&self.redis_prefix, partitions)
+        Keys::new(
+            &self.redis_prefix,
+            partitions,
+            Topology::of_url(&self.redis_url),
+        )
     }
 }
 

@@ -14,7 +14,7 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 
 use fieldcast_core::live::{self, fmt_f64};
 use fieldcast_core::partition::key_slot;
-use fieldcast_core::{Event, Keys, Kind, Partition, Status};
+use fieldcast_core::{Event, Keys, Kind, Status, Topology};
 use fieldcast_service::redis::ReplyCode;
 
 use crate::metrics::{KindLabel, Metrics};
@@ -26,7 +26,8 @@ pub const EVENT_LOG_MAXLEN: u64 = 100_000;
 /// How long the event log and the live dedup keys last.
 pub const EVENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Locations per script call: one EVALSHA and one SPUBLISH (a JSON array)
-/// for up to this many updates of one partition, instead of one each.
+/// for up to this many updates (of one partition on a cluster), instead of
+/// one each.
 pub const LOCATIONS_PER_SCRIPT: usize = 100;
 /// Dead-letter list length (PROTOCOL.md §2).
 pub const DEADLETTER_MAX: i64 = 10_000;
@@ -201,9 +202,9 @@ impl RedisSink {
         let pipe = self.client.pipeline();
         // The kind of each script call, in pipeline order, to read outcomes.
         let mut calls = Vec::with_capacity(batch.len());
-        for (p, group) in self.by_partition(&batch.locations) {
+        for (channel, group) in self.location_groups(&batch.locations) {
             for chunk in group.chunks(LOCATIONS_PER_SCRIPT) {
-                self.queue_locations(&pipe, p, chunk).await?;
+                self.queue_locations(&pipe, channel, chunk).await?;
                 calls.push(Call::Location);
             }
         }
@@ -244,46 +245,53 @@ impl RedisSink {
         Ok(applied)
     }
 
-    /// The batch's locations by partition, in partition order, each group
-    /// in batch order.
-    fn by_partition<'a>(
-        &self,
+    /// The batch's locations in the groups a script call may take, each
+    /// with its live channel: on a cluster one group per partition (a
+    /// script touches one slot), in partition order; on one Redis the whole
+    /// batch, whose calls then carry up to [`LOCATIONS_PER_SCRIPT`] each as
+    /// before partitions. Each group keeps the batch's order.
+    fn location_groups<'a>(
+        &'a self,
         locations: &'a [LiveLocation],
-    ) -> Vec<(Partition, Vec<&'a LiveLocation>)> {
-        let partitions = self.keys.partitions();
-        let mut tagged: Vec<(Partition, &LiveLocation)> = locations
+    ) -> Vec<(&'a str, Vec<&'a LiveLocation>)> {
+        let keys = &self.keys;
+        if keys.topology() == Topology::Single {
+            // One Redis: every partition publishes on `<prefix>live`.
+            return vec![(keys.events_live.as_str(), locations.iter().collect())];
+        }
+        let partitions = keys.partitions();
+        let mut tagged: Vec<_> = locations
             .iter()
             .map(|l| (partitions.of(l.device.as_str()), l))
             .collect();
-        // Stable: a group keeps the batch's order.
         tagged.sort_by_key(|(p, _)| *p);
-        let mut groups: Vec<(Partition, Vec<&LiveLocation>)> = Vec::new();
+        let mut groups: Vec<(&str, Vec<&LiveLocation>)> = Vec::new();
+        let mut last = None;
         for (p, l) in tagged {
             match groups.last_mut() {
-                Some((last, group)) if *last == p => group.push(l),
-                _ => groups.push((p, vec![l])),
+                Some((_, group)) if last == Some(p) => group.push(l),
+                _ => groups.push((keys.partition(p).live.as_str(), vec![l])),
             }
+            last = Some(p);
         }
         groups
     }
 
-    /// One `location.lua` call for up to [`LOCATIONS_PER_SCRIPT`] fixes of
-    /// partition `p`.
+    /// One `location.lua` call for up to [`LOCATIONS_PER_SCRIPT`] fixes
+    /// of one group ([`Self::location_groups`]), published on `channel`.
     async fn queue_locations(
         &self,
         pipe: &Pipeline<Client>,
-        p: Partition,
+        channel: &str,
         chunk: &[&LiveLocation],
     ) -> Result<(), fred::error::Error> {
-        let k = self.keys.partition(p);
-        let mut keys = Vec::with_capacity(2 + chunk.len());
-        keys.push(k.geo.clone());
-        keys.push(k.devices.clone());
+        let mut keys = Vec::with_capacity(3 * chunk.len());
         let mut args = Vec::with_capacity(1 + 9 * chunk.len());
-        args.push(k.live.clone());
+        args.push(channel.to_owned());
         for l in chunk {
             let id = l.device.as_str();
-            keys.push(k.device(id));
+            let (_, k) = self.keys.of(id);
+            keys.extend([k.device(id), k.geo.clone(), k.devices.clone()]);
             let msg = live::location_json(id, &l.loc);
             args.extend([
                 id.to_owned(),

@@ -149,7 +149,11 @@ impl Harness {
 
     /// The bridge's Redis layout (default partition count).
     pub fn keys(&self) -> fieldcast_core::Keys {
-        fieldcast_core::Keys::new(&self.prefix, fieldcast_core::Partitions::default())
+        fieldcast_core::Keys::new(
+            &self.prefix,
+            fieldcast_core::Partitions::default(),
+            fieldcast_core::Topology::Single,
+        )
     }
 
     /// How many devices have a hot state, over every partition.
@@ -338,7 +342,11 @@ pub async fn live_subscriber_at(
     });
     // Every live shard channel; one SSUBSCRIBE naming them all is fine on a
     // single Redis.
-    let keys = fieldcast_core::Keys::new(prefix, fieldcast_core::Partitions::default());
+    let keys = fieldcast_core::Keys::new(
+        prefix,
+        fieldcast_core::Partitions::default(),
+        fieldcast_core::Topology::of_url(redis_url),
+    );
     sub.ssubscribe(keys.live_channels()).await.unwrap();
     (sub, rx)
 }

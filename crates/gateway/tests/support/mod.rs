@@ -77,7 +77,11 @@ impl Env {
 
     /// The Redis layout the gateway reads (default partition count).
     pub fn keys(&self) -> fieldcast_core::Keys {
-        fieldcast_core::Keys::new(&self.prefix, fieldcast_core::Partitions::default())
+        fieldcast_core::Keys::new(
+            &self.prefix,
+            fieldcast_core::Partitions::default(),
+            fieldcast_core::Topology::of_url(&self.redis_url),
+        )
     }
 
     /// A location as the bridge writes it: hash forward-only, devices set,

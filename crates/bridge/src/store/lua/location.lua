@@ -1,8 +1,8 @@
--- Moves the location part of a batch of one partition's devices' hot state
--- forward, atomically, and publishes what moved as one message.
--- KEYS: 1 geo set, 2 device set, then one device hash per location (all of
---       one partition: one hash slot)
--- ARGV: 1 the partition's live shard channel, then 9 per location: device id, ts, lat, lon, alt,
+-- Moves the location part of a batch of devices' hot state forward,
+-- atomically, and publishes what moved as one message.
+-- KEYS: 3 per location: device hash, its partition's geo set and device
+--       set (on a cluster all of one partition: one hash slot)
+-- ARGV: 1 the live channel, then 9 per location: device id, ts, lat, lon, alt,
 --       speed, heading, accuracy ('' = not sent), live envelope
 -- Returns one integer per location: 1 applied, 0 not newer than the stored
 -- one. The applied envelopes go out as one JSON array on the live channel.
@@ -10,8 +10,8 @@
 local names = { 'alt', 'speed', 'heading', 'accuracy' }
 local out = {}
 local published = {}
-for n = 1, #KEYS - 2 do
-  local k = KEYS[n + 2]
+for n = 1, #KEYS / 3 do
+  local k = KEYS[n * 3 - 2]
   local a = 1 + (n - 1) * 9
   local id, tsa = ARGV[a + 1], ARGV[a + 2]
   local ts = tonumber(tsa)
@@ -19,7 +19,7 @@ for n = 1, #KEYS - 2 do
   local old = tonumber(cur[1])
   local seen = tonumber(cur[2])
   if not seen then
-    redis.call('SADD', KEYS[2], id)
+    redis.call('SADD', KEYS[n * 3], id)
   end
   -- last_seen >= the stored ts, so a stale location cannot move it either.
   if old and ts <= old then
@@ -52,7 +52,7 @@ for n = 1, #KEYS - 2 do
     elseif latn < -85.05112878 then
       lat = '-85.05112878'
     end
-    redis.call('GEOADD', KEYS[1], ARGV[a + 4], lat, id)
+    redis.call('GEOADD', KEYS[n * 3 - 1], ARGV[a + 4], lat, id)
     published[#published + 1] = ARGV[a + 9]
     out[n] = 1
   end
