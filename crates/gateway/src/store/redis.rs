@@ -96,8 +96,14 @@ impl Store {
         let _ = self.pool.quit().await;
     }
 
+    /// Every connection of the pool answers. One answering is not enough:
+    /// a client still without its cluster routing state fails every
+    /// command it gets, so readiness would come before the gateway can
+    /// serve (seen on a loaded CI machine).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = self.pool.next().ping(None).await?;
+        for client in self.pool.clients() {
+            let _: String = client.ping(None).await?;
+        }
         Ok(())
     }
 
