@@ -707,15 +707,14 @@ async fn disk_full_spool_backpressures_without_losing_acked_events_or_the_connec
         all && have.len() == N,
         format!("{} of {N} published events stored", have.len()),
     );
-    let log_key = h.keys().events;
-    let redis = &h.redis;
+    let (hh, redis) = (&h, &h.redis);
     let logged = checks
         .wait("every event in the event log", || async {
-            redis.xlen::<i64, _>(&log_key).await.unwrap_or(0) >= N as i64
+            hh.event_log_len(redis).await >= N as i64
         })
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let xlen: i64 = redis.xlen(&log_key).await.unwrap_or(0);
+    let xlen: i64 = h.event_log_len(redis).await;
     checks.check(
         logged && xlen == N as i64,
         format!("event log holds {xlen} entries, want {N} (each event pushed once)"),
@@ -843,7 +842,8 @@ async fn redis_outage_with_a_small_broker_queue_loses_no_acked_event() {
     proxy.restore();
     let back_at = Instant::now();
 
-    let log_key = h.keys().events;
+    // Every event is the one device's: its partition's log.
+    let log_key = h.keys().of(&id).1.events.clone();
     let c = &client;
     let logged = checks
         .wait("the event log has every event", || async {
@@ -1086,11 +1086,9 @@ async fn the_outbox_is_replayed_by_the_next_bridge_after_a_restart() {
     redis.restart().await.unwrap();
     let bridge = h.start().await;
     let client = redis_client(&redis.url).await;
-    let key = h.keys().events;
-    let c = &client;
-    wait_until(WAIT, "the new bridge replays the outbox", || {
-        let key = key.clone();
-        async move { c.xlen::<i64, _>(key).await.unwrap_or(0) == N }
+    let (hh, c) = (&h, &client);
+    wait_until(WAIT, "the new bridge replays the outbox", || async move {
+        hh.event_log_len(c).await == N
     })
     .await
     .unwrap();
@@ -1113,10 +1111,6 @@ async fn the_outbox_is_replayed_by_the_next_bridge_after_a_restart() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        client.xlen::<i64, _>(h.keys().events).await.unwrap(),
-        N,
-        "each event logged once"
-    );
+    assert_eq!(h.event_log_len(&client).await, N, "each event logged once");
     bridge.stop().await;
 }

@@ -143,16 +143,14 @@ async fn sigkill_mid_stream_loses_and_doubles_no_event() {
         h.count("SELECT count(DISTINCT event_id) FROM events").await,
         N as i64
     );
-    let key = h.keys().events;
-    wait_until(WAIT, "event log complete", || {
-        let r = hh.redis.xlen::<i64, _>(key.clone());
-        async move { r.await.unwrap_or(0) == N as i64 }
+    wait_until(WAIT, "event log complete", || async move {
+        hh.event_log_len(&hh.redis).await == N as i64
     })
     .await
     .unwrap();
     // Nothing more arrives later either.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(h.redis.xlen::<i64, _>(key.clone()).await.unwrap(), N as i64);
+    assert_eq!(h.event_log_len(&h.redis).await, N as i64);
     bridge.kill().unwrap();
     bridge.wait().unwrap();
 }
@@ -297,10 +295,9 @@ async fn redis_outage_recovers() {
     })
     .await
     .unwrap();
-    let key = h.keys().events;
-    wait_until(WAIT, "event logged after redis returns", || {
-        let key = key.clone();
-        async move { c.xlen::<i64, _>(key).await.unwrap_or(0) == 1 }
+    let hh = &h;
+    wait_until(WAIT, "event logged after redis returns", || async move {
+        hh.event_log_len(c).await == 1
     })
     .await
     .unwrap();

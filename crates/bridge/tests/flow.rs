@@ -254,18 +254,20 @@ async fn events_are_stored_and_pushed_once() {
     assert_eq!(b["msg"]["id"], "ev-2");
     assert_eq!(b["msg"]["severity"], "info");
     assert!(b["msg"].get("data").is_none());
-    let cursor = a["msg"]["cursor"].as_str().unwrap().to_owned();
-    let entries: Vec<(String, std::collections::HashMap<String, String>)> = h
-        .redis
-        .xrange(h.keys().events, "-", "+", None)
-        .await
-        .unwrap();
-    assert_eq!(entries.len(), 2);
-    let epoch: String = h.redis.get(h.keys().epoch).await.unwrap();
+    // The cursor is the gateway's to compose from every partition's
+    // position; the bridge publishes the event's own.
+    assert!(a["msg"].get("cursor").is_none(), "{a}");
+    let pos = a["pos"].as_str().unwrap().to_owned();
+    let keys = h.keys();
+    let (_, part) = keys.of(&id);
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> =
+        h.redis.xrange(&part.events, "-", "+", None).await.unwrap();
+    assert_eq!(entries.len(), 2, "both in the device's partition's log");
+    let epoch: String = h.redis.get(&part.epoch).await.unwrap();
     assert_eq!(
-        cursor,
+        pos,
         format!("{epoch}:{}", entries[0].0),
-        "cursor = epoch:stream id"
+        "pos = the partition log's epoch:stream id"
     );
     assert_eq!(entries[0].1["d"], id);
     h.wait_count("SELECT count(*) FROM events", 2).await;

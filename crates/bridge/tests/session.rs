@@ -8,7 +8,6 @@ mod support;
 
 use std::time::Duration;
 
-use fred::prelude::*;
 use rumqttc::QoS;
 use serde_json::json;
 
@@ -131,11 +130,9 @@ async fn shared_group_splits_the_load() {
         .await;
     }
     h.wait_count("SELECT count(*) FROM events", N as i64).await;
-    let key = h.keys().events;
     let hh = &h;
-    wait_until(WAIT, "event log", || {
-        let key = key.clone();
-        async move { hh.redis.xlen::<i64, _>(key).await.unwrap_or(0) == N as i64 }
+    wait_until(WAIT, "event log", || async move {
+        hh.event_log_len(&hh.redis).await == N as i64
     })
     .await
     .unwrap();

@@ -5,13 +5,14 @@
 //! The layout is split into [`Partitions`] so that it runs unchanged on one
 //! Redis or on a Redis Cluster: a partition's keys and its live channel
 //! carry the partition's number as a hash tag (`<prefix>{7}:geo`), so every
-//! script call touches one hash slot. The event log and its keys share the
-//! tag `{ev}` (one slot); the dead-letter list and the push channel are
-//! single keys of their own.
+//! script call touches one hash slot. Each partition has its own event log
+//! (stream, epoch and de-duplication keys in the partition's slot), so an
+//! event's script touches one slot with the device's hot state; the
+//! dead-letter list and the push channel are single keys of their own.
 //!
 //! The keys are the same on one Redis and on a cluster; the live channels
-//! are not ([`Topology`]): on a cluster each partition (and the event log)
-//! has its shard channel, so live traffic stays on the partition's node;
+//! are not ([`Topology`]): on a cluster each partition has its shard
+//! channel, so live traffic stays on the partition's node;
 //! on one Redis every update goes to one channel, `<prefix>live`, so a
 //! script call may mix partitions and the gateway reads one channel, as
 //! before partitions existed (the cluster's split would only cost there).
@@ -48,8 +49,16 @@ pub struct PartitionKeys {
     /// object or an array of them. `<prefix>{n}:live` on a cluster,
     /// `<prefix>live` (shared by all) on one Redis.
     pub live: String,
+    /// Stream: the partition's event log, behind cursors.
+    pub events: String,
+    /// The partition's event-log epoch: part of every cursor, so a cursor
+    /// from an earlier life of the log is told apart (the bridge's
+    /// `event.lua`).
+    pub epoch: String,
     /// `<prefix>{n}:dev:`, the start of each device hash's key.
     device: String,
+    /// `<prefix>{n}:evseen:`, the start of the live de-duplication keys.
+    event_seen: String,
 }
 
 impl PartitionKeys {
@@ -62,8 +71,17 @@ impl PartitionKeys {
                 Topology::Cluster => format!("{tag}live"),
                 Topology::Single => format!("{prefix}live"),
             },
+            events: format!("{tag}events"),
+            epoch: format!("{tag}events:epoch"),
             device: format!("{tag}dev:"),
+            event_seen: format!("{tag}evseen:"),
         }
+    }
+
+    /// Marks an event of `device` (of this partition) pushed live once
+    /// (de-duplication across redeliveries).
+    pub fn event_seen(&self, device: &str, event_id: &str) -> String {
+        format!("{}{device}:{event_id}", self.event_seen)
     }
 
     /// Hash of the hot state of `id`, which must belong to this partition.
@@ -83,17 +101,6 @@ pub struct Keys {
     partitions: Partitions,
     topology: Topology,
     parts: Vec<PartitionKeys>,
-    /// Stream: the event log behind cursors.
-    pub events: String,
-    /// The event log's epoch: part of every cursor, so a cursor from an
-    /// earlier life of the log is told apart (see the bridge's `event.lua`).
-    pub epoch: String,
-    /// Shard channel of live events: on a cluster in the event log's slot
-    /// (so the script that logs an event publishes it), on one Redis
-    /// `<prefix>live`.
-    pub events_live: String,
-    /// `<prefix>{ev}:evseen:`, the start of the live de-duplication keys.
-    event_seen: String,
     /// List of dead letters, newest first, capped.
     pub deadletter: String,
     /// Classic pub/sub channel of pushed messages (`/api/publish`), for
@@ -117,13 +124,6 @@ impl Keys {
                 .all()
                 .map(|p| PartitionKeys::new(prefix, p, topology))
                 .collect(),
-            events: format!("{prefix}{{ev}}:events"),
-            epoch: format!("{prefix}{{ev}}:events:epoch"),
-            events_live: match topology {
-                Topology::Cluster => format!("{prefix}{{ev}}:live"),
-                Topology::Single => format!("{prefix}live"),
-            },
-            event_seen: format!("{prefix}{{ev}}:evseen:"),
             deadletter: format!("{prefix}deadletter"),
             push: format!("{prefix}push"),
         }
@@ -169,21 +169,18 @@ impl Keys {
         self.of(id).1.device(id)
     }
 
-    /// Marks an event pushed live once (dedup across redeliveries).
+    /// Marks an event pushed live once (de-duplication across
+    /// redeliveries), in the device's partition.
     pub fn event_seen(&self, device: &str, event_id: &str) -> String {
-        format!("{}{device}:{event_id}", self.event_seen)
+        self.of(device).1.event_seen(device, event_id)
     }
 
-    /// Every live shard channel, each once: the partitions' and the
-    /// events' on a cluster, `<prefix>live` on one Redis.
+    /// Every live shard channel, each once: the partitions' on a cluster,
+    /// `<prefix>live` on one Redis.
     pub fn live_channels(&self) -> Vec<String> {
         match self.topology {
-            Topology::Single => vec![self.events_live.clone()],
-            Topology::Cluster => {
-                let mut all: Vec<String> = self.parts.iter().map(|p| p.live.clone()).collect();
-                all.push(self.events_live.clone());
-                all
-            }
+            Topology::Single => vec![format!("{}live", self.prefix)],
+            Topology::Cluster => self.parts.iter().map(|p| p.live.clone()).collect(),
         }
     }
 }
@@ -204,19 +201,18 @@ mod tests {
         assert_eq!(part.geo, format!("fc:{{{p}}}:geo"));
         assert_eq!(part.live, format!("fc:{{{p}}}:live"));
         assert_eq!(k.device("v1"), format!("fc:{{{p}}}:dev:v1"));
-        assert_eq!(k.events, "fc:{ev}:events");
-        assert_eq!(k.epoch, "fc:{ev}:events:epoch");
-        assert_eq!(k.events_live, "fc:{ev}:live");
-        assert_eq!(k.event_seen("v1", "e9"), "fc:{ev}:evseen:v1:e9");
+        assert_eq!(part.events, format!("fc:{{{p}}}:events"));
+        assert_eq!(part.epoch, format!("fc:{{{p}}}:events:epoch"));
+        assert_eq!(k.event_seen("v1", "e9"), format!("fc:{{{p}}}:evseen:v1:e9"));
         assert_eq!(k.deadletter, "fc:deadletter");
         assert_eq!(k.push, "fc:push");
         assert_eq!(k.all().len(), 4);
-        assert_eq!(k.live_channels().len(), 5);
+        assert_eq!(k.live_channels().len(), 4);
 
         let one = Keys::new("fc:", Partitions::new(4).unwrap(), Topology::Single);
         assert_eq!(one.device("v1"), k.device("v1"), "the same keys");
         assert_eq!(one.of("v1").1.live, "fc:live");
-        assert_eq!(one.events_live, "fc:live");
+        assert_eq!(one.of("v1").1.events, part.events, "the same event logs");
         assert_eq!(one.live_channels(), ["fc:live"]);
     }
 
@@ -234,18 +230,21 @@ mod tests {
     /// What makes the layout run on a cluster: each script's keys share a
     /// slot.
     #[test]
-    fn a_partition_and_the_event_log_each_hold_one_slot() {
+    fn a_partition_holds_one_slot() {
         let k = Keys::new("fc:", Partitions::default(), Topology::Cluster);
         for id in ["v1", "truck-17", "a/b"] {
             let (_, part) = k.of(id);
             let slot = key_slot(&part.geo);
-            for key in [&part.devices, &part.live, &k.device(id)] {
+            for key in [
+                &part.devices,
+                &part.live,
+                &part.events,
+                &part.epoch,
+                &k.device(id),
+                &k.event_seen(id, "e"),
+            ] {
                 assert_eq!(key_slot(key), slot, "{key}");
             }
-        }
-        let slot = key_slot(&k.events);
-        for key in [&k.epoch, &k.events_live, &k.event_seen("v1", "e")] {
-            assert_eq!(key_slot(key), slot, "{key}");
         }
     }
 

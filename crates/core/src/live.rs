@@ -86,8 +86,10 @@ pub fn status_json(device: &str, s: &Status) -> String {
     })
 }
 
-/// `{"type":"event",...}` without its `cursor`, which only exists once the
-/// event is in the event log; [`with_cursor`] adds it.
+/// `{"type":"event",...}` without its `cursor`: the bridge publishes the
+/// event's position in its partition's log beside it (the envelope's
+/// `pos`), and the gateway, which alone knows the position in every
+/// partition a cursor needs, adds the `cursor` with [`with_cursor`].
 pub fn event_json(device: &str, e: &Event) -> String {
     to_json(&LiveEvent {
         ty: "event",
@@ -113,13 +115,17 @@ pub fn with_cursor(json: &str, cursor: &str) -> String {
 
 /// What the bridge publishes on the live channel: the receive time (for the
 /// gateway's broadcast-latency histogram) and the §4 message itself, whose
-/// bytes the gateway forwards untouched.
+/// bytes the gateway forwards untouched (an event's plus its `cursor`).
 #[derive(Deserialize)]
 pub struct LiveEnvelope<'a> {
     /// Bridge receive time, epoch ms.
     pub rx: i64,
     #[serde(borrow)]
     pub msg: &'a RawValue,
+    /// An event's position in its partition's log, `<epoch>:<stream id>`
+    /// (written by the bridge's `event.lua`).
+    #[serde(default, borrow)]
+    pub pos: Option<&'a str>,
 }
 
 /// Builds the envelope text around an already serialised message.
@@ -152,7 +158,6 @@ pub struct LiveHeader<'a> {
     pub ts: i64,
     pub lat: Option<f64>,
     pub lon: Option<f64>,
-    pub cursor: Option<&'a str>,
 }
 
 /// The current state of one device (PROTOCOL.md §4). Fields unknown so far

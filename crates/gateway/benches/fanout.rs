@@ -52,7 +52,7 @@ fn update() -> Update {
         accuracy: Some(4.8),
     };
     let envelope = live::envelope(RX, &live::location_json(DEVICE, &loc));
-    parse_live(&envelope).expect("a valid live envelope")
+    parse_live(&envelope, fieldcast_core::Partitions::default()).expect("a valid live envelope")
 }
 
 struct Fanout {

@@ -1,6 +1,7 @@
-//! Event cursors carry the event log's epoch (PROTOCOL.md §4): a cursor
-//! issued before Redis lost the log gets `cursor_expired`, never a replay
-//! that silently skips what was lost. Events are written through the
+//! Event cursors carry the event logs' epochs (PROTOCOL.md §4; one log per
+//! partition, the cursor a position in each): a cursor issued before Redis
+//! lost a log gets `cursor_expired`, never a replay that silently skips
+//! what was lost. Events are written through the
 //! bridge's own `event.lua` (tests/support), so the epoch rule under test
 //! is the bridge's and the gateway's together.
 
@@ -13,12 +14,15 @@ use fred::prelude::*;
 use serde_json::{json, Value};
 use support::*;
 
+use fieldcast_gateway::cursor::{SentCursor, StreamId};
+
 const T0: i64 = 1_763_800_000_000;
 
-/// The epoch part of a cursor, checking the whole cursor's shape:
-/// 16 lowercase hex digits, a colon, a stream id.
+/// The epochs part of a cursor (the digest of every partition's epoch),
+/// checking the whole cursor's shape: 16 lowercase hex digits, a colon,
+/// the stream ids.
 fn epoch(cursor: &str) -> &str {
-    let (epoch, id) = cursor
+    let (epoch, _) = cursor
         .split_once(':')
         .unwrap_or_else(|| panic!("no epoch in cursor {cursor:?}"));
     assert!(
@@ -28,16 +32,25 @@ fn epoch(cursor: &str) -> &str {
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
         "epoch of {cursor:?}"
     );
-    let (ms, seq) = id
-        .split_once('-')
-        .unwrap_or_else(|| panic!("stream id of {cursor:?}"));
-    assert!(
-        [ms, seq]
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
-        "stream id of {cursor:?}"
-    );
+    ids(cursor);
     epoch
+}
+
+/// The partitions of the tests' deployment (the default).
+const PARTITIONS: usize = fieldcast_core::Partitions::DEFAULT as usize;
+
+/// The stream id of every partition in a cursor.
+fn ids(cursor: &str) -> Vec<StreamId> {
+    let sent: SentCursor = cursor
+        .parse()
+        .unwrap_or_else(|_| panic!("not a cursor: {cursor:?}"));
+    assert_eq!(sent.ids().len(), PARTITIONS, "{cursor:?}");
+    sent.ids().to_vec()
+}
+
+/// Whether a cursor is at the start of every partition's log.
+fn at_start(cursor: &str) -> bool {
+    ids(cursor).iter().all(|id| *id == StreamId::ZERO)
 }
 
 fn cursor_of(v: &Value) -> String {
@@ -208,13 +221,15 @@ async fn a_log_or_epoch_gone_starts_a_new_life_on_either_side() {
     let env = Env::new().await;
     let gw = env.gateway().await;
     let t = token(json!({}));
-    let stream = env.keys().events;
-    let epoch_key = env.keys().epoch;
+    // d1's partition's log (the only one these events go to).
+    let keys = env.keys();
+    let (_, part) = keys.of("d1");
+    let (stream, epoch_key) = (part.events.clone(), part.epoch.clone());
 
     // A fresh deployment: the gateway starts the log, the bridge keeps it.
     let mut watcher = gw.ws(&t).await;
     let (_, c0) = watcher.subscribe(json!({"fleet": true})).await;
-    assert!(c0.ends_with(":0-0"), "{c0}");
+    assert!(at_start(&c0), "{c0}");
     assert!(env.event("d1", "e1", T0, json!({})).await);
     let c1 = cursor_of(&next_event(&mut watcher).await);
     assert_eq!(epoch(&c1), epoch(&c0));
@@ -225,7 +240,7 @@ async fn a_log_or_epoch_gone_starts_a_new_life_on_either_side() {
     let mut ws = gw.ws(&t).await;
     let a = subscribe(&mut ws, json!({"fleet": true, "since": c1})).await;
     assert_eq!(a.errors, ["cursor_expired"]);
-    assert!(a.cursor.ends_with(":0-0"), "{}", a.cursor);
+    assert!(at_start(&a.cursor), "{}", a.cursor);
     assert_ne!(epoch(&a.cursor), epoch(&c1));
     assert!(env.event("d1", "e2", T0 + 2, json!({})).await);
     let c2 = cursor_of(&next_event(&mut watcher).await);
@@ -262,5 +277,88 @@ async fn a_log_or_epoch_gone_starts_a_new_life_on_either_side() {
     let a = subscribe(&mut ws, json!({"fleet": true, "since": bare})).await;
     assert_eq!(a.errors, ["cursor_expired"]);
     assert!(a.events.is_empty());
+    gw.stop().await;
+}
+
+/// Pins the composite cursor: events of devices in several partitions,
+/// each logged in its own partition's log; the cursor of any event
+/// resumes with exactly the events after it, in every partition, each
+/// device's in order, and ends where the live client's cursor is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_resumes_every_partition_exactly() {
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    let t = token(json!({}));
+    let keys = env.keys();
+    // Five devices in five different partitions.
+    let mut devices: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for i in 0.. {
+        let d = format!("p{i}");
+        if seen.insert(keys.of(&d).0) {
+            devices.push(d);
+        }
+        if devices.len() == 5 {
+            break;
+        }
+    }
+
+    let mut watcher = gw.ws(&t).await;
+    watcher.subscribe(json!({"fleet": true})).await;
+    let mut live = Vec::new();
+    for n in 0..15 {
+        let d = &devices[n % devices.len()];
+        assert!(
+            env.event(d, &format!("e{n}"), T0 + n as i64, json!({}))
+                .await
+        );
+        live.push(next_event(&mut watcher).await);
+    }
+    for (n, e) in live.iter().enumerate() {
+        assert_eq!(e["id"], format!("e{n}"), "live in the order logged");
+    }
+    let last = cursor_of(&live[14]);
+
+    for k in [0usize, 3, 7, 13, 14] {
+        let mut ws = gw.ws(&t).await;
+        let a = subscribe(
+            &mut ws,
+            json!({"fleet": true, "since": cursor_of(&live[k])}),
+        )
+        .await;
+        assert!(a.errors.is_empty(), "from e{k}: {:?}", a.errors);
+        let mut got: Vec<&str> = a.events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        // The replay merges the partitions by stream id; each device's
+        // events (one partition) keep their order.
+        for d in &devices {
+            let mine: Vec<u64> = a
+                .events
+                .iter()
+                .filter(|e| e["device"] == d.as_str())
+                .map(|e| e["id"].as_str().unwrap()[1..].parse().unwrap())
+                .collect();
+            assert!(mine.windows(2).all(|w| w[0] < w[1]), "{d}: {mine:?}");
+        }
+        got.sort_by_key(|id| id[1..].parse::<usize>().unwrap());
+        let want: Vec<String> = (k + 1..15).map(|n| format!("e{n}")).collect();
+        assert_eq!(got, want, "resumed from e{k}");
+        assert_eq!(
+            a.cursor, last,
+            "from e{k}: subscribed where the live client is"
+        );
+        // The last replayed event's cursor is that same point.
+        if let Some(e) = a.events.last() {
+            assert_eq!(cursor_of(e), last);
+        }
+    }
+    // A device subscribe resumes only its device's events.
+    let mut ws = gw.ws(&t).await;
+    let a = subscribe(
+        &mut ws,
+        json!({"devices": [devices[1].clone()], "since": cursor_of(&live[0])}),
+    )
+    .await;
+    let ids: Vec<&str> = a.events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["e1", "e6", "e11"]);
     gw.stop().await;
 }

@@ -2,8 +2,8 @@
 //! letters (layout in docs/redis-layout.md). A whole batch goes out as one
 //! pipeline of Lua scripts: one network round trip (one per node on a
 //! cluster), and the "only forward in `ts`" decision taken atomically on
-//! the server. Each script call touches the keys of one partition, or of
-//! the event log: one hash slot.
+//! the server. Each script call touches the keys of one partition: one
+//! hash slot.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,8 @@ use crate::metrics::{KindLabel, Metrics};
 use crate::queue::Batch;
 use crate::record::{DeadLetter, LiveLocation, Reliable};
 
-/// How many events the live event log keeps (approximately).
+/// How many events the live event logs keep (approximately), all
+/// partitions together: each keeps its share ([`event_log_maxlen`]).
 pub const EVENT_LOG_MAXLEN: u64 = 100_000;
 /// How long the event log and the live dedup keys last.
 pub const EVENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -70,7 +71,6 @@ pub struct RedisSink {
     location: Script,
     status: Script,
     event: Script,
-    touch: Script,
 }
 
 /// What one batch did.
@@ -88,8 +88,6 @@ enum Call {
     Location,
     Status,
     Event,
-    /// `touch.lua`, which follows each event: no outcome of its own.
-    Touch,
 }
 
 impl Applied {
@@ -97,7 +95,6 @@ impl Applied {
     /// fix, the others 1 when applied (else stale or duplicate).
     fn count(&mut self, call: Call, answer: Value) {
         match (call, answer) {
-            (Call::Touch, _) => {}
             (Call::Location, Value::Array(flags)) => {
                 for f in flags {
                     if matches!(f, Value::Integer(1)) {
@@ -150,7 +147,6 @@ impl RedisSink {
             location: Script::from_lua(include_str!("lua/location.lua")),
             status: Script::from_lua(include_str!("lua/status.lua")),
             event: Script::from_lua(include_str!("lua/event.lua")),
-            touch: Script::from_lua(include_str!("lua/touch.lua")),
         }
     }
 
@@ -165,7 +161,7 @@ impl RedisSink {
     async fn load_scripts(&self) -> Result<(), RedisSinkError> {
         // To every primary (fred's SCRIPT LOAD on a cluster): a replica
         // promoted by a failover has none.
-        for s in [&self.location, &self.status, &self.event, &self.touch] {
+        for s in [&self.location, &self.status, &self.event] {
             s.load(&self.client).await?;
         }
         Ok(())
@@ -222,8 +218,6 @@ impl RedisSink {
                 } => {
                     self.queue_event(&pipe, device.as_str(), event, *rx).await?;
                     calls.push(Call::Event);
-                    self.queue_touch(&pipe, device.as_str(), event.ts).await?;
-                    calls.push(Call::Touch);
                 }
                 Reliable::AckOnly(_) => {}
             }
@@ -257,7 +251,12 @@ impl RedisSink {
         let keys = &self.keys;
         if keys.topology() == Topology::Single {
             // One Redis: every partition publishes on `<prefix>live`.
-            return vec![(keys.events_live.as_str(), locations.iter().collect())];
+            return keys
+                .all()
+                .first()
+                .map(|p| (p.live.as_str(), locations.iter().collect()))
+                .into_iter()
+                .collect();
         }
         let partitions = keys.partitions();
         let mut tagged: Vec<_> = locations
@@ -341,7 +340,9 @@ impl RedisSink {
         evalsha(pipe, &self.status, keys, args).await
     }
 
-    /// One `event.lua` call: dedup key, event log (with its epoch), push.
+    /// One `event.lua` call, in the device's partition: its `last_seen`,
+    /// then (once per event id) the partition's log, with its epoch, and
+    /// the live push.
     async fn queue_event(
         &self,
         pipe: &Pipeline<Client>,
@@ -349,36 +350,25 @@ impl RedisSink {
         event: &Event,
         rx: i64,
     ) -> Result<(), fred::error::Error> {
-        let k = &self.keys;
+        let (_, k) = self.keys.of(id);
         let args: Vec<String> = vec![
             id.to_owned(),
             live::event_json(id, event),
             rx.to_string(),
-            k.events_live.clone(),
-            EVENT_LOG_MAXLEN.to_string(),
+            k.live.clone(),
+            event_log_maxlen(self.keys.partitions().count()).to_string(),
             EVENT_WINDOW.as_secs().to_string(),
             new_epoch(),
+            event.ts.to_string(),
         ];
         let keys = vec![
+            k.device(id),
+            k.devices.clone(),
             k.event_seen(id, &event.id),
             k.events.clone(),
             k.epoch.clone(),
         ];
         evalsha(pipe, &self.event, keys, args).await
-    }
-
-    /// One `touch.lua` call: an event moves its device's `last_seen` (in
-    /// the device's partition, so not in `event.lua`, which holds the log's
-    /// slot).
-    async fn queue_touch(
-        &self,
-        pipe: &Pipeline<Client>,
-        id: &str,
-        ts: i64,
-    ) -> Result<(), fred::error::Error> {
-        let (_, k) = self.keys.of(id);
-        let keys = vec![k.device(id), k.devices.clone()];
-        evalsha(pipe, &self.touch, keys, vec![id.to_owned(), ts.to_string()]).await
     }
 
     /// [`Self::apply`], but items Redis refuses for their content are found
@@ -419,16 +409,18 @@ impl RedisSink {
         Ok(bad)
     }
 
-    /// Trims the event log to the retained window; run once a minute.
+    /// Trims every partition's event log to the retained window (one
+    /// pipeline; on a cluster fred sends each node its part); run once a
+    /// minute.
     pub async fn trim_events(&self, now_ms: i64) -> Result<(), RedisSinkError> {
         let min_id = format!("{}-0", now_ms - EVENT_WINDOW.as_millis() as i64);
-        let _: Value = self
-            .client
-            .custom(
-                fred::types::CustomCommand::new_static("XTRIM", None, false),
-                vec![self.keys.events.clone(), "MINID".into(), "~".into(), min_id],
-            )
-            .await?;
+        let pipe = self.client.pipeline();
+        for p in self.keys.all() {
+            let args = vec![p.events.clone(), "MINID".into(), "~".into(), min_id.clone()];
+            pipe.custom::<(), _>(CustomCommand::new_static("XTRIM", None, false), args)
+                .await?;
+        }
+        let _: Vec<Value> = pipe.all().await?;
         Ok(())
     }
 }
@@ -453,8 +445,15 @@ async fn evalsha(
     pipe.custom::<(), _>(command, all).await
 }
 
-/// A candidate epoch for the event log: only used when the log has none, so
-/// it needs to be unique, not secret.
+/// Each partition's share of [`EVENT_LOG_MAXLEN`], so that all the logs
+/// together keep about the window PROTOCOL.md §4 states (devices spread
+/// evenly over partitions by the hash of their ids).
+pub fn event_log_maxlen(partitions: u16) -> u64 {
+    EVENT_LOG_MAXLEN.div_ceil(u64::from(partitions.max(1)))
+}
+
+/// A candidate epoch for a partition's event log: only used when the log
+/// has none, so it needs to be unique, not secret.
 fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())
 }

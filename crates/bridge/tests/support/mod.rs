@@ -165,6 +165,16 @@ impl Harness {
         n
     }
 
+    /// Entries in the event logs of every partition together, as `client`
+    /// (a Redis other than the harness's, say) holds them.
+    pub async fn event_log_len(&self, client: &Client) -> i64 {
+        let mut n = 0;
+        for part in self.keys().all() {
+            n += client.xlen::<i64, _>(&part.events).await.unwrap_or(0);
+        }
+        n
+    }
+
     pub async fn state(&self, device: &str) -> std::collections::HashMap<String, String> {
         self.redis
             .hgetall(self.keys().device(device))

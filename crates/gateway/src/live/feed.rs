@@ -1,6 +1,6 @@
 //! The feed: this instance's one Redis subscriber, on the live shard
-//! channels (`SSUBSCRIBE`: one per partition and one for events, where the
-//! bridge's scripts publish) and on `<prefix>push` (classic `SUBSCRIBE`:
+//! channels (`SSUBSCRIBE`: one per partition on a cluster, `<prefix>live`
+//! on one Redis, where the bridge's scripts publish) and on `<prefix>push` (classic `SUBSCRIBE`:
 //! channel messages from any backend or gateway). Each message is parsed
 //! once into a shared frame and handed to the [`Hub`].
 //!
@@ -16,14 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use fieldcast_core::{DeviceId, LiveEnvelope, LiveHeader};
+use fieldcast_core::{DeviceId, LiveEnvelope, LiveHeader, Partitions};
 use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::cursor::Cursor;
+use crate::cursor::{EventPos, Position};
 use crate::health::Health;
 use crate::live::hub::{Hub, Update};
 use crate::live::outbox::{Item, Kind, Out};
@@ -85,7 +85,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             m = messages.recv() => match m {
-                Ok(m) => route(&live, &keys.push, &hub, &m),
+                Ok(m) => route(&live, &keys.push, keys.partitions(), &hub, &m),
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "live feed fell behind; resyncing connections");
                     metrics.feed_lagged.inc_by(n);
@@ -181,7 +181,13 @@ async fn subscribe(
     }
 }
 
-fn route(live: &HashSet<String>, push: &str, hub: &Hub, m: &fred::types::Message) {
+fn route(
+    live: &HashSet<String>,
+    push: &str,
+    partitions: Partitions,
+    hub: &Hub,
+    m: &fred::types::Message,
+) {
     let Some(text) = m.value.as_str() else {
         return;
     };
@@ -191,7 +197,7 @@ fn route(live: &HashSet<String>, push: &str, hub: &Hub, m: &fred::types::Message
             match serde_json::from_str::<Vec<&RawValue>>(&text) {
                 Ok(batch) => {
                     for one in batch {
-                        match parse_live(one.get()) {
+                        match parse_live(one.get(), partitions) {
                             Some(u) => hub.dispatch(u),
                             None => tracing::debug!("ignoring a malformed live message"),
                         }
@@ -200,7 +206,7 @@ fn route(live: &HashSet<String>, push: &str, hub: &Hub, m: &fred::types::Message
                 Err(_) => tracing::debug!("ignoring a malformed live batch"),
             }
         } else {
-            match parse_live(&text) {
+            match parse_live(&text, partitions) {
                 Some(u) => hub.dispatch(u),
                 None => tracing::debug!("ignoring a malformed live message"),
             }
@@ -216,7 +222,7 @@ fn route(live: &HashSet<String>, push: &str, hub: &Hub, m: &fred::types::Message
 /// Parses the bridge's `{"rx","msg"}` envelope; the frame is `msg`'s bytes.
 /// The device id is checked here, once: inside, the live path carries a
 /// [`DeviceId`].
-pub fn parse_live(text: &str) -> Option<Update> {
+pub fn parse_live(text: &str, partitions: Partitions) -> Option<Update> {
     let env: LiveEnvelope = serde_json::from_str(text).ok()?;
     let h: LiveHeader = serde_json::from_str(env.msg.get()).ok()?;
     let device = DeviceId::parse(h.device).ok()?;
@@ -233,16 +239,23 @@ pub fn parse_live(text: &str) -> Option<Update> {
     if kind == Kind::Location && pos.is_none() {
         return None;
     }
-    // An event whose cursor does not parse (a bridge from before epochs) is
-    // still delivered; it just cannot move the resume point or be filtered
-    // by a snapshot's floor.
-    let cursor = h.cursor.and_then(|c| c.parse::<Cursor>().ok());
+    // An event without a position that parses (a bridge from before
+    // partitioned logs) is still delivered, without a cursor: it cannot
+    // move the resume point or be filtered by a snapshot's floor.
+    let event = env
+        .pos
+        .filter(|_| kind == Kind::Event)
+        .and_then(|p| p.parse::<Position>().ok())
+        .map(|at| EventPos {
+            partition: partitions.of(device.as_str()).index(),
+            at,
+        });
     Some(Update {
         kind,
         device,
         ts: h.ts,
         pos,
-        cursor,
+        event,
         item: Item {
             out: Out::Text(Utf8Bytes::from(env.msg.get().to_owned())),
             kind,
@@ -293,7 +306,7 @@ mod tests {
     #[test]
     fn live_frames_are_the_message_bytes() {
         let msg = r#"{"type":"location","device":"t","ts":5,"lat":51.50735090123456,"lon":-0.12}"#;
-        let u = parse_live(&fieldcast_core::live::envelope(42, msg)).unwrap();
+        let u = parse_live(&fieldcast_core::live::envelope(42, msg), parts()).unwrap();
         assert_eq!(u.kind, Kind::Location);
         assert_eq!(u.pos, Some((-0.12, 51.50735090123456)));
         assert_eq!(u.item.rx_ms, 42);
@@ -301,24 +314,30 @@ mod tests {
             Out::Text(t) => assert_eq!(t.as_str(), msg),
             Out::Ping => panic!(),
         }
-        assert!(parse_live("{}").is_none());
+        assert!(parse_live("{}", parts()).is_none());
+    }
+
+    fn parts() -> Partitions {
+        Partitions::new(8).unwrap()
     }
 
     #[test]
-    fn event_cursors_carry_the_epoch() {
-        let msg = r#"{"type":"event","device":"t","id":"e","ts":5,"kind":"k","severity":"info","cursor":"00c0ffee0000beef:1763800000000-3"}"#;
-        let u = parse_live(&fieldcast_core::live::envelope(42, msg)).unwrap();
+    fn events_carry_their_position_in_their_partition() {
+        let msg = r#"{"type":"event","device":"t","id":"e","ts":5,"kind":"k","severity":"info"}"#;
+        let env = format!(r#"{{"rx":42,"msg":{msg},"pos":"00c0ffee0000beef:1763800000000-3"}}"#);
+        let u = parse_live(&env, parts()).unwrap();
         assert_eq!(u.kind, Kind::Event);
-        let c = u.cursor.unwrap();
-        assert_eq!(c.to_string(), "00c0ffee0000beef:1763800000000-3");
+        let e = u.event.unwrap();
+        assert_eq!(e.partition, parts().of("t").index());
+        assert_eq!(e.at.to_string(), "00c0ffee0000beef:1763800000000-3");
         match u.item.out {
-            Out::Text(t) => assert_eq!(t.as_str(), msg),
+            Out::Text(t) => assert_eq!(t.as_str(), msg, "the cursor is the hub's to add"),
             Out::Ping => panic!(),
         }
-        // A bare stream id is forwarded, but is no cursor.
-        let old = r#"{"type":"event","device":"t","id":"e","ts":5,"kind":"k","severity":"info","cursor":"1763800000000-3"}"#;
-        let u = parse_live(&fieldcast_core::live::envelope(42, old)).unwrap();
-        assert_eq!(u.cursor, None);
+        // A bare stream id is forwarded, but is no position.
+        let old = format!(r#"{{"rx":42,"msg":{msg},"pos":"1763800000000-3"}}"#);
+        let u = parse_live(&old, parts()).unwrap();
+        assert_eq!(u.event, None);
     }
 
     #[test]

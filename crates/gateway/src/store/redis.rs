@@ -1,6 +1,6 @@
 //! Reads of the bridge's Redis layout (docs/redis-layout.md) and the two
 //! writes the gateway makes: `PUBLISH <prefix>push`, and starting a new
-//! life of the event log (its epoch) when the log has none.
+//! life of a partition's event log (its epoch) when the log has none.
 //!
 //! The fleet is split into partitions (one hash slot each, so on a
 //! cluster each lives on one node): what covers the whole fleet (the
@@ -15,7 +15,7 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand};
 
-use crate::cursor::{Cursor, Epoch, StreamId};
+use crate::cursor::{Cursor, Epoch, Position, StreamId};
 use fieldcast_core::geo::BBox;
 
 /// A Redis read or write failed, or Redis holds what the layout does not
@@ -38,7 +38,7 @@ pub struct Snap {
     pub sts: Option<i64>,
 }
 
-/// What the event log looks like right now.
+/// What one partition's event log looks like right now.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamBounds {
     /// The log's current life.
@@ -49,10 +49,36 @@ pub struct StreamBounds {
     pub max_deleted: StreamId,
 }
 
-impl StreamBounds {
-    /// The cursor of the newest event (or of the start of an empty log).
+/// Every partition's [`StreamBounds`], in partition order.
+#[derive(Debug, Clone)]
+pub struct LogBounds(pub Vec<StreamBounds>);
+
+impl LogBounds {
+    /// The cursor of every partition's newest event (or of the start of
+    /// an empty log).
     pub fn last_cursor(&self) -> Cursor {
-        Cursor::new(self.epoch, self.last)
+        Cursor::new(
+            self.0
+                .iter()
+                .map(|b| Position::new(b.epoch, b.last))
+                .collect(),
+        )
+    }
+
+    pub fn epochs(&self) -> Vec<Epoch> {
+        self.0.iter().map(|b| b.epoch).collect()
+    }
+
+    /// Whether every position of `c` (in these lives) is still in its
+    /// log's retained window: nothing after it trimmed away, and not
+    /// beyond the newest id (a cursor from elsewhere).
+    pub fn retains(&self, c: &Cursor) -> bool {
+        self.0.len() == c.positions().len()
+            && self
+                .0
+                .iter()
+                .zip(c.positions())
+                .all(|(b, p)| p.id >= b.max_deleted && p.id <= b.last)
     }
 }
 
@@ -74,7 +100,8 @@ pub struct Store {
 }
 
 const PIPELINE_CHUNK: usize = 500;
-const REPLAY_BATCH: u64 = 1000;
+/// Entries a replay reads per round trip, across the partitions it reads.
+pub const REPLAY_BATCH: usize = 1000;
 /// Reads of the bounds before giving up on a log that keeps changing life
 /// under them (each failed read also starts a life if there is none).
 const BOUNDS_ATTEMPTS: usize = 3;
@@ -143,7 +170,9 @@ impl Store {
                     h.into(),
                     "km".into(),
                 ];
-                let () = pipe.custom(command("GEOSEARCH"), args).await?;
+                let () = pipe
+                    .custom(command_at("GEOSEARCH", &part.geo), args)
+                    .await?;
             }
         }
         // `try_all`: one result per command, so each GEOSEARCH's array
@@ -191,41 +220,76 @@ impl Store {
         Ok(out)
     }
 
-    /// The event log's epoch and its newest and newest-trimmed ids, read
-    /// together. A log without an epoch or without its stream gets a new
-    /// life first (see `lua/epoch.lua`), so a cursor always has an epoch.
-    pub async fn stream_bounds(&self) -> Result<StreamBounds, StoreError> {
+    /// Every partition's log epoch and newest and newest-trimmed ids, in
+    /// one pipeline. A log without an epoch or without its stream gets a
+    /// new life first (see `lua/epoch.lua`), so a cursor always has an
+    /// epoch.
+    pub async fn stream_bounds(&self) -> Result<LogBounds, StoreError> {
+        let n = self.keys.all().len();
+        let mut found: Vec<Option<StreamBounds>> = vec![None; n];
         for _ in 0..BOUNDS_ATTEMPTS {
-            if let Some(b) = self.read_bounds().await? {
-                return Ok(b);
+            let missing: Vec<usize> = (0..n).filter(|&p| found[p].is_none()).collect();
+            if missing.is_empty() {
+                break;
             }
-            self.start_life().await?;
+            let read = self.read_bounds(&missing).await?;
+            let mut lifeless = Vec::new();
+            for (p, b) in missing.into_iter().zip(read) {
+                match b {
+                    Some(b) => found[p] = Some(b),
+                    None => lifeless.push(p),
+                }
+            }
+            futures::future::try_join_all(lifeless.into_iter().map(|p| self.start_life(p))).await?;
         }
-        Err(StoreError::EventLog(format!(
-            "{} changed during {BOUNDS_ATTEMPTS} reads in a row",
-            self.keys.epoch
-        )))
+        let all: Option<Vec<StreamBounds>> = found.into_iter().collect();
+        all.map(LogBounds).ok_or_else(|| {
+            StoreError::EventLog(format!(
+                "an event log's epoch changed during {BOUNDS_ATTEMPTS} reads in a row"
+            ))
+        })
     }
 
-    /// The bounds, or `None` when the log has no life or moved to another
-    /// one during the read.
-    async fn read_bounds(&self) -> Result<Option<StreamBounds>, StoreError> {
-        // The epoch on both sides of XINFO, in one round trip on one
-        // connection: if it is the same twice, the ids belong to that life.
+    /// The bounds of the `partitions`' logs, each `None` when that log has
+    /// no life or moved to another one during the read.
+    async fn read_bounds(
+        &self,
+        partitions: &[usize],
+    ) -> Result<Vec<Option<StreamBounds>>, StoreError> {
+        // Per partition, the epoch on both sides of XINFO: if it is the
+        // same twice, the ids belong to that life. One pipeline, so each
+        // partition's three replies come from one connection in order.
         let pipe = self.pool.next().pipeline();
-        let () = pipe.get(&self.keys.epoch).await?;
-        let args: Vec<Value> = vec!["STREAM".into(), self.keys.events.clone().into()];
-        let () = pipe.custom(command("XINFO"), args).await?;
-        let () = pipe.get(&self.keys.epoch).await?;
+        for &p in partitions {
+            let k = &self.keys.all()[p];
+            let () = pipe.get(&k.epoch).await?;
+            let args: Vec<Value> = vec!["STREAM".into(), k.events.clone().into()];
+            let () = pipe.custom(command_at("XINFO", &k.events), args).await?;
+            let () = pipe.get(&k.epoch).await?;
+        }
         let mut replies = pipe.try_all::<Value>().await.into_iter();
-        let (Some(before), Some(info), Some(after)) =
-            (replies.next(), replies.next(), replies.next())
-        else {
-            return Err(StoreError::EventLog(
-                "missing replies to GET/XINFO/GET".into(),
-            ));
-        };
-        let (before, after) = (self.epoch_of(before?)?, self.epoch_of(after?)?);
+        let mut out = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            let (Some(before), Some(info), Some(after)) =
+                (replies.next(), replies.next(), replies.next())
+            else {
+                return Err(StoreError::EventLog(
+                    "missing replies to GET/XINFO/GET".into(),
+                ));
+            };
+            out.push(self.bounds_of(p, before?, info, after?)?);
+        }
+        Ok(out)
+    }
+
+    fn bounds_of(
+        &self,
+        p: usize,
+        before: Value,
+        info: Result<Value, fred::error::Error>,
+        after: Value,
+    ) -> Result<Option<StreamBounds>, StoreError> {
+        let (before, after) = (self.epoch_of(p, before)?, self.epoch_of(p, after)?);
         let info = match info {
             Ok(v) => v,
             // No stream: lost, or never written.
@@ -258,28 +322,31 @@ impl Store {
         Ok(Some(b))
     }
 
-    /// Runs `lua/epoch.lua`: a new life if the log has none, else nothing.
-    async fn start_life(&self) -> Result<Epoch, StoreError> {
+    /// Runs `lua/epoch.lua` on partition `p`'s log: a new life if it has
+    /// none, else nothing.
+    async fn start_life(&self, p: usize) -> Result<Epoch, StoreError> {
+        let k = &self.keys.all()[p];
         let fresh = Epoch::random();
         let v: Value = self
             .epoch_script
             .evalsha_with_reload(
                 self.pool.next(),
-                vec![self.keys.events.clone(), self.keys.epoch.clone()],
+                vec![k.events.clone(), k.epoch.clone()],
                 vec![fresh.to_string()],
             )
             .await?;
-        let epoch = self.epoch_of(v)?.ok_or_else(|| {
-            StoreError::EventLog(format!("{} is missing right after SET", self.keys.epoch))
+        let epoch = self.epoch_of(p, v)?.ok_or_else(|| {
+            StoreError::EventLog(format!("{} is missing right after SET", k.epoch))
         })?;
         if epoch == fresh {
-            tracing::info!(%epoch, "the event log had no epoch (new, or lost by Redis); started a new life: older cursors get cursor_expired");
+            tracing::info!(partition = p, %epoch, "an event log had no epoch (new, or lost by Redis); started a new life: older cursors get cursor_expired");
         }
         Ok(epoch)
     }
 
-    /// An epoch as Redis returned it: `None` for a missing key.
-    fn epoch_of(&self, v: Value) -> Result<Option<Epoch>, StoreError> {
+    /// An epoch as Redis returned it for partition `p`: `None` for a
+    /// missing key.
+    fn epoch_of(&self, p: usize, v: Value) -> Result<Option<Epoch>, StoreError> {
         if v.is_null() {
             return Ok(None);
         }
@@ -287,34 +354,37 @@ impl Store {
         text.parse().map(Some).map_err(|_| {
             StoreError::EventLog(format!(
                 "{} holds {text:?}, not an epoch of 16 lowercase hex digits",
-                self.keys.epoch
+                self.keys.all()[p].epoch
             ))
         })
     }
 
-    /// Up to one batch of the log's entries strictly after `after`:
-    /// `(id, device, event JSON without cursor)`; `None` when the log is
-    /// no longer in `after`'s life, so the entries read may belong to
-    /// another one and are not returned.
+    /// Up to `count` of partition `p`'s log entries strictly after
+    /// `after`: `(id, device, event JSON without cursor)`; `None` when the
+    /// log is no longer in `after`'s life, so the entries read may belong
+    /// to another one and are not returned.
     pub async fn events_after(
         &self,
-        after: Cursor,
+        p: usize,
+        after: Position,
+        count: usize,
     ) -> Result<Option<Vec<(StreamId, String, String)>>, StoreError> {
+        let k = &self.keys.all()[p];
         let args: Vec<Value> = vec![
-            self.keys.events.clone().into(),
+            k.events.clone().into(),
             format!("({}", after.id).into(),
             "+".into(),
             "COUNT".into(),
-            (REPLAY_BATCH as i64).into(),
+            (count as i64).into(),
         ];
         // The epoch after the XRANGE, on the same connection: a command
         // retried on a reconnected (and emptied) Redis cannot pass off the
         // new life's entries as the old one's.
         let pipe = self.pool.next().pipeline();
-        let () = pipe.custom(command("XRANGE"), args).await?;
-        let () = pipe.get(&self.keys.epoch).await?;
+        let () = pipe.custom(command_at("XRANGE", &k.events), args).await?;
+        let () = pipe.get(&k.epoch).await?;
         let (v, epoch): (Value, Value) = pipe.all().await?;
-        if self.epoch_of(epoch)? != Some(after.epoch) {
+        if self.epoch_of(p, epoch)? != Some(after.epoch) {
             return Ok(None);
         }
         let mut out = Vec::new();
@@ -347,8 +417,14 @@ impl Store {
     }
 }
 
-fn command(name: &'static str) -> CustomCommand {
-    CustomCommand::new_static(name, ClusterHash::FirstKey, false)
+/// A custom command routed on a cluster to `key`'s slot (for `XINFO
+/// STREAM <key>` the first argument is no key).
+fn command_at(name: &'static str, key: &str) -> CustomCommand {
+    CustomCommand::new_static(
+        name,
+        ClusterHash::Custom(fieldcast_core::partition::key_slot(key)),
+        false,
+    )
 }
 
 fn strings(v: Value) -> Vec<String> {

@@ -21,11 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, Command, Ref, Since, WsError};
 use crate::auth::Scope;
-use crate::cursor::Cursor;
+use crate::cursor::{Cursor, EventPos, Mismatch, Position, StreamId};
 use crate::live::hub::{Activation, ConnId, ConnSignals, Hub, Mode, Selection};
 use crate::live::outbox::{Close, Item, Kind, Out, Outbox};
 use crate::metrics::{Metrics, Sent};
-use crate::store::redis::{Snap, Store, StoreError};
+use crate::store::redis::{LogBounds, Snap, Store, StoreError, REPLAY_BATCH};
 
 /// Per-connection limits, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -417,7 +417,11 @@ impl Reader {
         if !selection.has_device_selector() {
             return;
         }
-        let since = self.ctx.hub.resume_cursor(self.id).map(Since::Cursor);
+        let since = self
+            .ctx
+            .hub
+            .resume_cursor(self.id)
+            .map(|c| Since::Cursor((&c).into()));
         if let Err(e) = self.subscribe(&None, selection, since, Mode::Resync).await {
             self.ctx.hub.abort(self.id);
             tracing::warn!(conn = self.id, error = %e, "resync failed; will retry on the next reconnect");
@@ -464,22 +468,21 @@ impl Reader {
             None => None,
             Some(Since::Malformed) => Some(Expired::Unknown),
             // Compared before the ids: ids of another life say nothing.
-            Some(Since::Cursor(c)) if c.epoch != bounds.epoch => Some(Expired::EarlierLife),
-            Some(Since::Cursor(c)) if c.id >= bounds.max_deleted && c.id <= bounds.last => {
-                match self.replay(c, &sel, &act.in_box).await? {
+            Some(Since::Cursor(sent)) => match resume_point(&sent, &bounds) {
+                Err(why) => Some(why),
+                Ok(start) => match self.replay(start, &sel, &act.in_box).await? {
                     Some(last) => {
                         floor = last;
                         None
                     }
                     None => {
-                        // The log started over during the replay: what was
+                        // A log started over during the replay: what was
                         // sent is good, the rest is gone.
                         floor = store.stream_bounds().await?.last_cursor();
                         Some(Expired::EarlierLife)
                     }
-                }
-            }
-            Some(Since::Cursor(_)) => Some(Expired::Unknown),
+                },
+            },
         };
         if let Some(why) = expired {
             if !self
@@ -494,10 +497,11 @@ impl Reader {
                 return Err(SubscribeError::Closing);
             }
         }
-        act.cursor_floor = Some(floor);
         if mode == Mode::Subscribe {
-            act.before.push(Item::reply(protocol::subscribed(r, floor)));
+            act.before
+                .push(Item::reply(protocol::subscribed(r, &floor)));
         }
+        act.cursor_floor = Some(floor);
         hub.activate(self.id, act);
         Ok(())
     }
@@ -569,8 +573,11 @@ impl Reader {
     }
 
     /// Sends the retained events after `since` that `sel` and the scope
-    /// match, in order. Returns the last cursor read, or `None` if the log
-    /// left `since`'s life during the replay.
+    /// match: every partition's log read after its position, merged in
+    /// stream-id order (a device's events are in one partition, so each
+    /// device's stay in their order). Each event goes out with the cursor
+    /// right after it. Returns the cursor after everything read, or `None`
+    /// if a log left `since`'s life during the replay.
     async fn replay(
         &self,
         since: Cursor,
@@ -579,21 +586,63 @@ impl Reader {
     ) -> Result<Option<Cursor>, SubscribeError> {
         let in_box: HashSet<&str> = in_box.iter().map(DeviceId::as_str).collect();
         let devices: HashSet<&str> = sel.devices.iter().map(DeviceId::as_str).collect();
-        let mut after = since;
+        let positions = since.positions().to_vec();
+        let batch = (REPLAY_BATCH / positions.len().max(1)).max(16);
+        let mut lanes: Vec<Lane> = positions
+            .iter()
+            .enumerate()
+            .map(|(p, &after)| Lane {
+                partition: p,
+                after,
+                read: std::collections::VecDeque::new(),
+                done: false,
+            })
+            .collect();
+        let mut cursor = since;
         loop {
-            let Some(batch) = self.ctx.store.events_after(after).await? else {
-                return Ok(None);
-            };
-            let Some(&(last, _, _)) = batch.last() else {
-                break;
-            };
-            for (id, device, json) in batch {
+            // Refill every lane that ran dry, all at once.
+            let dry: Vec<usize> = (0..lanes.len())
+                .filter(|&i| !lanes[i].done && lanes[i].read.is_empty())
+                .collect();
+            let store = &self.ctx.store;
+            let reads = futures::future::try_join_all(
+                dry.iter()
+                    .map(|&i| store.events_after(lanes[i].partition, lanes[i].after, batch)),
+            )
+            .await?;
+            for (i, read) in dry.into_iter().zip(reads) {
+                let Some(read) = read else {
+                    return Ok(None);
+                };
+                let lane = &mut lanes[i];
+                match read.last() {
+                    Some(&(last, _, _)) => lane.after = Position::new(lane.after.epoch, last),
+                    None => lane.done = true,
+                }
+                lane.read.extend(read);
+            }
+            // The lanes not done now all hold entries: take in id order
+            // until one runs dry again.
+            loop {
+                let next = lanes
+                    .iter_mut()
+                    .filter(|l| !l.done)
+                    .min_by_key(|l| l.read.front().map(|(id, _, _)| (*id, l.partition)));
+                let Some(lane) = next else {
+                    return Ok(Some(cursor));
+                };
+                let Some((id, device, json)) = lane.read.pop_front() else {
+                    break;
+                };
+                cursor.advanced_by(&EventPos {
+                    partition: lane.partition,
+                    at: Position::new(lane.after.epoch, id),
+                });
                 let matches = devices.contains(device.as_str())
                     || (self.scope.allows_device(&device)
                         && (sel.fleet || in_box.contains(device.as_str())));
                 if matches {
-                    let cursor = Cursor::new(since.epoch, id);
-                    let frame = fieldcast_core::live::with_cursor(&json, &cursor.to_string());
+                    let frame = fieldcast_core::live::with_cursor(&json, &cursor.encode());
                     let item = Item {
                         out: Out::Text(frame.into()),
                         kind: Kind::Event,
@@ -604,9 +653,31 @@ impl Reader {
                     }
                 }
             }
-            after = Cursor::new(since.epoch, last);
         }
-        Ok(Some(after))
+    }
+}
+
+/// One partition's part of a replay: entries read and not yet sent.
+struct Lane {
+    partition: usize,
+    /// Position of the last entry read.
+    after: Position,
+    read: std::collections::VecDeque<(StreamId, String, String)>,
+    /// Read to the end of the log.
+    done: bool,
+}
+
+/// Where a replay of `sent` starts, if it can: issued in the logs' current
+/// lives, and still in every partition's retained window.
+fn resume_point(sent: &crate::cursor::SentCursor, bounds: &LogBounds) -> Result<Cursor, Expired> {
+    let start = sent.resolve(&bounds.epochs()).map_err(|m| match m {
+        Mismatch::Epochs => Expired::EarlierLife,
+        Mismatch::Partitions => Expired::Unknown,
+    })?;
+    if bounds.retains(&start) {
+        Ok(start)
+    } else {
+        Err(Expired::Unknown)
     }
 }
 

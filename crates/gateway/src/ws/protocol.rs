@@ -5,7 +5,7 @@ use fieldcast_core::{DeviceId, DeviceState};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::cursor::Cursor;
+use crate::cursor::{Cursor, SentCursor};
 use crate::live::hub::Selection;
 use fieldcast_core::geo::BBox;
 
@@ -31,10 +31,10 @@ pub enum Command {
 
 /// The `since` of a subscribe: a cursor, or text that is not one (which
 /// gets `cursor_expired`, the subscription still going ahead), such as a
-/// bare stream id handed out before cursors carried the log's epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// cursor of the single event log before partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Since {
-    Cursor(Cursor),
+    Cursor(SentCursor),
     Malformed,
 }
 
@@ -87,7 +87,7 @@ impl Command {
                 if unsubscribe {
                     return Ok(Command::Unsubscribe { r, selection });
                 }
-                let since = raw.since.map(|s| match s.parse::<Cursor>() {
+                let since = raw.since.map(|s| match s.parse::<SentCursor>() {
                     Ok(c) => Since::Cursor(c),
                     Err(_) => Since::Malformed,
                 });
@@ -212,9 +212,9 @@ pub fn snapshot_part(r: &Ref, devices: &[DeviceState], more: bool) -> String {
     .text()
 }
 
-pub fn subscribed(r: &Ref, cursor: Cursor) -> String {
+pub fn subscribed(r: &Ref, cursor: &Cursor) -> String {
     Reply {
-        cursor: Some(cursor.to_string()),
+        cursor: Some(cursor.encode()),
         ..Reply::new("subscribed", r)
     }
     .text()
@@ -287,19 +287,22 @@ mod tests {
         assert_eq!(r.unwrap().get(), "\"1\"");
         assert_eq!(selection.devices.len(), 2);
         assert_eq!(since, None);
-        let c = Command::parse(
-            r#"{"op":"subscribe","ref":"5","fleet":true,"since":"00000000000000ab:1-2"}"#,
-        )
+        let cursor = crate::cursor::Cursor::new(vec![crate::cursor::Position::new(
+            "00000000000000ab".parse().unwrap(),
+            "1-2".parse().unwrap(),
+        )])
+        .encode();
+        let c = Command::parse(&format!(
+            r#"{{"op":"subscribe","ref":"5","fleet":true,"since":"{cursor}"}}"#
+        ))
         .unwrap();
         let Command::Subscribe { since, .. } = c else {
             panic!()
         };
-        assert_eq!(
-            since,
-            Some(Since::Cursor("00000000000000ab:1-2".parse().unwrap()))
-        );
-        // A bare stream id (the format before epochs) is not a cursor.
-        for old in ["1-2", "garbage"] {
+        assert_eq!(since, Some(Since::Cursor(cursor.parse().unwrap())));
+        // A bare stream id (the format before epochs) or a cursor of the
+        // single log before partitions is not a cursor.
+        for old in ["1-2", "garbage", "00000000000000ab:1-2"] {
             let c = Command::parse(&format!(
                 r#"{{"op":"subscribe","ref":"5","fleet":true,"since":"{old}"}}"#
             ))
@@ -369,9 +372,10 @@ mod tests {
             snapshot_part(&r, &[], false),
             r#"{"type":"snapshot","ref":"2","devices":[]}"#
         );
+        let c = Cursor::new(vec!["0123456789abcdef:3-4".parse().unwrap()]);
         assert_eq!(
-            subscribed(&None, "0123456789abcdef:3-4".parse().unwrap()),
-            r#"{"type":"subscribed","cursor":"0123456789abcdef:3-4"}"#
+            subscribed(&None, &c),
+            format!(r#"{{"type":"subscribed","cursor":"{}"}}"#, c.encode())
         );
     }
 }

@@ -140,43 +140,37 @@ impl Env {
         n == 1
     }
 
-    /// An event, through the bridge's own scripts: `event.lua` (dedup key,
-    /// XADD to the event log, starting a new life of the log, with a new
-    /// epoch, when it has none, SPUBLISH with its `<epoch>:<id>` cursor),
-    /// then `touch.lua` (`last_seen`). Returns whether it was logged (not a
-    /// duplicate).
+    /// An event, through the bridge's own script, `event.lua`, in the
+    /// device's partition: `last_seen`, the dedup key, XADD to the
+    /// partition's event log (starting a new life of the log, with a new
+    /// epoch, when it has none), SPUBLISH with its `<epoch>:<id>`
+    /// position. Returns whether it was logged (not a duplicate).
     pub async fn event(&self, device: &str, id: &str, ts: i64, data: Value) -> bool {
         let msg = json!({"type":"event","device":device,"id":id,"ts":ts,"kind":"panic","severity":"critical","data":data})
             .to_string();
         let keys = self.keys();
+        let (_, k) = keys.of(device);
         let n: i64 = self
             .redis
             .eval(
                 EVENT_LUA,
                 vec![
-                    keys.event_seen(device, id),
-                    keys.events.clone(),
-                    keys.epoch.clone(),
+                    k.device(device),
+                    k.devices.clone(),
+                    k.event_seen(device, id),
+                    k.events.clone(),
+                    k.epoch.clone(),
                 ],
                 vec![
                     device.to_owned(),
                     msg,
                     "0".to_owned(),
-                    keys.events_live.clone(),
+                    k.live.clone(),
                     "100000".to_owned(),
                     "86400".to_owned(),
                     format!("{:016x}", rand::random::<u64>()),
+                    ts.to_string(),
                 ],
-            )
-            .await
-            .unwrap();
-        let (_, k) = keys.of(device);
-        let _: i64 = self
-            .redis
-            .eval(
-                TOUCH_LUA,
-                vec![k.device(device), k.devices.clone()],
-                vec![device.to_owned(), ts.to_string()],
             )
             .await
             .unwrap();
@@ -232,7 +226,6 @@ return 1
 /// The bridge's script itself, so the feeder and the bridge cannot drift
 /// apart on the event log's epoch rule.
 const EVENT_LUA: &str = include_str!("../../../bridge/src/store/lua/event.lua");
-const TOUCH_LUA: &str = include_str!("../../../bridge/src/store/lua/touch.lua");
 
 /// A gateway running `serve` on a port-0 listener.
 pub struct Gateway {

@@ -27,10 +27,11 @@ pub(super) struct Conn {
     pub(super) in_box: HashSet<DeviceId>,
     pub(super) channels: HashSet<String>,
     pub(super) pending: Option<Pending>,
-    /// Where a resync may resume this connection's events, and the
-    /// observation number it was learnt at (see [`State::observed`]): the
-    /// floor of its first subscribe, then of its latest resync.
-    pub(super) served: Option<(Cursor, u64)>,
+    /// What this connection has been sent of every partition's event log:
+    /// the floor of its first subscribe (then of its latest resync),
+    /// moved by each event sent since. Each event frame carries it, and a
+    /// resync resumes from it.
+    pub(super) cursor: Option<Cursor>,
 }
 
 impl Conn {
@@ -46,7 +47,7 @@ impl Conn {
             in_box: HashSet::new(),
             channels: HashSet::new(),
             pending: None,
-            served: None,
+            cursor: None,
         }
     }
 }
@@ -62,11 +63,6 @@ pub(super) struct State {
     pub(super) in_box: HashMap<DeviceId, HashSet<ConnId>>,
     pub(super) by_channel: HashMap<String, HashSet<ConnId>>,
     pub(super) pending: HashSet<ConnId>,
-    /// Newest event cursor dispatched, with its observation number.
-    pub(super) last_event: Option<(Cursor, u64)>,
-    /// Counts cursor observations (dispatches, activations), to tell which
-    /// of two cursors of different lives was learnt later.
-    pub(super) observed: u64,
     /// `fieldcast_gateway_subscriptions`, kept with the indexes it counts.
     pub(super) gauges: SubscriptionGauges,
 }
@@ -280,7 +276,7 @@ mod tests {
             device: DeviceId::parse(device).unwrap(),
             ts,
             pos: Some((lon, lat)),
-            cursor: None,
+            event: None,
             item: Item {
                 out: Out::Text(format!("{device}@{ts}").into()),
                 kind: Kind::Location,

@@ -27,8 +27,8 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use crate::auth::Scope;
-use crate::cursor::Cursor;
-use crate::live::outbox::{Close, Item, Kind, Outbox, Push};
+use crate::cursor::{Cursor, EventPos};
+use crate::live::outbox::{Close, Item, Kind, Out, Outbox, Push};
 use crate::metrics::Metrics;
 use fieldcast_core::geo::BBox;
 use fieldcast_core::DeviceId;
@@ -49,9 +49,10 @@ pub struct Update {
     pub ts: i64,
     /// `(lon, lat)` of a location.
     pub pos: Option<(f64, f64)>,
-    /// Event-log cursor of an event.
-    pub cursor: Option<Cursor>,
-    /// The §4 JSON, forwarded untouched.
+    /// An event's position in its partition's log.
+    pub event: Option<EventPos>,
+    /// The §4 JSON, forwarded untouched; an event's without its `cursor`,
+    /// which is each receiver's own ([`offer`]).
     pub item: Item,
 }
 
@@ -172,22 +173,11 @@ impl Hub {
         self.lock().conns.len()
     }
 
-    /// Where a resync of connection `id` resumes its events: the newest
-    /// event this instance dispatched, or the connection's own floor if
-    /// that is later (an instance that dispatched nothing yet, a feed
-    /// behind the snapshot). Of two cursors of different lives the one
-    /// learnt later wins: the log moved on to that life. `None` when the
-    /// connection never subscribed.
+    /// Where a resync of connection `id` resumes its events: the cursor
+    /// of the last event it was sent, or its floor (see
+    /// [`index::Conn::cursor`]). `None` when it never subscribed.
     pub fn resume_cursor(&self, id: ConnId) -> Option<Cursor> {
-        let st = self.lock();
-        let served = st.conns.get(&id).and_then(|c| c.served);
-        match (st.last_event, served) {
-            (Some((a, na)), Some((b, nb))) if a.epoch != b.epoch => {
-                Some(if na > nb { a } else { b })
-            }
-            (Some((a, _)), Some((b, _))) => Some(a.advanced_to(b)),
-            (a, b) => a.or(b).map(|(c, _)| c),
-        }
+        self.lock().conns.get(&id).and_then(|c| c.cursor.clone())
     }
 
     /// The connection's current live selection.
@@ -264,13 +254,12 @@ impl Hub {
             outbox.push(item, None);
         }
         if let Some(floor) = act.cursor_floor {
-            st.observed += 1;
-            let n = st.observed;
             if let Some(c) = st.conns.get_mut(&id) {
                 // A resync brought every selection up to its floor (or told
-                // the client it could not); a new subscribe only its own.
-                if resync || c.served.is_none() {
-                    c.served = Some((floor, n));
+                // the client it could not); a new subscribe only its own,
+                // so the cursor of the others stays.
+                if resync || c.cursor.is_none() {
+                    c.cursor = Some(floor);
                 }
             }
         }
@@ -283,7 +272,9 @@ impl Hub {
                     if floors.stale(&u) || !wants(&mut st, id, &u) {
                         continue;
                     }
-                    offer(&outbox, &u, &self.slow_closes);
+                    if let Some(c) = st.conns.get_mut(&id) {
+                        offer(c, &u, &self.slow_closes);
+                    }
                 }
             }
         }
@@ -310,11 +301,6 @@ impl Hub {
     /// it now, pending subscribes that match it buffer it.
     pub fn dispatch(&self, u: Update) {
         let mut st = self.lock();
-        if let Some(c) = u.cursor {
-            st.observed += 1;
-            let last = st.last_event.map_or(c, |(l, _)| l.advanced_to(c));
-            st.last_event = Some((last, st.observed));
-        }
         let receivers = receivers(&mut st, &u);
         let mut overflowed = deliver(&mut st, &receivers, &u, self.pending_cap, &self.slow_closes);
         overflowed.extend(buffer_pending(
@@ -458,7 +444,7 @@ fn deliver(
                 continue;
             }
         }
-        offer(&c.outbox, u, slow_closes);
+        offer(c, u, slow_closes);
     }
     overflowed
 }
@@ -478,15 +464,16 @@ fn new_floors(
     let mut ts = std::mem::take(&mut act.snapshot_ts);
     let mut events: std::collections::HashMap<DeviceId, Cursor> = act
         .cursor_floor
+        .as_ref()
         .map(|floor| {
             sel.devices
                 .iter()
                 .chain(&act.in_box)
-                .map(|d| (d.clone(), floor))
+                .map(|d| (d.clone(), floor.clone()))
                 .collect()
         })
         .unwrap_or_default();
-    let mut fleet_events = act.cursor_floor.filter(|_| sel.fleet);
+    let mut fleet_events = act.cursor_floor.clone().filter(|_| sel.fleet);
     if let Some(c) = st.conns.get(&id).filter(|_| !resync) {
         let live = |d: &DeviceId| {
             c.devices.contains(d)
@@ -550,9 +537,25 @@ fn close_overflowed(st: &mut State, overflowed: Vec<ConnId>, slow_closes: &Count
     }
 }
 
-fn offer(outbox: &Outbox, u: &Update, slow_closes: &Counter) {
+/// Queues the update for connection `c`. An event moves the connection's
+/// cursor and goes out with it: a receiver's cursor says what *it* was
+/// sent up to in every partition, which no cursor shared by all receivers
+/// can (their floors differ, and a position another partition's event
+/// reached may be ahead of what this one has been sent).
+fn offer(c: &mut Conn, u: &Update, slow_closes: &Counter) {
     let device = (u.kind == Kind::Location).then_some(&u.device);
-    if outbox.push(u.item.clone(), device) == Push::Overflow {
+    let item = match (&u.event, c.cursor.as_mut(), &u.item.out) {
+        (Some(e), Some(cursor), Out::Text(msg)) => {
+            cursor.advanced_by(e);
+            let frame = fieldcast_core::live::with_cursor(msg.as_str(), &cursor.encode());
+            Item {
+                out: Out::Text(frame.into()),
+                ..u.item.clone()
+            }
+        }
+        _ => u.item.clone(),
+    };
+    if c.outbox.push(item, device) == Push::Overflow {
         slow_closes.inc();
     }
 }

@@ -20,8 +20,8 @@ pub struct Activation {
     pub snapshot_ts: HashMap<DeviceId, (Option<i64>, Option<i64>)>,
     /// Devices inside the bbox at snapshot time.
     pub in_box: Vec<DeviceId>,
-    /// Buffered events at or before this cursor (in its life) were
-    /// replayed or precede the subscription; they are not sent again.
+    /// Buffered events at or before this cursor (in its partition's life)
+    /// were replayed or precede the subscription; they are not sent again.
     pub cursor_floor: Option<Cursor>,
 }
 
@@ -86,7 +86,7 @@ impl Floors {
                 old.ts.extend(self.ts);
                 old.events.extend(self.events);
                 old.fleet_events = match (old.fleet_events, self.fleet_events) {
-                    (Some(o), Some(n)) => Some(o.advanced_to(n)),
+                    (Some(o), Some(n)) => Some(o.advanced_to(&n)),
                     (o, n) => n.or(o),
                 };
                 old.until = self.until;
@@ -104,13 +104,11 @@ impl Floors {
             // An event of another life is not behind the floor: the log
             // started over, and the snapshot's replay never covered it.
             Kind::Event => {
-                let floor = match (self.events.get(&u.device).copied(), self.fleet_events) {
-                    (Some(d), Some(f)) => Some(d.advanced_to(f)),
-                    (d, f) => d.or(f),
+                let Some(e) = &u.event else {
+                    return false;
                 };
-                u.cursor
-                    .zip(floor)
-                    .is_some_and(|(c, floor)| c.at_or_before(&floor))
+                self.events.get(&u.device).is_some_and(|f| f.covers(e))
+                    || self.fleet_events.as_ref().is_some_and(|f| f.covers(e))
             }
             _ => false,
         }

@@ -1,6 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::cursor::Position;
 use crate::live::outbox::Out;
 
 fn id(s: &str) -> DeviceId {
@@ -13,7 +14,7 @@ fn loc(device: &str, ts: i64, lon: f64, lat: f64) -> Update {
         device: id(device),
         ts,
         pos: Some((lon, lat)),
-        cursor: None,
+        event: None,
         item: Item {
             out: Out::Text(format!("{device}@{ts}").into()),
             kind: Kind::Location,
@@ -112,19 +113,37 @@ fn live_updates_the_snapshot_already_showed_are_dropped() {
     assert_eq!(texts(&o), ["a@6"]);
 }
 
-fn event(device: &str, cursor: &str) -> Update {
+/// An event at `pos` (`<epoch>:<id>`) of a one-partition log.
+fn event(device: &str, pos: &str) -> Update {
     Update {
         kind: Kind::Event,
         device: id(device),
         ts: 0,
         pos: None,
-        cursor: Some(cursor.parse().unwrap()),
+        event: Some(EventPos {
+            partition: 0,
+            at: pos.parse().unwrap(),
+        }),
         item: Item {
-            out: Out::Text(format!("{device}#{cursor}").into()),
+            out: Out::Text(msg(device, pos).into()),
             kind: Kind::Event,
             rx_ms: 0,
         },
     }
+}
+
+fn msg(device: &str, pos: &str) -> String {
+    format!(r#"{{"d":"{device}","at":"{pos}"}}"#)
+}
+
+/// The one-partition cursor at `pos`.
+fn cur(pos: &str) -> Cursor {
+    Cursor::new(vec![pos.parse::<Position>().unwrap()])
+}
+
+/// The frame of the event at `pos` sent with the cursor at `after`.
+fn sent(device: &str, pos: &str, after: &str) -> String {
+    fieldcast_core::live::with_cursor(&msg(device, pos), &cur(after).encode())
 }
 
 const E1: &str = "00000000000000e1";
@@ -142,33 +161,28 @@ fn event_floors_and_resume_points_stay_within_one_life() {
     hub.begin(r.id, sel, Mode::Subscribe);
     let mut snapshot_ts = HashMap::new();
     snapshot_ts.insert(id("a"), (None, None));
-    let floor = format!("{E1}:5-0").parse().unwrap();
+    let floor = cur(&format!("{E1}:5-0"));
     hub.activate(
         r.id,
         Activation {
             snapshot_ts,
-            cursor_floor: Some(floor),
+            cursor_floor: Some(floor.clone()),
             ..Default::default()
         },
     );
     // Nothing dispatched yet: a resync resumes from the subscribe's floor.
-    assert_eq!(hub.resume_cursor(r.id), Some(floor));
+    assert_eq!(hub.resume_cursor(r.id), Some(floor.clone()));
     // The feed behind the snapshot: already covered, and not a step back.
     hub.dispatch(event("a", &format!("{E1}:3-0")));
     assert_eq!(hub.resume_cursor(r.id), Some(floor));
     hub.dispatch(event("a", &format!("{E1}:7-0")));
-    assert_eq!(
-        hub.resume_cursor(r.id),
-        Some(format!("{E1}:7-0").parse().unwrap())
-    );
+    assert_eq!(hub.resume_cursor(r.id), Some(cur(&format!("{E1}:7-0"))));
     // The log started over: a smaller id of the new life is not behind
     // the floor, and it is where a resync resumes.
     hub.dispatch(event("a", &format!("{E2}:1-0")));
-    assert_eq!(
-        hub.resume_cursor(r.id),
-        Some(format!("{E2}:1-0").parse().unwrap())
-    );
-    assert_eq!(texts(&o), [format!("a#{E1}:7-0"), format!("a#{E2}:1-0")]);
+    assert_eq!(hub.resume_cursor(r.id), Some(cur(&format!("{E2}:1-0"))));
+    let (e7, e2) = (format!("{E1}:7-0"), format!("{E2}:1-0"));
+    assert_eq!(texts(&o), [sent("a", &e7, &e7), sent("a", &e2, &e2)]);
 }
 
 /// Pins the flake of `epoch.rs` (an event sent twice after a resync): a
@@ -190,14 +204,15 @@ fn a_fleet_floor_covers_devices_the_snapshot_did_not_see() {
     hub.activate(
         r.id,
         Activation {
-            cursor_floor: Some(format!("{E1}:5-0").parse().unwrap()),
+            cursor_floor: Some(cur(&format!("{E1}:5-0"))),
             ..Default::default()
         },
     );
     hub.dispatch(event("b", &format!("{E1}:5-0")));
     hub.dispatch(event("c", &format!("{E1}:4-0")));
     hub.dispatch(event("b", &format!("{E1}:6-0")));
-    assert_eq!(texts(&o), [format!("b#{E1}:6-0")]);
+    let e6 = format!("{E1}:6-0");
+    assert_eq!(texts(&o), [sent("b", &e6, &e6)]);
 }
 
 /// The other side of the same floor: a new device subscribe on a
@@ -215,7 +230,7 @@ fn a_new_subscribe_does_not_floor_what_the_connection_already_gets() {
     hub.activate(
         r.id,
         Activation {
-            cursor_floor: Some(format!("{E1}:1-0").parse().unwrap()),
+            cursor_floor: Some(cur(&format!("{E1}:1-0"))),
             ..Default::default()
         },
     );
@@ -227,11 +242,68 @@ fn a_new_subscribe_does_not_floor_what_the_connection_already_gets() {
     hub.activate(
         r.id,
         Activation {
-            cursor_floor: Some(format!("{E1}:9-0").parse().unwrap()),
+            cursor_floor: Some(cur(&format!("{E1}:9-0"))),
             ..Default::default()
         },
     );
     hub.dispatch(event("a", &format!("{E1}:8-0")));
     hub.dispatch(event("b", &format!("{E1}:7-0")));
-    assert_eq!(texts(&o), [format!("a#{E1}:8-0"), format!("b#{E1}:7-0")]);
+    // The connection's cursor stays its fleet subscribe's (1-0) until
+    // events move it: the device subscribe's floor (9-0) says nothing of
+    // what the fleet selection was sent.
+    let (e8, e7) = (format!("{E1}:8-0"), format!("{E1}:7-0"));
+    assert_eq!(texts(&o), [sent("a", &e8, &e8), sent("b", &e7, &e8)]);
+}
+
+/// A connection's cursor is its own: each partition at what *it* was sent
+/// (or its floor), however far another connection's has gone.
+#[test]
+fn each_connection_gets_its_own_cursor_in_every_partition() {
+    let hub = Hub::new(1000, &Default::default());
+    let two = |a: &str, b: &str| {
+        Cursor::new(vec![
+            a.parse::<Position>().unwrap(),
+            b.parse::<Position>().unwrap(),
+        ])
+    };
+    let at = |device: &str, partition: usize, pos: &str| Update {
+        event: Some(EventPos {
+            partition,
+            at: pos.parse().unwrap(),
+        }),
+        ..event(device, pos)
+    };
+    let subscribe = |device: &str, floor: Cursor| {
+        let (r, o) = conn(&hub);
+        hub.begin(
+            r.id,
+            Selection {
+                devices: vec![id(device)],
+                ..Default::default()
+            },
+            Mode::Subscribe,
+        );
+        hub.activate(
+            r.id,
+            Activation {
+                cursor_floor: Some(floor),
+                ..Default::default()
+            },
+        );
+        (r, o)
+    };
+    let (p5, p9) = (format!("{E1}:5-0"), format!("{E1}:9-0"));
+    let (ra, oa) = subscribe("a", two(&p5, &p5));
+    let (rb, ob) = subscribe("b", two(&p5, &p9));
+    hub.dispatch(at("a", 0, &format!("{E1}:6-0")));
+    hub.dispatch(at("b", 1, &format!("{E1}:10-0")));
+    let frame = |device: &str, pos: &str, c: &Cursor| {
+        fieldcast_core::live::with_cursor(&msg(device, pos), &c.encode())
+    };
+    let a_after = two(&format!("{E1}:6-0"), &p5);
+    let b_after = two(&p5, &format!("{E1}:10-0"));
+    assert_eq!(texts(&oa), [frame("a", &format!("{E1}:6-0"), &a_after)]);
+    assert_eq!(texts(&ob), [frame("b", &format!("{E1}:10-0"), &b_after)]);
+    assert_eq!(hub.resume_cursor(ra.id), Some(a_after));
+    assert_eq!(hub.resume_cursor(rb.id), Some(b_after));
 }
