@@ -17,6 +17,10 @@ use fieldcast_service::StoreArgs;
     about = "MQTT -> bounded queue -> Redis hot state + pub/sub, PostgreSQL history"
 )]
 pub struct Config {
+    /// None: run the bridge.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     #[command(flatten)]
     pub mqtt: MqttArgs,
 
@@ -101,6 +105,15 @@ pub struct Config {
     pub shutdown_timeout: Duration,
 }
 
+/// One-shot jobs the bridge's binary runs instead of the bridge.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Rebuild the partitioned Redis hot state from PostgreSQL or from the
+    /// keys of the layout before partitions, through the bridge's own
+    /// scripts, then exit (docs/redis-rebuild.md).
+    RebuildRedis(crate::rebuild::RebuildArgs),
+}
+
 /// A configuration clap's types accept but the bridge cannot run with.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -178,6 +191,32 @@ mod tests {
         assert_eq!(c.retention, Duration::from_secs(90 * 86400));
         assert_eq!(c.admin_addr.to_string(), "127.0.0.1:9464");
         c.validate().unwrap();
+        assert!(c.command.is_none(), "no subcommand: the bridge runs");
+    }
+
+    #[test]
+    fn rebuild_redis_takes_the_store_flags() {
+        let c = Config::try_parse_from([
+            "fieldcast-bridge",
+            "rebuild-redis",
+            "--from",
+            "old-keys",
+            "--redis-prefix",
+            "p:",
+            "--redis-partitions",
+            "8",
+        ])
+        .unwrap();
+        let Some(Command::RebuildRedis(r)) = c.command else {
+            panic!("a rebuild");
+        };
+        assert_eq!(r.from, crate::rebuild::SourceKind::OldKeys);
+        assert_eq!(
+            (r.store.redis_prefix.as_str(), r.store.redis_partitions),
+            ("p:", 8)
+        );
+        assert!(Config::try_parse_from(["fieldcast-bridge", "rebuild-redis"]).is_err());
+        assert!(Config::try_parse_from(["fieldcast-bridge", "rebuild"]).is_err());
     }
 
     #[test]

@@ -23,6 +23,8 @@
 //!   [`store::schema`] (migrations, partitions).
 //! - [`upkeep`]: schema upkeep, store probes, the event log's trim.
 //! - [`config`], [`admin`], [`metrics`], [`health`]: what operators set and see.
+//! - [`rebuild`]: `fieldcast-bridge rebuild-redis`, the one-shot rebuild of
+//!   the Redis hot state from PostgreSQL or the pre-partition keys.
 //!
 //! [`start`] opens the stores (`Opened`), spawns the pipeline
 //! (`Running`) and returns a future that drains it on shutdown
@@ -36,6 +38,7 @@ pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod queue;
+pub mod rebuild;
 pub mod record;
 pub mod sink;
 pub mod source;
