@@ -45,6 +45,7 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
         "ready": h.ready(),
         "mqtt": h.mqtt(),
         "redis": h.redis(),
+        "redis_partitions_unreachable": h.partitions_down(),
         "postgres": h.pg(),
         "spool": h.spool(),
     })

@@ -2,12 +2,14 @@
 //! them and by a checker that probes each one every second, so `/readyz`
 //! turns within the 5 s PROTOCOL.md §1 allows.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 #[derive(Debug, Default)]
 pub struct Health {
     mqtt: AtomicBool,
     redis: AtomicBool,
+    /// Partitions whose keys did not answer the last probe.
+    partitions_down: AtomicUsize,
     pg: AtomicBool,
     schema: AtomicBool,
     /// Set when an append to the spool or the outbox failed, cleared by the
@@ -18,6 +20,14 @@ pub struct Health {
 impl Health {
     pub fn set_mqtt(&self, ok: bool) {
         self.mqtt.store(ok, Ordering::Relaxed);
+    }
+    /// Records how many partitions did not answer; returns the count
+    /// before.
+    pub fn set_partitions_down(&self, n: usize) -> usize {
+        self.partitions_down.swap(n, Ordering::Relaxed)
+    }
+    pub fn partitions_down(&self) -> usize {
+        self.partitions_down.load(Ordering::Relaxed)
     }
     pub fn set_redis(&self, ok: bool) {
         self.redis.store(ok, Ordering::Relaxed);

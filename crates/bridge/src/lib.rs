@@ -211,6 +211,7 @@ fn spawn_background(
     tracker.spawn(upkeep::check_health(
         o.pg.clone(),
         o.redis_client.clone(),
+        redis.keys().clone(),
         o.health.clone(),
         o.metrics.clone(),
         bg.clone(),

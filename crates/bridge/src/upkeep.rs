@@ -60,10 +60,13 @@ pub async fn maintain_schema(
 }
 
 /// Probes PostgreSQL and Redis every second, and checks what the bridge
-/// needs of Redis once per connection (see `check_redis`).
+/// needs of Redis once per connection (see `check_redis`). Redis is ready
+/// when it answers and every partition's keys answer: on a cluster, not
+/// ready exactly while a primary is down and not yet replaced.
 pub async fn check_health(
     pg: Arc<Pg>,
     redis: fred::prelude::Client,
+    keys: fieldcast_core::Keys,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
@@ -78,10 +81,14 @@ pub async fn check_health(
             _ = tick.tick() => {}
         }
         health.set_pg(pg.ping().await);
-        let redis_ok = matches!(
-            tokio::time::timeout(Duration::from_secs(2), redis.ping::<String>(None)).await,
-            Ok(Ok(_))
+        let (pinged, down) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(2), redis.ping::<String>(None)),
+            fieldcast_service::redis::unreachable_partitions(&redis, &keys, Duration::from_secs(2))
         );
+        if health.set_partitions_down(down.len()) != down.len() && !down.is_empty() {
+            tracing::warn!(partitions = ?down, "Redis partitions unreachable (their keys do not answer)");
+        }
+        let redis_ok = matches!(pinged, Ok(Ok(_))) && down.is_empty();
         if !redis_ok {
             checked = None;
         } else if checked.is_none() {

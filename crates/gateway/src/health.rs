@@ -1,6 +1,10 @@
-//! Readiness: a background probe pings Redis and PostgreSQL every second
+//! Readiness: a background probe checks Redis and PostgreSQL every second
 //! (each with a 1 s timeout), so `/readyz` turns within a few seconds of a
-//! dependency leaving or returning, and never waits on one itself. The
+//! dependency leaving or returning, and never waits on one itself. Redis
+//! is ready when every connection of the pool answers and every
+//! partition's keys answer: on a cluster, not ready exactly while a
+//! primary is down and not yet replaced, whatever happens to replicas or
+//! to nodes serving no partition. The
 //! PostgreSQL probe has a connection of its own: history readers holding
 //! every pooled connection must not make a healthy database look down.
 //!
@@ -8,7 +12,7 @@
 //! promises "live from here", which holds only once this instance's Redis
 //! subscription is confirmed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +25,8 @@ use crate::store::redis::Store;
 #[derive(Debug)]
 pub struct Health {
     redis: AtomicBool,
+    /// Partitions whose keys did not answer the last probe.
+    partitions_down: AtomicUsize,
     postgres: AtomicBool,
     feed: watch::Sender<bool>,
 }
@@ -29,6 +35,7 @@ impl Default for Health {
     fn default() -> Self {
         Health {
             redis: AtomicBool::new(false),
+            partitions_down: AtomicUsize::new(0),
             postgres: AtomicBool::new(false),
             feed: watch::channel(false).0,
         }
@@ -57,6 +64,11 @@ impl Health {
         )
     }
 
+    /// Partitions whose keys did not answer the last probe.
+    pub fn partitions_down(&self) -> usize {
+        self.partitions_down.load(Ordering::Relaxed)
+    }
+
     pub fn ready(&self) -> bool {
         let (r, p, f) = self.status();
         r && p && f
@@ -83,9 +95,11 @@ pub async fn probe(
             _ = tick.tick() => {}
         }
         let redis = async {
-            tokio::time::timeout(PROBE_TIMEOUT, store.ping())
-                .await
-                .is_ok_and(|r| r.is_ok())
+            let (pinged, down) = tokio::join!(
+                tokio::time::timeout(PROBE_TIMEOUT, store.ping()),
+                store.unreachable_partitions(PROBE_TIMEOUT)
+            );
+            (pinged.is_ok_and(|r| r.is_ok()), down)
         };
         let postgres = async {
             tokio::time::timeout(PROBE_TIMEOUT, async {
@@ -104,12 +118,18 @@ pub async fn probe(
             .flatten()
             .is_some()
         };
-        let (r, p) = tokio::join!(redis, postgres);
+        let ((pinged, down), p) = tokio::join!(redis, postgres);
         if !p {
             // A timed-out or broken probe connection is not reused.
             conn = None;
         }
+        let r = pinged && down.is_empty();
         let was = health.ready();
+        if health.partitions_down.swap(down.len(), Ordering::Relaxed) != down.len()
+            && !down.is_empty()
+        {
+            tracing::warn!(partitions = ?down, "Redis partitions unreachable (their keys do not answer)");
+        }
         health.redis.store(r, Ordering::Relaxed);
         health.postgres.store(p, Ordering::Relaxed);
         let now = health.ready();

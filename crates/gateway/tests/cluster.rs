@@ -7,7 +7,10 @@
 //!   cursor;
 //! - the whole chain (device -> broker -> bridge -> cluster -> gateway);
 //! - a primary killed under load: its replica takes over, the bridge loses
-//!   nothing it acknowledged, and the live flow of every partition resumes.
+//!   nothing it acknowledged, and the live flow of every partition resumes;
+//! - readiness per partition: the bridge and the gateway are not ready
+//!   exactly while some partition's primary is down, and keep serving the
+//!   other partitions meanwhile.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -462,6 +465,112 @@ async fn a_killed_primary_under_load_loses_nothing_acknowledged() {
     )
     .await
     .unwrap();
+    gw.stop().await;
+    chain.stop().await.unwrap();
+}
+
+/// `/readyz` of the gateway at `gw` or the bridge's admin server at
+/// `admin`: `(status, unreachable partitions)`.
+async fn readyz(addr: std::net::SocketAddr) -> (u16, u64) {
+    let (status, _, body) = http(addr, "GET", "/readyz", None, None).await;
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    (
+        status,
+        v["redis_partitions_unreachable"]
+            .as_u64()
+            .unwrap_or(u64::MAX),
+    )
+}
+
+/// Pins readiness per partition, on 3 primaries x 1 replica: a replica
+/// lost leaves every partition reachable, so the gateway and the bridge
+/// stay ready; its primary lost too (nothing can take over), its
+/// partitions are unreachable and both turn not ready, naming them in
+/// `/readyz`. (fred reconnects a cluster client as a whole, so while one
+/// node is gone every partition reads as unreachable through it: the
+/// count is at least the dead node's partitions. fred.rs issue #145.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_partitions_of_a_killed_primary() {
+    let mut cluster = RedisCluster::start(3, 1).await.unwrap();
+    let chain = Chain::start_on("gwr", cluster.url()).await.unwrap();
+    let keys = fieldcast_core::Keys::new(
+        &chain.prefix,
+        fieldcast_core::Partitions::default(),
+        fieldcast_core::Topology::Cluster,
+    );
+    let ids = spread(&cluster, &keys, &unique("r")).await;
+    let gw = Gateway::start(gateway_config(&chain)).await;
+    let t = token(json!({}));
+    let dev = Device::connect(&chain.broker.url).await;
+    let ts = now_ms();
+    for (i, id) in ids.iter().enumerate() {
+        let (lon, lat) = position(i);
+        dev.publish(
+            format!("devices/{id}/location"),
+            json!({"ts": ts, "lat": lat, "lon": lon}),
+        )
+        .await;
+    }
+    let (addr, admin) = (gw.addr, chain.bridge.admin_addr);
+    let all: BTreeSet<String> = ids.iter().cloned().collect();
+    let t2 = t.clone();
+    wait_until(WAIT, "every device listed", || {
+        let (t, all) = (t2.clone(), all.clone());
+        async move {
+            let (_, v) = get_json(addr, "/api/devices", &t).await;
+            v.as_array().is_some_and(|a| ids_of(a) == all)
+        }
+    })
+    .await
+    .unwrap();
+    for at in [addr, admin] {
+        wait_until(WAIT, "ready, every partition reachable", || async move {
+            readyz(at).await == (200, 0)
+        })
+        .await
+        .unwrap();
+    }
+
+    // The node serving the first device's partition, and how many of the
+    // partitions it serves.
+    let slot = key_slot(&keys.device(&ids[0]));
+    let victim = cluster.primary_for_slot(slot).await.unwrap();
+    let mut on_victim = 0u64;
+    for part in keys.all() {
+        if cluster.primary_for_slot(key_slot(&part.geo)).await.unwrap() == victim {
+            on_victim += 1;
+        }
+    }
+    assert!(on_victim > 0 && on_victim < keys.all().len() as u64);
+
+    // A replica gone: every partition still answers. Watched for longer
+    // than the node timeout (the cluster marks the replica failed) and
+    // several probes.
+    cluster.kill_replica_of(slot).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        for at in [addr, admin] {
+            assert_eq!(
+                readyz(at).await,
+                (200, 0),
+                "a lost replica costs no partition"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = get_json(addr, &format!("/api/devices/{}", ids[0]), &t).await;
+    assert_eq!(status, 200);
+
+    // Its primary gone too: nothing takes over.
+    cluster.kill_primary(slot).await.unwrap();
+    for (at, who) in [(addr, "gateway"), (admin, "bridge")] {
+        wait_until(WAIT, &format!("{who} not ready"), || async move {
+            let (status, down) = readyz(at).await;
+            status == 503 && down >= on_victim && down != u64::MAX
+        })
+        .await
+        .unwrap();
+    }
     gw.stop().await;
     chain.stop().await.unwrap();
 }

@@ -60,6 +60,32 @@ pub fn builder(url: &str, while_down: WhileDown) -> Result<Builder, fred::error:
     Ok(b)
 }
 
+/// The partitions (indexes, in order) whose keys do not answer within
+/// `within`: one `EXISTS` of each partition's device set, all at once, so
+/// on a cluster each goes to its slot's primary. One Redis answers for all
+/// or none; a cluster with a primary down and not yet replaced (or a slot
+/// without a primary) for all but that node's partitions. Readiness turns
+/// on this, not on a `PING`, which any node answers.
+pub async fn unreachable_partitions(
+    client: &fred::clients::Client,
+    keys: &fieldcast_core::Keys,
+    within: Duration,
+) -> Vec<usize> {
+    use fred::interfaces::KeysInterface;
+    let probes = keys.all().iter().map(|p| async move {
+        matches!(
+            tokio::time::timeout(within, client.exists::<i64, _>(p.devices.as_str())).await,
+            Ok(Ok(_))
+        )
+    });
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, up)| (!up).then_some(i))
+        .collect()
+}
+
 /// The error code a Redis error reply starts with (`NOSCRIPT No matching
 /// script`), typed once here: fred keeps the reply as text and folds most
 /// codes into `ErrorKind::Unknown`.

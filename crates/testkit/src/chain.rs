@@ -22,6 +22,8 @@ pub struct Chain {
     pub prefix: String,
     pub redis_url: String,
     pub spool: tempfile::TempDir,
+    /// The bridge's metrics, health and admin address (`/readyz`).
+    pub bridge: fieldcast_bridge::Handles,
     _keys: Option<crate::PrefixGuard>,
     bridge_stop: CancellationToken,
     bridge_done: JoinHandle<anyhow::Result<()>>,
@@ -82,6 +84,7 @@ impl Chain {
             prefix,
             redis_url,
             spool,
+            bridge: handles,
             bridge_stop,
             bridge_done,
         })

@@ -151,6 +151,24 @@ impl RedisCluster {
         Ok(port)
     }
 
+    /// SIGKILLs the first replica of the primary serving `slot` (as
+    /// started: before any failover) and returns its port. Nothing takes
+    /// over: the primary serves on, without a standby.
+    pub async fn kill_replica_of(&mut self, slot: u16) -> anyhow::Result<u16> {
+        ensure!(self.replicas_per_primary > 0, "a cluster without replicas");
+        let primary = self.primary_for_slot(slot).await?;
+        let p = self.nodes[..self.primaries]
+            .iter()
+            .position(|n| n.port == primary)
+            .with_context(|| format!("node {primary} is no primary as started"))?;
+        let replica = self
+            .nodes
+            .get_mut(self.primaries + p * self.replicas_per_primary)
+            .context("no replica")?;
+        replica.service.kill();
+        Ok(replica.port)
+    }
+
     /// Waits until `slot` (and every other slot) is served by a running
     /// primary again and every running node says `cluster_state:ok`;
     /// returns the port of the new primary of `slot`.
@@ -251,6 +269,11 @@ impl Node {
                     // A replica's first sync starts at once, not after 5 s.
                     "--repl-diskless-sync-delay",
                     "0",
+                    // The other primaries' slots keep serving while one is
+                    // down, as Fieldcast's deployments run it: a partition
+                    // is unreachable only while its own primary is.
+                    "--cluster-require-full-coverage",
+                    "no",
                 ],
             );
             Ok(Recipe {

@@ -19,7 +19,13 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({"ready": status == StatusCode::OK, "redis": redis, "postgres": postgres, "live_feed": feed});
+    let body = serde_json::json!({
+        "ready": status == StatusCode::OK,
+        "redis": redis,
+        "redis_partitions_unreachable": s.health.partitions_down(),
+        "postgres": postgres,
+        "live_feed": feed,
+    });
     (status, Json(body)).into_response()
 }
 

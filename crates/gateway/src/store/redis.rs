@@ -134,6 +134,12 @@ impl Store {
         Ok(())
     }
 
+    /// The partitions whose keys do not answer within `within` (see
+    /// [`fieldcast_service::redis::unreachable_partitions`]).
+    pub async fn unreachable_partitions(&self, within: std::time::Duration) -> Vec<usize> {
+        fieldcast_service::redis::unreachable_partitions(self.pool.next(), &self.keys, within).await
+    }
+
     /// Every device with a hot state (`SMEMBERS` of every partition's
     /// device set, in one pipeline).
     pub async fn fleet(&self) -> Result<Vec<String>, StoreError> {
