@@ -69,6 +69,8 @@ fieldcast_service::metric_set! {
         pub redis_reconnects: Counter = Counter::default(),
         /// Live feed messages missed by falling behind (every connection resyncs)
         pub feed_lagged: Counter = Counter::default(),
+        /// Times the live feed asked every connection to resync (after a reconnect, coalesced, or a lag)
+        pub feed_resyncs: Counter = Counter::default(),
         /// 1 when Redis, PostgreSQL and the live feed all answer
         pub ready: Gauge = Gauge::default(),
         /// Requests for map tiles by result
@@ -298,6 +300,7 @@ mod tests {
             "fieldcast_gateway_broadcast_latency_seconds_bucket{le=\"+Inf\"}",
             "fieldcast_gateway_redis_reconnects_total",
             "fieldcast_gateway_feed_lagged_total",
+            "fieldcast_gateway_feed_resyncs_total",
             "fieldcast_gateway_ready",
             "fieldcast_gateway_tile_requests_total{result=\"miss\"}",
             "fieldcast_gateway_history_rejected_total",

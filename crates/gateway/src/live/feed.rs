@@ -35,6 +35,14 @@ use crate::store::redis::{builder, Keys, StoreError};
 /// How long one subscribe may take before it is tried again.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Quiet time after a reconnect before the feed resubscribes and resyncs
+/// every connection: a cluster client reports a reconnect per node, a
+/// failover several in a row, and each resync costs every client a fresh
+/// snapshot. One resync after they settle serves them all.
+const RECONNECT_SETTLE: Duration = Duration::from_millis(500);
+/// Longest a run of reconnects may hold the resync back.
+const RECONNECT_SETTLE_MAX: Duration = Duration::from_secs(3);
+
 /// Runs until `shutdown`; reconnects by itself (fred's policy: exponential
 /// backoff with jitter).
 pub async fn run(
@@ -61,12 +69,31 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if need_subscribe {
+            if !first {
+                let settled = settle(
+                    &mut reconnects,
+                    &mut errors,
+                    &mut messages,
+                    &shutdown,
+                    |m| route(&live, &keys.push, keys.partitions(), &hub, m),
+                )
+                .await;
+                let Some(more) = settled else {
+                    break;
+                };
+                metrics.redis_reconnects.inc_by(more);
+            }
             match subscribe(&client, &channels, &mut backoff, &shutdown).await {
                 Attempt::Stopped => break,
                 Attempt::Failed => {}
                 Attempt::Subscribed => {
                     need_subscribe = false;
                     health.set_feed(true);
+                    // Errors of connections that failed before this
+                    // subscribe worked (fred retrying a dead node) say
+                    // nothing new; a connection lost after it comes back
+                    // as a reconnect, which is kept.
+                    while errors.try_recv().is_ok() {}
                     if first {
                         // fred reports the first connection to each node
                         // (every primary of a cluster) as a reconnect too;
@@ -75,6 +102,7 @@ pub async fn run(
                         while reconnects.try_recv().is_ok() {}
                     } else {
                         tracing::info!("live feed resubscribed; asking every connection to resync");
+                        metrics.feed_resyncs.inc();
                         hub.resync_all();
                     }
                     first = false;
@@ -89,6 +117,7 @@ pub async fn run(
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "live feed fell behind; resyncing connections");
                     metrics.feed_lagged.inc_by(n);
+                    metrics.feed_resyncs.inc();
                     hub.resync_all();
                 }
                 Err(RecvError::Closed) => break,
@@ -111,6 +140,48 @@ pub async fn run(
     health.set_feed(false);
     let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
     Ok(())
+}
+
+/// Waits until no reconnect or connection error was reported for
+/// [`RECONNECT_SETTLE`] (at most [`RECONNECT_SETTLE_MAX`]), routing the
+/// messages that still come; the number of reconnects absorbed, or `None`
+/// on shutdown.
+async fn settle(
+    reconnects: &mut tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    errors: &mut tokio::sync::broadcast::Receiver<(
+        fred::error::Error,
+        Option<fred::types::config::Server>,
+    )>,
+    messages: &mut tokio::sync::broadcast::Receiver<fred::types::Message>,
+    shutdown: &CancellationToken,
+    mut route: impl FnMut(&fred::types::Message),
+) -> Option<u64> {
+    let start = tokio::time::Instant::now();
+    let mut quiet_until = start + RECONNECT_SETTLE;
+    let cap = start + RECONNECT_SETTLE_MAX;
+    let mut absorbed = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep_until(quiet_until.min(cap)) => return Some(absorbed),
+            r = reconnects.recv() => {
+                if r.is_ok() {
+                    absorbed += 1;
+                    quiet_until = tokio::time::Instant::now() + RECONNECT_SETTLE;
+                }
+            }
+            e = errors.recv() => {
+                if e.is_ok() {
+                    quiet_until = tokio::time::Instant::now() + RECONNECT_SETTLE;
+                }
+            }
+            m = messages.recv() => {
+                if let Ok(m) = m {
+                    route(&m);
+                }
+            }
+        }
+    }
 }
 
 /// The feed's own Redis client (a subscriber holds its connection).
