@@ -13,7 +13,9 @@
 # NO_BUILD (0), RSS_EVERY (seconds between RSS samples of bridge and
 # gateways into the results CSV; 0 = off), OUT (target/bench), and for a
 # second run beside a first: PORT (18831), ADMIN_PORT (19465), GW_PORT
-# (18090, 18091, ...), DB (fieldcast_bench_e2e). The table goes
+# (18090, 18091, ...), DB (fieldcast_bench_e2e), REDIS_CLUSTER (unset:
+# the machine's Redis; N: a private Redis Cluster of N primaries on ports
+# 17101.., every node's CPU watched). The table goes
 # to stdout; each run's JSON line is appended to $OUT/results.jsonl.
 # Uses its own broker port, database, Redis prefix, spool and JWT secret;
 # removes them afterwards.
@@ -53,6 +55,33 @@ fi
 fc_psql -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
 fc_psql -qc "CREATE DATABASE $DB" >/dev/null
 export FIELDCAST_REDIS_PREFIX="$PREFIX"
+cluster_pids=()
+if [ -n "${REDIS_CLUSTER:-}" ]; then
+  # A private cluster, no persistence, as loopback measurements want.
+  nodes=()
+  for i in $(seq 1 "$REDIS_CLUSTER"); do
+    p=$((17100 + i)); d="$tmp/redis-$p"; mkdir -p "$d"
+    redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
+      --cluster-config-file "$d/nodes.conf" --cluster-node-timeout 5000 \
+      --cluster-require-full-coverage no --save "" --appendonly no --dir "$d" \
+      --logfile "$d/redis.log" & cluster_pids+=($!); pids+=($!); nodes+=("127.0.0.1:$p")
+  done
+  for n in "${nodes[@]}"; do
+    for _ in $(seq 1 50); do redis-cli -p "${n#*:}" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-yes >/dev/null
+  for _ in $(seq 1 100); do
+    ok=1
+    for n in "${nodes[@]}"; do
+      redis-cli -p "${n#*:}" cluster info | grep -q 'cluster_state:ok' || ok=0
+    done
+    [ $ok = 1 ] && break; sleep 0.2
+  done
+  url="redis-cluster://${nodes[0]}"; sep="?"
+  for n in "${nodes[@]:1}"; do url="$url${sep}node=$n"; sep="&"; done
+  export FIELDCAST_REDIS_URL="$url"
+  echo "redis cluster $url (pids ${cluster_pids[*]})" >&2
+fi
 FIELDCAST_DATABASE_URL=$(fc_pg_url "$DB"); export FIELDCAST_DATABASE_URL
 export FIELDCAST_JWT_SECRET="bench-$$-$RANDOM$RANDOM"
 export RUST_LOG=${RUST_LOG:-warn}
@@ -62,9 +91,13 @@ FIELDCAST_MQTT_CLIENT_ID="bench-bridge-$$" FIELDCAST_ADMIN_ADDR="$ADMIN" FIELDCA
 for _ in $(seq 1 150); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.2; done
 watch=(--watch-pid "$bridge")
 # Redis's own CPU beside the services' (the shared Redis of the machine,
-# which nothing else should use during a bench).
-redis_pid=$(redis-cli info server 2>/dev/null | awk -F: '/^process_id:/ { print $2 }' | tr -d '\r')
-[ -n "$redis_pid" ] && watch+=(--watch-pid "$redis_pid")
+# which nothing else should use during a bench, or the cluster's nodes).
+if [ -n "${REDIS_CLUSTER:-}" ]; then
+  for p in "${cluster_pids[@]}"; do watch+=(--watch-pid "$p"); done
+else
+  redis_pid=$(redis-cli info server 2>/dev/null | awk -F: '/^process_id:/ { print $2 }' | tr -d '\r')
+  [ -n "$redis_pid" ] && watch+=(--watch-pid "$redis_pid")
+fi
 gateways=(); gw_pids=()
 for i in $(seq 0 $((GATEWAYS - 1))); do
   addr=127.0.0.1:$((GW_PORT + i))

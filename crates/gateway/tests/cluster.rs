@@ -146,6 +146,10 @@ async fn two_gateways_read_and_follow_every_partition_on_a_cluster() {
             _ => {}
         }
     }
+    // Each in its own partition: merged by stream id, which two events
+    // logged in the same millisecond on two nodes share (then partition
+    // order decides), so only the set is the promise across partitions.
+    replayed.sort();
     assert_eq!(replayed, ["e1", "e2", "e3"]);
     a.stop().await;
     b.stop().await;
@@ -219,45 +223,79 @@ fn gateway_config(chain: &Chain) -> Config {
     c
 }
 
+/// The whole chain on `cluster`: a bridge (its prefix tagged `tag`), a
+/// gateway, and a fleet spread over every primary whose first locations
+/// every partition lists.
+struct ChainWorld {
+    chain: Chain,
+    keys: fieldcast_core::Keys,
+    ids: Vec<String>,
+    gw: Gateway,
+    token: String,
+    dev: Device,
+    /// The first locations' `ts`.
+    ts: i64,
+}
+
+impl ChainWorld {
+    async fn start(cluster: &RedisCluster, tag: &str, fleet: &str) -> ChainWorld {
+        let chain = Chain::start_on(tag, cluster.url()).await.unwrap();
+        let keys = fieldcast_core::Keys::new(
+            &chain.prefix,
+            fieldcast_core::Partitions::default(),
+            fieldcast_core::Topology::Cluster,
+        );
+        let ids = spread(cluster, &keys, &unique(fleet)).await;
+        let gw = Gateway::start(gateway_config(&chain)).await;
+        let token = token(json!({}));
+        let dev = Device::connect(&chain.broker.url).await;
+        let ts = now_ms();
+        for (i, id) in ids.iter().enumerate() {
+            let (lon, lat) = position(i);
+            dev.publish(
+                format!("devices/{id}/location"),
+                json!({"ts": ts, "lat": lat, "lon": lon}),
+            )
+            .await;
+        }
+        let all: BTreeSet<String> = ids.iter().cloned().collect();
+        let (addr, t) = (gw.addr, token.clone());
+        wait_until(WAIT, "every device listed", || {
+            let (t, all) = (t.clone(), all.clone());
+            async move {
+                let (_, v) = get_json(addr, "/api/devices", &t).await;
+                v.as_array().is_some_and(|a| ids_of(a) == all)
+            }
+        })
+        .await
+        .unwrap();
+        ChainWorld {
+            chain,
+            keys,
+            ids,
+            gw,
+            token,
+            dev,
+            ts,
+        }
+    }
+
+    async fn stop(self) {
+        self.gw.stop().await;
+        self.chain.stop().await.unwrap();
+    }
+}
+
 /// Pins the whole chain on a cluster: the bridge's scripts run there (one
 /// slot each) and a gateway's fleet snapshot and live feed see every
 /// partition's devices, with their exact positions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_chain_runs_on_a_cluster() {
     let cluster = RedisCluster::start(3, 0).await.unwrap();
-    let chain = Chain::start_on("gwc", cluster.url()).await.unwrap();
-    let keys = fieldcast_core::Keys::new(
-        &chain.prefix,
-        fieldcast_core::Partitions::default(),
-        fieldcast_core::Topology::Cluster,
-    );
-    let ids = spread(&cluster, &keys, &unique("w")).await;
-    let gw = Gateway::start(gateway_config(&chain)).await;
-    let t = token(json!({}));
-    let dev = Device::connect(&chain.broker.url).await;
-    let ts = now_ms();
-    for (i, id) in ids.iter().enumerate() {
-        let (lon, lat) = position(i);
-        dev.publish(
-            format!("devices/{id}/location"),
-            json!({"ts": ts, "lat": lat, "lon": lon}),
-        )
-        .await;
-    }
+    let w = ChainWorld::start(&cluster, "gwc", "w").await;
+    let (ids, gw, t, dev, ts) = (&w.ids, &w.gw, &w.token, &w.dev, w.ts);
     let all: BTreeSet<String> = ids.iter().cloned().collect();
-    let addr = gw.addr;
-    let t2 = t.clone();
-    wait_until(WAIT, "every device listed", || {
-        let t = t2.clone();
-        let all = all.clone();
-        async move {
-            let (_, v) = get_json(addr, "/api/devices", &t).await;
-            v.as_array().is_some_and(|a| ids_of(a) == all)
-        }
-    })
-    .await
-    .unwrap();
-    let mut ws = gw.ws(&t).await;
+    let mut ws = gw.ws(t).await;
     let (snap, _) = ws.subscribe(json!({"fleet": true})).await;
     let snap = snap.unwrap();
     for d in &snap {
@@ -295,8 +333,7 @@ async fn the_whole_chain_runs_on_a_cluster() {
         }
     };
     assert_eq!(v["id"], "ev-1");
-    gw.stop().await;
-    chain.stop().await.unwrap();
+    w.stop().await;
 }
 
 /// How long the live flow of a killed primary's partitions may take to
@@ -520,37 +557,9 @@ async fn readyz(addr: std::net::SocketAddr) -> (u16, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_partitions_of_a_killed_primary() {
     let mut cluster = RedisCluster::start(3, 1).await.unwrap();
-    let chain = Chain::start_on("gwr", cluster.url()).await.unwrap();
-    let keys = fieldcast_core::Keys::new(
-        &chain.prefix,
-        fieldcast_core::Partitions::default(),
-        fieldcast_core::Topology::Cluster,
-    );
-    let ids = spread(&cluster, &keys, &unique("r")).await;
-    let gw = Gateway::start(gateway_config(&chain)).await;
-    let t = token(json!({}));
-    let dev = Device::connect(&chain.broker.url).await;
-    let ts = now_ms();
-    for (i, id) in ids.iter().enumerate() {
-        let (lon, lat) = position(i);
-        dev.publish(
-            format!("devices/{id}/location"),
-            json!({"ts": ts, "lat": lat, "lon": lon}),
-        )
-        .await;
-    }
-    let (addr, admin) = (gw.addr, chain.bridge.admin_addr);
-    let all: BTreeSet<String> = ids.iter().cloned().collect();
-    let t2 = t.clone();
-    wait_until(WAIT, "every device listed", || {
-        let (t, all) = (t2.clone(), all.clone());
-        async move {
-            let (_, v) = get_json(addr, "/api/devices", &t).await;
-            v.as_array().is_some_and(|a| ids_of(a) == all)
-        }
-    })
-    .await
-    .unwrap();
+    let w = ChainWorld::start(&cluster, "gwr", "r").await;
+    let (keys, ids, t) = (&w.keys, &w.ids, &w.token);
+    let (addr, admin) = (w.gw.addr, w.chain.bridge.admin_addr);
     for at in [addr, admin] {
         wait_until(WAIT, "ready, every partition reachable", || async move {
             readyz(at).await == (200, 0)
@@ -586,7 +595,7 @@ async fn readiness_follows_the_partitions_of_a_killed_primary() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (status, _) = get_json(addr, &format!("/api/devices/{}", ids[0]), &t).await;
+    let (status, _) = get_json(addr, &format!("/api/devices/{}", ids[0]), t).await;
     assert_eq!(status, 200);
 
     // Its primary gone too: nothing takes over.
@@ -599,6 +608,5 @@ async fn readiness_follows_the_partitions_of_a_killed_primary() {
         .await
         .unwrap();
     }
-    gw.stop().await;
-    chain.stop().await.unwrap();
+    w.stop().await;
 }
