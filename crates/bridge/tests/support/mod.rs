@@ -62,13 +62,30 @@ impl Harness {
         h
     }
 
+    /// A harness with its own broker, for a bridge on the Redis (or Redis
+    /// Cluster) at `redis_url`, a test's private one; its client
+    /// [`Harness::redis`] and its [`Harness::keys`] are that Redis's too.
+    pub async fn private_on(redis_url: &str) -> Harness {
+        let broker = fieldcast_testkit::Mosquitto::start()
+            .await
+            .expect("private mosquitto");
+        let mut h = Self::build(&broker.url, redis_url, redis_url).await;
+        h.broker = Some(broker);
+        h
+    }
+
+    /// A bridge on `redis_url`; the harness's own client [`Harness::redis`]
+    /// is on the shared Redis.
     pub async fn with_redis(mqtt_url: &str, redis_url: &str) -> Harness {
-        let redis = Builder::from_config(
-            RedisConfig::from_url(&fieldcast_testkit::shared_redis_url()).unwrap(),
-        )
-        .build()
-        .unwrap();
-        redis.init().await.expect("shared redis");
+        Self::build(mqtt_url, redis_url, &fieldcast_testkit::shared_redis_url()).await
+    }
+
+    /// The bridge on `redis_url`, the harness's client on `client_url`.
+    async fn build(mqtt_url: &str, redis_url: &str, client_url: &str) -> Harness {
+        let redis = Builder::from_config(RedisConfig::from_url(client_url).unwrap())
+            .build()
+            .unwrap();
+        redis.init().await.expect("harness redis client connects");
         let prefix = format!("{}:", unique("fc"));
         Harness {
             _keys: (redis_url == fieldcast_testkit::shared_redis_url())
@@ -147,12 +164,13 @@ impl Harness {
         format!("{}{k}", self.prefix)
     }
 
-    /// The bridge's Redis layout (default partition count).
+    /// The bridge's Redis layout (default partition count), with the live
+    /// channels of its Redis URL's topology (the keys are the same on both).
     pub fn keys(&self) -> fieldcast_core::Keys {
         fieldcast_core::Keys::new(
             &self.prefix,
             fieldcast_core::Partitions::default(),
-            fieldcast_core::Topology::Single,
+            fieldcast_core::Topology::of_url(&self.redis_url),
         )
     }
 
