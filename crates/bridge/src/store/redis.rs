@@ -55,10 +55,6 @@ impl RedisSinkError {
             ReplyCode::Other => matches!(self.0.kind(), fred::error::ErrorKind::InvalidArgument),
         }
     }
-
-    fn is_noscript(&self) -> bool {
-        ReplyCode::of(&self.0) == ReplyCode::NoScript
-    }
 }
 
 /// The bridge's writer of the Redis layout ([`Keys`]): each batch from
@@ -82,7 +78,25 @@ pub struct Applied {
     pub duplicate_events: usize,
 }
 
-/// One script call of a pipeline, to read its answer.
+/// One script call of a batch.
+enum Work<'a> {
+    /// Up to [`LOCATIONS_PER_SCRIPT`] fixes, published on the channel.
+    Locations(&'a str, Vec<&'a LiveLocation>),
+    Status(&'a str, &'a Status, i64),
+    Event(&'a str, &'a Event, i64),
+}
+
+impl Work<'_> {
+    fn call(&self) -> Call {
+        match self {
+            Work::Locations(..) => Call::Location,
+            Work::Status(..) => Call::Status,
+            Work::Event(..) => Call::Event,
+        }
+    }
+}
+
+/// The kind of a script call, to read its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Call {
     Location,
@@ -172,14 +186,7 @@ impl RedisSink {
     /// batch again.
     pub async fn apply(&self, batch: &Batch, metrics: &Metrics) -> Result<Applied, RedisSinkError> {
         let started = Instant::now();
-        let result = match self.apply_once(batch).await {
-            Err(e) if e.is_noscript() => {
-                // Redis restarted (or was flushed) and forgot the scripts.
-                self.load_scripts().await?;
-                self.apply_once(batch).await
-            }
-            r => r,
-        };
+        let result = self.apply_once(batch).await;
         match &result {
             Ok(a) => {
                 metrics
@@ -194,49 +201,91 @@ impl RedisSink {
         result
     }
 
+    /// One pipeline for the batch. Calls answered `NOSCRIPT` (a Redis
+    /// restarted or flushed, or a replica just promoted: on a cluster only
+    /// that node's calls) are sent again, alone, once the scripts are
+    /// loaded; sending the whole batch again would count what the other
+    /// nodes applied the first time as stale or duplicate.
     async fn apply_once(&self, batch: &Batch) -> Result<Applied, RedisSinkError> {
-        let pipe = self.client.pipeline();
-        // The kind of each script call, in pipeline order, to read outcomes.
-        let mut calls = Vec::with_capacity(batch.len());
+        let work = self.work(batch);
+        if work.is_empty() && batch.deadletters.is_empty() {
+            return Ok(Applied::default());
+        }
+        let all: Vec<&Work> = work.iter().collect();
+        let answers = self.send(&all, &batch.deadletters).await?;
+        let mut applied = Applied::default();
+        let mut again = Vec::new();
+        for (w, answer) in all.into_iter().zip(answers) {
+            match answer {
+                Ok(v) => applied.count(w.call(), v),
+                Err(e) if ReplyCode::of(&e) == ReplyCode::NoScript => again.push(w),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !again.is_empty() {
+            self.load_scripts().await?;
+            let answers = self.send(&again, &[]).await?;
+            for (w, answer) in again.into_iter().zip(answers) {
+                applied.count(w.call(), answer?);
+            }
+        }
+        Ok(applied)
+    }
+
+    /// The batch's script calls, in the order they are sent.
+    fn work<'a>(&'a self, batch: &'a Batch) -> Vec<Work<'a>> {
+        let mut work = Vec::with_capacity(batch.len());
         for (channel, group) in self.location_groups(&batch.locations) {
             for chunk in group.chunks(LOCATIONS_PER_SCRIPT) {
-                self.queue_locations(&pipe, channel, chunk).await?;
-                calls.push(Call::Location);
+                work.push(Work::Locations(channel, chunk.to_vec()));
             }
         }
         for r in &batch.reliable {
             match r {
                 Reliable::Status {
                     device, status, rx, ..
-                } => {
-                    self.queue_status(&pipe, device.as_str(), status, *rx)
-                        .await?;
-                    calls.push(Call::Status);
-                }
+                } => work.push(Work::Status(device.as_str(), status, *rx)),
                 Reliable::Event {
                     device, event, rx, ..
-                } => {
-                    self.queue_event(&pipe, device.as_str(), event, *rx).await?;
-                    calls.push(Call::Event);
-                }
+                } => work.push(Work::Event(device.as_str(), event, *rx)),
                 Reliable::AckOnly(_) => {}
             }
         }
-        if !batch.deadletters.is_empty() {
+        work
+    }
+
+    /// Sends `work` and the dead letters in one pipeline: one answer per
+    /// call, in order (the dead-letter writes' answers are checked here).
+    async fn send(
+        &self,
+        work: &[&Work<'_>],
+        deadletters: &[DeadLetter],
+    ) -> Result<Vec<Result<Value, fred::error::Error>>, RedisSinkError> {
+        let pipe = self.client.pipeline();
+        for w in work {
+            match w {
+                Work::Locations(channel, chunk) => {
+                    self.queue_locations(&pipe, channel, chunk).await?
+                }
+                Work::Status(device, status, rx) => {
+                    self.queue_status(&pipe, device, status, *rx).await?
+                }
+                Work::Event(device, event, rx) => {
+                    self.queue_event(&pipe, device, event, *rx).await?
+                }
+            }
+        }
+        if !deadletters.is_empty() {
             let k = &self.keys;
-            let entries: Vec<String> = batch.deadletters.iter().map(deadletter_json).collect();
+            let entries: Vec<String> = deadletters.iter().map(deadletter_json).collect();
             let _: () = pipe.lpush(&k.deadletter, entries).await?;
             let _: () = pipe.ltrim(&k.deadletter, 0, DEADLETTER_MAX - 1).await?;
         }
-        if calls.is_empty() && batch.deadletters.is_empty() {
-            return Ok(Applied::default());
+        let mut answers = pipe.try_all::<Value>().await;
+        for rest in answers.drain(work.len().min(answers.len())..) {
+            rest?;
         }
-        let results = pipe.try_all::<Value>().await;
-        let mut applied = Applied::default();
-        for (call, r) in calls.iter().zip(results) {
-            applied.count(*call, r?);
-        }
-        Ok(applied)
+        Ok(answers)
     }
 
     /// The batch's locations in the groups a script call may take, each
