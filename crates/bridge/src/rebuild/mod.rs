@@ -133,6 +133,17 @@ impl Report {
         self.failed == 0 && self.old_kept == 0
     }
 
+    /// Logs the counts so far, `what` saying how far the run is.
+    fn log(&self, what: &str) {
+        tracing::info!(
+            devices = self.devices,
+            written = self.written,
+            skipped = self.skipped,
+            failed = self.failed,
+            "rebuild {what}"
+        );
+    }
+
     fn add(&mut self, outcome: &Outcome) {
         match outcome {
             Outcome::Written => self.written += 1,
@@ -210,13 +221,7 @@ pub async fn run(args: &RebuildArgs, shutdown: &CancellationToken) -> anyhow::Re
     let _ = client.quit().await;
     let report = writer.report;
     result.with_context(|| format!("rebuild stopped after {report}; re-running it is safe"))?;
-    tracing::info!(
-        devices = report.devices,
-        written = report.written,
-        skipped = report.skipped,
-        failed = report.failed,
-        "rebuild done"
-    );
+    report.log("done");
     Ok(report)
 }
 
@@ -277,14 +282,7 @@ impl Writer {
     fn log_progress(&mut self) {
         if self.progress.elapsed() >= PROGRESS_EVERY {
             self.progress = Instant::now();
-            let r = &self.report;
-            tracing::info!(
-                devices = r.devices,
-                written = r.written,
-                skipped = r.skipped,
-                failed = r.failed,
-                "rebuild progress"
-            );
+            self.report.log("progress");
         }
     }
 }
