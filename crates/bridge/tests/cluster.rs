@@ -40,6 +40,25 @@ use support::*;
 /// 2-core machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// What every test here starts from, one test at a time ([`SERIAL`]): a
+/// 3-primary cluster, a harness (broker, database, prefix) on it, its
+/// keys, and the primary (port) of every partition.
+async fn on_a_cluster() -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    RedisCluster,
+    Harness,
+    Keys,
+    Vec<u16>,
+) {
+    let serial = SERIAL.lock().await;
+    fieldcast_testkit::init_tracing();
+    let cluster = RedisCluster::start(3, 0).await.unwrap();
+    let h = Harness::private_on(cluster.url()).await;
+    let keys = h.keys();
+    let owners = primaries(&cluster, &keys).await;
+    (serial, cluster, h, keys, owners)
+}
+
 /// The primary (port) of every partition's slot, partitions in order.
 async fn primaries(cluster: &RedisCluster, keys: &Keys) -> Vec<u16> {
     let mut out = Vec::with_capacity(keys.all().len());
@@ -408,12 +427,8 @@ async fn assert_round_state(h: &Harness, ids: &[String], r: i64, ts: i64, speed:
 /// channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_state_geo_and_live_of_every_partition_on_a_cluster() {
-    let _serial = SERIAL.lock().await;
-    fieldcast_testkit::init_tracing();
-    let cluster = RedisCluster::start(3, 0).await.unwrap();
-    let h = Harness::private_on(cluster.url()).await;
-    let keys = h.keys();
-    let ids = fleet(&keys, &primaries(&cluster, &keys).await, &unique("s"), 2);
+    let (_serial, cluster, h, keys, owners) = on_a_cluster().await;
+    let ids = fleet(&keys, &owners, &unique("s"), 2);
     let n = ids.len();
     let bridge = h.start().await;
     let metrics = bridge.handles.metrics.clone();
@@ -582,12 +597,7 @@ async fn hot_state_geo_and_live_of_every_partition_on_a_cluster() {
 /// newest event; no other partition gets a log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_logged_and_stored_once_per_partition_on_a_cluster() {
-    let _serial = SERIAL.lock().await;
-    fieldcast_testkit::init_tracing();
-    let cluster = RedisCluster::start(3, 0).await.unwrap();
-    let h = Harness::private_on(cluster.url()).await;
-    let keys = h.keys();
-    let owners = primaries(&cluster, &keys).await;
+    let (_serial, cluster, h, keys, owners) = on_a_cluster().await;
     // Two devices in each of three partitions of every primary.
     let all = fleet(&keys, &owners, &unique("e"), 2);
     let mut chosen: BTreeMap<u16, BTreeSet<Partition>> = BTreeMap::new();
@@ -703,12 +713,8 @@ fn flow_device(ids: &[String], k: i64) -> &str {
 ///    late, older ones changed nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_bridges_share_the_work_and_one_stops_mid_flow_on_a_cluster() {
-    let _serial = SERIAL.lock().await;
-    fieldcast_testkit::init_tracing();
-    let cluster = RedisCluster::start(3, 0).await.unwrap();
-    let mut h = Harness::private_on(cluster.url()).await;
-    let keys = h.keys();
-    let ids = fleet(&keys, &primaries(&cluster, &keys).await, &unique("b"), 1);
+    let (_serial, cluster, mut h, keys, owners) = on_a_cluster().await;
+    let ids = fleet(&keys, &owners, &unique("b"), 1);
     let n = ids.len();
     h.extra = vec!["--mqtt-shared-group".into(), unique("grp")];
     let a_id = h.client_id.clone();
@@ -963,12 +969,7 @@ async fn two_bridges_share_the_work_and_one_stops_mid_flow_on_a_cluster() {
 /// ~2/3 of the events as duplicates here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_without_the_scripts_costs_no_miscount() {
-    let _serial = SERIAL.lock().await;
-    fieldcast_testkit::init_tracing();
-    let cluster = RedisCluster::start(3, 0).await.unwrap();
-    let h = Harness::private_on(cluster.url()).await;
-    let keys = h.keys();
-    let owners = primaries(&cluster, &keys).await;
+    let (_serial, cluster, h, keys, owners) = on_a_cluster().await;
     let ids = fleet(&keys, &owners, &unique("n"), 1);
     let bridge = h.start().await;
     let mut live = Live::on(cluster.url(), &keys).await;

@@ -10,6 +10,7 @@
 //! - [`metric_set!`]: how each service declares its Prometheus metrics.
 
 pub mod metrics;
+pub mod pg;
 pub mod redis;
 
 use clap::Args;

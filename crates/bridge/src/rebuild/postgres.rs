@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use tokio_postgres::NoTls;
 
-use fieldcast_core::{DeviceId, Location, Status};
+use fieldcast_core::{DeviceId, Status};
 
 use super::{DeviceState, Read, Source};
 
@@ -172,16 +172,9 @@ fn read_row(row: &tokio_postgres::Row) -> anyhow::Result<Read> {
             })
         }
     };
+    // No `ts`: the device has no location row (the join found none).
     let location = match row.try_get::<_, Option<DateTime<Utc>>>(1)? {
-        Some(ts) => Some(Location {
-            ts: ts.timestamp_millis(),
-            lat: row.try_get(2)?,
-            lon: row.try_get(3)?,
-            alt: row.try_get(4)?,
-            speed: row.try_get(5)?,
-            heading: row.try_get(6)?,
-            accuracy: row.try_get(7)?,
-        }),
+        Some(_) => Some(fieldcast_service::pg::location_at(row, 1)?),
         None => None,
     };
     let status = match row.try_get::<_, Option<DateTime<Utc>>>(8)? {

@@ -196,15 +196,7 @@ pub fn to_time(ms: i64) -> DateTime<Utc> {
 /// One stored location, a row of `locations` (the columns of
 /// [`TRACK_SQL`], in order).
 fn location_from_row(r: &Row) -> Result<Location, tokio_postgres::Error> {
-    Ok(Location {
-        ts: r.try_get::<_, DateTime<Utc>>(0)?.timestamp_millis(),
-        lat: r.try_get(1)?,
-        lon: r.try_get(2)?,
-        alt: r.try_get(3)?,
-        speed: r.try_get(4)?,
-        heading: r.try_get(5)?,
-        accuracy: r.try_get(6)?,
-    })
+    fieldcast_service::pg::location_at(r, 0)
 }
 
 /// A track query, already validated: `[from, to)`, at most `limit` points.
