@@ -15,7 +15,12 @@
 # second run beside a first: PORT (18831), ADMIN_PORT (19465), GW_PORT
 # (18090, 18091, ...), DB (fieldcast_bench_e2e), REDIS_CLUSTER (unset:
 # the machine's Redis; N: a private Redis Cluster of N primaries on ports
-# 17101.., every node's CPU watched). The table goes
+# 17101.., every node's CPU watched), REDIS_PRIVATE (1: a private single
+# Redis on port 17100 instead of the machine's, so nothing else running
+# counts in its CPU), BRIDGES (1; N > 1: N bridges in one Mosquitto shared
+# group, admin ports ADMIN_PORT, ADMIN_PORT+1, ...). Each Redis node's
+# `INFO commandstats` over the gateway run goes to $base-redis-<port>.txt
+# (where its CPU went, command by command). The table goes
 # to stdout; each run's JSON line is appended to $OUT/results.jsonl.
 # Uses its own broker port, database, Redis prefix, spool and JWT secret;
 # removes them afterwards.
@@ -23,7 +28,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-release}; GATEWAYS=${GATEWAYS:-1}; FLOOR=${FLOOR:-1}
 RSS_EVERY=${RSS_EVERY:-0}; OUT=${OUT:-target/bench}
-PORT=${PORT:-18831}; ADMIN=127.0.0.1:${ADMIN_PORT:-19465}; GW_PORT=${GW_PORT:-18090}
+PORT=${PORT:-18831}; ADMIN_PORT=${ADMIN_PORT:-19465}; GW_PORT=${GW_PORT:-18090}
+BRIDGES=${BRIDGES:-1}
 DB=${DB:-fieldcast_bench_e2e}; PREFIX="benche2e$$:"
 T="${CARGO_TARGET_DIR:-target}/$PROFILE"
 # shellcheck source=scripts/lib.sh
@@ -55,7 +61,16 @@ fi
 fc_psql -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
 fc_psql -qc "CREATE DATABASE $DB" >/dev/null
 export FIELDCAST_REDIS_PREFIX="$PREFIX"
-cluster_pids=()
+cluster_pids=(); redis_ports=(6379)
+if [ "${REDIS_PRIVATE:-0}" = 1 ] && [ -z "${REDIS_CLUSTER:-}" ]; then
+  d="$tmp/redis-17100"; mkdir -p "$d"
+  redis-server --port 17100 --bind 127.0.0.1 --save "" --appendonly no --dir "$d" \
+    --logfile "$d/redis.log" & cluster_pids+=($!); pids+=($!)
+  for _ in $(seq 1 50); do redis-cli -p 17100 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  redis_ports=(17100)
+  export FIELDCAST_REDIS_URL="redis://127.0.0.1:17100"
+  echo "private redis $FIELDCAST_REDIS_URL (pid ${cluster_pids[*]})" >&2
+fi
 if [ -n "${REDIS_CLUSTER:-}" ]; then
   # A private cluster, no persistence, as loopback measurements want.
   nodes=()
@@ -70,6 +85,7 @@ if [ -n "${REDIS_CLUSTER:-}" ]; then
     for _ in $(seq 1 50); do redis-cli -p "${n#*:}" ping >/dev/null 2>&1 && break; sleep 0.1; done
   done
   redis-cli --cluster create "${nodes[@]}" --cluster-yes >/dev/null
+  redis_ports=(); for n in "${nodes[@]}"; do redis_ports+=("${n#*:}"); done
   for _ in $(seq 1 100); do
     ok=1
     for n in "${nodes[@]}"; do
@@ -86,13 +102,19 @@ FIELDCAST_DATABASE_URL=$(fc_pg_url "$DB"); export FIELDCAST_DATABASE_URL
 export FIELDCAST_JWT_SECRET="bench-$$-$RANDOM$RANDOM"
 export RUST_LOG=${RUST_LOG:-warn}
 
-FIELDCAST_MQTT_CLIENT_ID="bench-bridge-$$" FIELDCAST_ADMIN_ADDR="$ADMIN" FIELDCAST_SPOOL_DIR="$tmp/spool" \
-  "$T/fieldcast-bridge" & bridge=$!; pids+=("$bridge")
-for _ in $(seq 1 150); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.2; done
-watch=(--watch-pid "$bridge")
+watch=(); bridge_pids=()
+[ "$BRIDGES" -gt 1 ] && export FIELDCAST_MQTT_SHARED_GROUP="bench$$"
+for i in $(seq 0 $((BRIDGES - 1))); do
+  admin=127.0.0.1:$((ADMIN_PORT + i))
+  FIELDCAST_MQTT_CLIENT_ID="bench-bridge-$$-$i" FIELDCAST_ADMIN_ADDR="$admin" \
+    FIELDCAST_SPOOL_DIR="$tmp/spool-$i" "$T/fieldcast-bridge" & p=$!; pids+=("$p"); bridge_pids+=("$p")
+  for _ in $(seq 1 150); do curl -sf "http://$admin/readyz" >/dev/null && break; sleep 0.2; done
+  watch+=(--watch-pid "$p")
+done
+bridge=${bridge_pids[0]}
 # Redis's own CPU beside the services' (the shared Redis of the machine,
 # which nothing else should use during a bench, or the cluster's nodes).
-if [ -n "${REDIS_CLUSTER:-}" ]; then
+if [ ${#cluster_pids[@]} -gt 0 ]; then
   for p in "${cluster_pids[@]}"; do watch+=(--watch-pid "$p"); done
 else
   redis_pid=$(redis-cli info server 2>/dev/null | awk -F: '/^process_id:/ { print $2 }' | tr -d '\r')
@@ -105,7 +127,7 @@ for i in $(seq 0 $((GATEWAYS - 1))); do
   for _ in $(seq 1 150); do curl -sf "http://$addr/readyz" >/dev/null && break; sleep 0.2; done
   gateways+=(--gateway "ws://$addr/ws"); watch+=(--watch-pid "$p")
 done
-echo "broker pid $broker, bridge pid $bridge, gateway pids ${gw_pids[*]}" >&2
+echo "broker pid $broker, bridge pids ${bridge_pids[*]}, gateway pids ${gw_pids[*]}" >&2
 for p in "${gw_pids[@]}"; do
   echo "gateway pid $p RSS before any client: $(awk '/VmRSS/ { print $2 }' "/proc/$p/status") KiB" >&2
 done
@@ -124,8 +146,12 @@ echo "== gateway" >&2
 # (every client connects and leaves each round) and prints the gateways'
 # RSS after each: memory over connection churn.
 for round in $(seq 1 "${ROUNDS:-1}"); do
+  for p in "${redis_ports[@]}"; do redis-cli -p "$p" config resetstat >/dev/null; done
   run "${gateways[@]}" "${watch[@]}" --watch-pid "$broker" --prefix "g$$" "$@" > "$base.txt"
   cat "$base.txt"
+  for p in "${redis_ports[@]}"; do
+    redis-cli -p "$p" info commandstats | tr -d '\r' > "$base-redis-$p.txt"
+  done
   sleep 1
   for p in "${gw_pids[@]}"; do
     echo "round $round: gateway pid $p RSS after its clients left: $(awk '/VmRSS/ { print $2 }' "/proc/$p/status") KiB" >&2

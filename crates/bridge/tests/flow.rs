@@ -83,6 +83,88 @@ async fn location_reaches_state_live_and_history() {
     bridge.stop().await;
 }
 
+/// Pins: on one Redis, a burst of locations of every partition (script
+/// calls that each name several partitions' shared keys once, with an
+/// index per location) puts each device in its own partition's device set
+/// and geo index and nowhere else, with its own position in its hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_every_partition_lands_in_each_devices_partition() {
+    let _serial = SERIAL.lock().await;
+    let h = Harness::private().await;
+    let bridge = h.start().await;
+    let keys = h.keys();
+    let parts = keys.all().len();
+    // Three devices in every partition, published in one burst.
+    let tag = fieldcast_testkit::unique("burst");
+    let mut count = vec![0usize; parts];
+    let mut ids = Vec::new();
+    let mut i = 0;
+    while ids.len() < 3 * parts {
+        let id = format!("{tag}-{i}");
+        i += 1;
+        let p = keys.of(&id).0.index();
+        if count[p] < 3 {
+            count[p] += 1;
+            ids.push(id);
+        }
+    }
+    let dev = device(&h.mqtt_url).await;
+    let ts = now_ms() - 1000;
+    let position = |n: usize| (-10.0 + n as f64 * 0.01, 40.0 + n as f64 * 0.001);
+    for (n, id) in ids.iter().enumerate() {
+        let (lon, lat) = position(n);
+        dev.publish(
+            &format!("devices/{id}/location"),
+            QoS::AtMostOnce,
+            false,
+            json!({"ts": ts, "lat": lat, "lon": lon}).to_string(),
+        )
+        .await;
+    }
+    let want = ids.len() as i64;
+    fieldcast_testkit::wait_until(WAIT, "every device in a partition's set", || async {
+        h.fleet_size().await == want
+    })
+    .await
+    .unwrap();
+
+    for (n, id) in ids.iter().enumerate() {
+        let (lon, lat) = position(n);
+        let state = h.state(id).await;
+        assert_eq!(state["lat"].parse::<f64>().unwrap(), lat, "{id}");
+        assert_eq!(state["lon"].parse::<f64>().unwrap(), lon, "{id}");
+    }
+    for (p, part) in keys.all().iter().enumerate() {
+        let mut expected: Vec<String> = ids
+            .iter()
+            .filter(|id| keys.of(id).0.index() == p)
+            .cloned()
+            .collect();
+        expected.sort();
+        let mut members: Vec<String> = h.redis.smembers(&part.devices).await.unwrap();
+        members.sort();
+        assert_eq!(members, expected, "device set of partition {p}");
+        let mut located: Vec<String> = h
+            .redis
+            .zrange(&part.geo, 0, -1, None, false, None, false)
+            .await
+            .unwrap();
+        located.sort();
+        assert_eq!(located, expected, "geo index of partition {p}");
+        for id in &expected {
+            let pos: Vec<Option<fred::types::geo::GeoPosition>> =
+                h.redis.geopos(&part.geo, id.clone()).await.unwrap();
+            let (lon, lat) = position(ids.iter().position(|x| x == id).unwrap());
+            let got = pos[0].as_ref().unwrap();
+            assert!(
+                (got.longitude - lon).abs() < 1e-5 && (got.latitude - lat).abs() < 1e-5,
+                "{id}: {got:?}"
+            );
+        }
+    }
+    bridge.stop().await;
+}
+
 /// Pins: the hot state and the live stream only move forward in `ts`; a
 /// location not newer than the stored one is stored in history but neither
 /// applied nor pushed.

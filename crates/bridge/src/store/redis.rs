@@ -14,7 +14,7 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 
 use fieldcast_core::live::{self, fmt_f64};
 use fieldcast_core::partition::key_slot;
-use fieldcast_core::{Event, Keys, Kind, Status, Topology};
+use fieldcast_core::{Event, Keys, Kind, Partition, Status, Topology};
 use fieldcast_service::redis::ReplyCode;
 
 use crate::metrics::{KindLabel, Metrics};
@@ -81,7 +81,7 @@ pub struct Applied {
 /// One script call of a batch.
 enum Work<'a> {
     /// Up to [`LOCATIONS_PER_SCRIPT`] fixes, published on the channel.
-    Locations(&'a str, Vec<&'a LiveLocation>),
+    Locations(&'a str, Vec<(Partition, &'a LiveLocation)>),
     Status(&'a str, &'a Status, i64),
     Event(&'a str, &'a Event, i64),
 }
@@ -289,59 +289,67 @@ impl RedisSink {
     }
 
     /// The batch's locations in the groups a script call may take, each
-    /// with its live channel: on a cluster one group per partition (a
-    /// script touches one slot), in partition order; on one Redis the whole
-    /// batch, whose calls then carry up to [`LOCATIONS_PER_SCRIPT`] each as
-    /// before partitions. Each group keeps the batch's order.
+    /// with its live channel, sorted by partition (stable: each device's
+    /// fixes keep their order) so a call names few partitions' shared keys:
+    /// on a cluster one group per partition (a script touches one slot);
+    /// on one Redis the whole batch, whose calls then carry up to
+    /// [`LOCATIONS_PER_SCRIPT`] each, on the one live channel.
     fn location_groups<'a>(
         &'a self,
         locations: &'a [LiveLocation],
-    ) -> Vec<(&'a str, Vec<&'a LiveLocation>)> {
+    ) -> Vec<(&'a str, Vec<(Partition, &'a LiveLocation)>)> {
         let keys = &self.keys;
-        if keys.topology() == Topology::Single {
-            // One Redis: every partition publishes on `<prefix>live`.
-            return keys
-                .all()
-                .first()
-                .map(|p| (p.live.as_str(), locations.iter().collect()))
-                .into_iter()
-                .collect();
-        }
         let partitions = keys.partitions();
         let mut tagged: Vec<_> = locations
             .iter()
             .map(|l| (partitions.of(l.device.as_str()), l))
             .collect();
         tagged.sort_by_key(|(p, _)| *p);
-        let mut groups: Vec<(&str, Vec<&LiveLocation>)> = Vec::new();
-        let mut last = None;
+        if keys.topology() == Topology::Single {
+            // One Redis: every partition publishes on `<prefix>live`.
+            return keys
+                .all()
+                .first()
+                .map(|p| (p.live.as_str(), tagged))
+                .into_iter()
+                .collect();
+        }
+        let mut groups: Vec<(&str, Vec<(Partition, &LiveLocation)>)> = Vec::new();
         for (p, l) in tagged {
             match groups.last_mut() {
-                Some((_, group)) if last == Some(p) => group.push(l),
-                _ => groups.push((keys.partition(p).live.as_str(), vec![l])),
+                Some((_, group)) if group.last().map(|(q, _)| *q) == Some(p) => group.push((p, l)),
+                _ => groups.push((keys.partition(p).live.as_str(), vec![(p, l)])),
             }
-            last = Some(p);
         }
         groups
     }
 
     /// One `location.lua` call for up to [`LOCATIONS_PER_SCRIPT`] fixes
-    /// of one group ([`Self::location_groups`]), published on `channel`.
+    /// of one group ([`Self::location_groups`], sorted by partition),
+    /// published on `channel`: each partition's geo and device set once,
+    /// then a device hash per fix.
     async fn queue_locations(
         &self,
         pipe: &Pipeline<Client>,
         channel: &str,
-        chunk: &[&LiveLocation],
+        chunk: &[(Partition, &LiveLocation)],
     ) -> Result<(), fred::error::Error> {
-        let mut keys = Vec::with_capacity(3 * chunk.len());
-        let mut args = Vec::with_capacity(1 + 9 * chunk.len());
-        args.push(channel.to_owned());
-        for l in chunk {
+        let mut shared = Vec::with_capacity(2);
+        let mut hashes = Vec::with_capacity(chunk.len());
+        let mut args = Vec::with_capacity(2 + 10 * chunk.len());
+        args.extend([channel.to_owned(), String::new()]);
+        let mut last = None;
+        for &(p, l) in chunk {
             let id = l.device.as_str();
-            let (_, k) = self.keys.of(id);
-            keys.extend([k.device(id), k.geo.clone(), k.devices.clone()]);
+            let k = self.keys.partition(p);
+            if last != Some(p) {
+                shared.extend([k.geo.clone(), k.devices.clone()]);
+                last = Some(p);
+            }
+            hashes.push(k.device(id));
             let msg = live::location_json(id, &l.loc);
             args.extend([
+                (shared.len() / 2).to_string(),
                 id.to_owned(),
                 l.loc.ts.to_string(),
                 fmt_f64(l.loc.lat),
@@ -353,7 +361,9 @@ impl RedisSink {
                 live::envelope(l.rx, &msg),
             ]);
         }
-        evalsha(pipe, &self.location, keys, args).await
+        args[1] = (shared.len() / 2).to_string();
+        shared.append(&mut hashes);
+        evalsha(pipe, &self.location, shared, args).await
     }
 
     /// One `status.lua` call. A status without the device's `ts` (the Last
