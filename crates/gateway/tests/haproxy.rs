@@ -259,15 +259,20 @@ impl GatewayProcess {
                 .kill_on_drop(true)
                 .spawn()
                 .unwrap();
-            let ready = wait_until(LONG, "gateway process ready", || async {
-                get(addr, "/readyz").await.is_some_and(|(s, _)| s == 200)
+            let mut exited = false;
+            let ready = wait_until(LONG, "gateway process ready", || {
+                exited = !matches!(child.try_wait(), Ok(None));
+                let exited = exited;
+                async move { exited || get(addr, "/readyz").await.is_some_and(|(s, _)| s == 200) }
             })
             .await;
-            if ready.is_ok() {
+            if ready.is_ok() && !exited {
                 return GatewayProcess { addr, child, log };
             }
-            // Most likely its port was taken before it bound: try another.
             let _ = child.kill().await;
+            // Exited at start: most likely its port was taken before it
+            // bound, so try another. Not ready in time: give up.
+            assert!(exited, "gateway not ready; log:\n{}", tail(&log));
         }
         panic!("gateway did not start; log:\n{}", tail(&log));
     }

@@ -51,7 +51,8 @@ pub struct HaProxy {
     /// The frontend (`frontend fieldcast`): where viewers connect.
     pub addr: SocketAddr,
     socket: PathBuf,
-    service: Service,
+    /// The process, killed when this drops (before `dir` goes).
+    _process: Service,
     dir: TempDir,
 }
 
@@ -94,7 +95,7 @@ impl HaProxy {
         let haproxy = HaProxy {
             addr,
             socket,
-            service,
+            _process: service,
             dir,
         };
         for i in 1..=servers.len() {
@@ -108,11 +109,6 @@ impl HaProxy {
     /// `ws://<frontend>/ws?token=<token>`.
     pub fn ws_url(&self, token: &str) -> String {
         format!("ws://{}/ws?token={token}", self.addr)
-    }
-
-    /// The configuration HAProxy runs, as rendered from the shipped file.
-    pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("haproxy.cfg")
     }
 
     /// What HAProxy says of every server now.
@@ -172,11 +168,6 @@ impl HaProxy {
             .context("admin socket answer timed out")?
             .context("read the admin socket")?;
         Ok(out)
-    }
-
-    /// Whether the process was started and not killed.
-    pub fn is_running(&self) -> bool {
-        self.service.is_running()
     }
 }
 
