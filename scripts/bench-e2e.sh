@@ -123,7 +123,8 @@ fi
 gateways=(); gw_pids=()
 for i in $(seq 0 $((GATEWAYS - 1))); do
   addr=127.0.0.1:$((GW_PORT + i))
-  FIELDCAST_LISTEN="$addr" "$T/fieldcast-gateway" & p=$!; pids+=("$p"); gw_pids+=("$p")
+  # No load balancer to drain from (README, "Gateways behind HAProxy").
+  FIELDCAST_DRAIN_GRACE=0s FIELDCAST_LISTEN="$addr" "$T/fieldcast-gateway" & p=$!; pids+=("$p"); gw_pids+=("$p")
   for _ in $(seq 1 150); do curl -sf "http://$addr/readyz" >/dev/null && break; sleep 0.2; done
   gateways+=(--gateway "ws://$addr/ws"); watch+=(--watch-pid "$p")
 done

@@ -53,6 +53,9 @@ start() {
 }
 
 start bridge "$T"/fieldcast-bridge
+# One gateway and no load balancer: nothing to drain from (README,
+# "Gateways behind HAProxy"), so it stops at the first signal.
+export FIELDCAST_DRAIN_GRACE=${FIELDCAST_DRAIN_GRACE:-0s}
 # Without FIELDCAST_JWT_SECRET the demo gateway needs no token (loopback only).
 if [ -z "${FIELDCAST_JWT_SECRET:-}" ]; then
   start gateway "$T"/fieldcast-gateway --auth none

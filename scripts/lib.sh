@@ -83,6 +83,9 @@ FC_PKGS_SERVICES=(
   redis-server:/usr/bin/redis-server redis-tools:redis-cli
   mosquitto:/usr/sbin/mosquitto mosquitto:mosquitto_passwd mosquitto-clients:mosquitto_pub
   openssl:openssl curl:curl
+  # For the tests only (crates/gateway/tests/haproxy.rs runs its own, on
+  # free ports, with deploy/haproxy.cfg); see fc_quiet_haproxy.
+  haproxy:/usr/sbin/haproxy
 )
 FC_PKGS_BROWSER=(chromium:/usr/bin/chromium nodejs:node npm:npm)
 
@@ -109,6 +112,20 @@ fc_install() {
   fc_log "installing: ${missing[*]}"
   fc_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   fc_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Use-Pty=0 "${missing[@]}"
+  [[ " ${missing[*]} " == *" haproxy "* ]] && fc_quiet_haproxy
+  return 0
+}
+
+# Debian's haproxy package enables and starts its own service, with a
+# config that listens on no port. The tests start their own HAProxy, so a
+# service this script just installed is stopped and disabled; one that was
+# there before is left alone (deploy/haproxy.cfg says how to run it).
+fc_quiet_haproxy() {
+  if fc_systemd; then
+    fc_as_root systemctl disable --now haproxy >&2 2>/dev/null || true
+  elif [ -x /etc/init.d/haproxy ]; then
+    fc_as_root /etc/init.d/haproxy stop >&2 2>/dev/null || true
+  fi
 }
 
 # The packages of groups build, services, browser.

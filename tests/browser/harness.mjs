@@ -94,6 +94,8 @@ export class Gateway {
       FIELDCAST_DATABASE_URL: env.databaseUrl,
       FIELDCAST_JWT_SECRET: env.secret,
       FIELDCAST_SHUTDOWN_GRACE: '2s',
+      // One gateway, no load balancer to drain from: SIGTERM closes at once.
+      FIELDCAST_DRAIN_GRACE: '0s',
       FIELDCAST_MAP_STALE: '10m',
       RUST_LOG: process.env.RUST_LOG || 'info',
       ...this.extraEnv,

@@ -96,6 +96,15 @@ pub struct Config {
     #[arg(long, env = "FIELDCAST_WS_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub ws_ping_interval: Duration,
 
+    /// After SIGTERM or SIGINT, how long the gateway keeps serving while
+    /// `/readyz` answers 503, so that a load balancer takes it out of
+    /// rotation before its WebSockets close with 1001 (their viewers
+    /// reconnect elsewhere and resume with `since`). Keep it above the
+    /// balancer's check interval x fall (deploy/haproxy.cfg: 1s x 2, plus
+    /// a 2s check timeout). 0 = no drain; a second signal ends it at once.
+    #[arg(long, env = "FIELDCAST_DRAIN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub drain_grace: Duration,
+
     /// How long shutdown waits for sockets to take their 1001 close.
     #[arg(long, env = "FIELDCAST_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -182,9 +191,11 @@ impl Config {
     }
 
     /// A configuration with every default, for tests and embedding; `auth`
-    /// is `none` so it validates without a secret.
+    /// is `none` so it validates without a secret, and there is no drain
+    /// (a test's stop is immediate).
     pub fn for_tests(redis_url: &str, redis_prefix: &str, database_url: &str) -> Self {
         let mut c = Config::parse_from(["fieldcast-gateway", "--auth", "none"]);
+        c.drain_grace = Duration::ZERO;
         c.store.redis_url = redis_url.to_owned();
         c.store.redis_prefix = redis_prefix.to_owned();
         c.store.database_url = database_url.to_owned();

@@ -8,6 +8,9 @@
 //! PostgreSQL probe has a connection of its own: history readers holding
 //! every pooled connection must not make a healthy database look down.
 //!
+//! A draining gateway ([`crate::drain`]) is not ready whatever the probe
+//! sees: the load balancer must stop sending it viewers.
+//!
 //! The live feed's state is also what a subscribe waits for: `subscribed`
 //! promises "live from here", which holds only once this instance's Redis
 //! subscription is confirmed.
@@ -29,6 +32,8 @@ pub struct Health {
     partitions_down: AtomicUsize,
     postgres: AtomicBool,
     feed: watch::Sender<bool>,
+    /// Set once, when a stop was requested; never cleared.
+    draining: AtomicBool,
 }
 
 impl Default for Health {
@@ -38,6 +43,7 @@ impl Default for Health {
             partitions_down: AtomicUsize::new(0),
             postgres: AtomicBool::new(false),
             feed: watch::channel(false).0,
+            draining: AtomicBool::new(false),
         }
     }
 }
@@ -69,9 +75,20 @@ impl Health {
         self.partitions_down.load(Ordering::Relaxed)
     }
 
+    /// The instance is leaving: `/readyz` says not ready from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Ready for new viewers: the stores and the feed are up and the
+    /// instance is not draining.
     pub fn ready(&self) -> bool {
         let (r, p, f) = self.status();
-        r && p && f
+        r && p && f && !self.draining()
     }
 }
 

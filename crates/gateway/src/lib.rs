@@ -19,7 +19,7 @@
 //! from [`metrics`]),
 //! [`auth`] (JWT -> [`auth::Scope`]), [`state`] (what handlers and
 //! connections share), [`config`].
-//! [`serve`] wires them and owns shutdown.
+//! [`serve`] wires them and owns shutdown, after a [`drain`].
 
 // Tests may unwrap: a panic there is the failure report.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -27,6 +27,7 @@
 pub mod auth;
 pub mod config;
 pub mod cursor;
+pub mod drain;
 pub mod health;
 pub mod http;
 pub mod live;
@@ -100,8 +101,9 @@ fn page_config(config: &Config, tiles: Option<&store::tiles::TileSource>) -> ser
     page
 }
 
-/// Runs the gateway on `listener` until `shutdown` is cancelled, then
-/// closes every WebSocket with 1001 and returns.
+/// Runs the gateway on `listener` until `shutdown` is cancelled and the
+/// drain (`FIELDCAST_DRAIN_GRACE`) is over, then closes every WebSocket
+/// with 1001 and returns.
 ///
 /// Starts while Redis or PostgreSQL are down (not ready until they answer).
 pub async fn serve(
@@ -109,14 +111,39 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let drain = drain::Drain {
+        requested: shutdown,
+        now: CancellationToken::new(),
+    };
+    serve_draining(config, listener, drain).await
+}
+
+/// [`serve`], with a drain the caller can also cut short ([`drain::Drain::now`]).
+pub async fn serve_draining(
+    config: Config,
+    listener: TcpListener,
+    drain: drain::Drain,
+) -> anyhow::Result<()> {
     config.validate()?;
     let tiles = open_tiles(&config).await?;
     let tracker = TaskTracker::new();
-    let state = app_state(&config, tiles, tracker.clone(), shutdown.clone())?;
+    // What the server, the feed, the probe and every socket stop on: the
+    // end of the drain, or the server failing.
+    let stop = CancellationToken::new();
+    let _stop_on_return = stop.clone().drop_guard();
+    let state = app_state(&config, tiles, tracker.clone(), stop.clone())?;
+    tracker.spawn(drain::run(
+        drain,
+        stop.clone(),
+        state.health.clone(),
+        config.drain_grace,
+    ));
     spawn_live_feed(&config, &state);
     spawn_probe(&config, &state)?;
     let store = state.store.clone();
-    listen(&config, listener, state).await?;
+    let served = listen(&config, listener, state).await;
+    // Ends what is left when the server failed; a no-op after a drain.
+    stop.cancel();
 
     // Sockets saw the same token and are sending their 1001.
     tracker.close();
@@ -127,6 +154,7 @@ pub async fn serve(
         tracing::warn!("some tasks did not finish within the shutdown grace period");
     }
     store.quit().await;
+    served?;
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `fieldcast-gateway`: parses the configuration (exit 2 with one stderr
-//! line if it is bad), starts tracing, runs [`fieldcast_gateway::serve`]
-//! until SIGTERM or SIGINT, and exits 0 after a graceful stop.
+//! line if it is bad), starts tracing, runs the gateway until SIGTERM or
+//! SIGINT, drains ([`fieldcast_gateway::drain`]; a second signal ends the
+//! drain at once), and exits 0 after a graceful stop.
 
 use std::process::ExitCode;
 
@@ -66,6 +67,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let shutdown = fieldcast_service::shutdown_on_signal();
-    fieldcast_gateway::serve(config, listener, shutdown).await
+    let signals = fieldcast_service::stop_signals();
+    let drain = fieldcast_gateway::drain::Drain {
+        requested: signals.first.clone(),
+        now: signals.again.clone(),
+    };
+    let served = fieldcast_gateway::serve_draining(config, listener, drain).await;
+    // Ends the task that waits for a second signal.
+    signals.again.cancel();
+    served
 }

@@ -5,6 +5,7 @@
 //!   `FIELDCAST_REDIS_PARTITIONS` and `FIELDCAST_DATABASE_URL`
 //!   (PROTOCOL.md), flattened into each binary's clap configuration;
 //! - [`shutdown_on_signal`]: one cancellation token for SIGTERM and SIGINT;
+//!   [`stop_signals`]: two, for a drain the second signal cuts short;
 //! - [`redis::builder`]: the one Redis client builder, with its retry
 //!   settings;
 //! - [`metric_set!`]: how each service declares its Prometheus metrics.
@@ -115,8 +116,9 @@ pub fn shutdown_on_signal() -> CancellationToken {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
+        let mut signals = Signals::install();
         tokio::select! {
-            () = wait_for_signal() => {
+            () = signals.recv() => {
                 tracing::info!("shutting down");
                 token.cancel();
             }
@@ -126,20 +128,71 @@ pub fn shutdown_on_signal() -> CancellationToken {
     shutdown
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+/// A stop in two steps, for a service that drains before it stops.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignals {
+    /// Cancelled on the first SIGTERM or SIGINT: begin the drain.
+    pub first: CancellationToken,
+    /// Cancelled on a later one: an operator who will not wait for the
+    /// drain. Cancelling it by hand also ends the task that waits for the
+    /// signals (the service does so once it has stopped).
+    pub again: CancellationToken,
+}
+
+/// [`StopSignals`], with the task that cancels them. Must be called inside
+/// a Tokio runtime.
+pub fn stop_signals() -> StopSignals {
+    let stop = StopSignals::default();
+    let StopSignals { first, again } = stop.clone();
+    tokio::spawn(async move {
+        let mut signals = Signals::install();
+        tokio::select! {
+            () = signals.recv() => {}
+            () = again.cancelled() => return,
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down (a second SIGTERM or SIGINT stops at once)");
+        first.cancel();
+        tokio::select! {
+            () = signals.recv() => {
+                tracing::info!("second signal: stopping now");
+                again.cancel();
+            }
+            () = again.cancelled() => {}
+        }
+    });
+    stop
+}
+
+/// SIGTERM and SIGINT, installed once so that none is missed between two
+/// waits; Ctrl-C alone where Unix signals cannot be installed.
+struct Signals {
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let unix = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Some((term, int)),
+            _ => None,
+        };
+        Signals { unix }
+    }
+
+    async fn recv(&mut self) {
+        match &mut self.unix {
+            Some((term, int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -14,17 +14,20 @@
 //!   (primaries, replicas where a test needs failover) and can kill a
 //!   primary, wait for its replica to take over, and bring it back;
 //!   [`TcpProxy`] stands in front of a shared service so a test can cut it
-//!   off without stopping it for everyone else.
+//!   off without stopping it for everyone else; [`HaProxy`] runs the
+//!   shipped `deploy/haproxy.cfg` in front of a test's gateways.
 //!
 //! Every process is killed when its handle drops, panic included. Nothing here
 //! is meant for production code: errors are `anyhow`, with context.
 //!
 //! Modules: `util` (ports, names, [`wait_until`]) · `process` (spawn, wait
 //! for the port, kill) · `mosquitto` · `redis` · `redis_cluster` (with
-//! `health` and `view`, what the nodes say) · `postgres` · `proxy`.
+//! `health` and `view`, what the nodes say) · `postgres` · `proxy` ·
+//! `haproxy`.
 
 #[cfg(feature = "chain")]
 pub mod chain;
+mod haproxy;
 mod mosquitto;
 mod postgres;
 mod process;
@@ -33,6 +36,7 @@ mod redis;
 mod redis_cluster;
 mod util;
 
+pub use haproxy::{HaProxy, ServerStat};
 pub use mosquitto::{Mosquitto, MosquittoTls};
 pub use postgres::PgDb;
 pub use proxy::TcpProxy;

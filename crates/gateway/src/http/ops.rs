@@ -14,7 +14,8 @@ pub async fn healthz() -> &'static str {
 
 pub async fn readyz(State(s): State<AppState>) -> Response {
     let (redis, postgres, feed) = s.health.status();
-    let status = if redis && postgres && feed {
+    let draining = s.health.draining();
+    let status = if redis && postgres && feed && !draining {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -25,6 +26,7 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
         "redis_partitions_unreachable": s.health.partitions_down(),
         "postgres": postgres,
         "live_feed": feed,
+        "draining": draining,
     });
     (status, Json(body)).into_response()
 }
