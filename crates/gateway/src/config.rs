@@ -101,8 +101,10 @@ pub struct Config {
     /// rotation before its WebSockets close with 1001 (their viewers
     /// reconnect elsewhere and resume with `since`). Keep it above the
     /// balancer's check interval x fall (deploy/haproxy.cfg: 1s x 2, plus
-    /// a 2s check timeout). 0 = no drain; a second signal ends it at once.
-    #[arg(long, env = "FIELDCAST_DRAIN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    /// a 2s check timeout: 5s). 0 (the default: no balancer to leave, and
+    /// PROTOCOL.md's stop stays immediate) = no drain; a second signal ends
+    /// it at once.
+    #[arg(long, env = "FIELDCAST_DRAIN_GRACE", default_value = "0s", value_parser = parse_duration)]
     pub drain_grace: Duration,
 
     /// How long shutdown waits for sockets to take their 1001 close.
