@@ -44,6 +44,14 @@ impl Backoff {
         d.mul_f64(rng.random_range(0.5..=1.0))
     }
 
+    /// The delay after `failures` failures, jittered, without counting one
+    /// more: for a caller that keeps the count itself (async-nats's
+    /// reconnect callback).
+    pub fn delay_after(&self, failures: u32) -> Duration {
+        let d = self.min.saturating_mul(1 << failures.min(20)).min(self.max);
+        d.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+
     /// After a success: the next failure waits `min` again.
     pub fn reset(&mut self) {
         self.failures = 0;
