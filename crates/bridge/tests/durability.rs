@@ -956,7 +956,7 @@ async fn last_will_after_a_status_stamped_ahead_marks_the_device_offline() {
     // The device reaches the broker through a proxy, so the test can kill
     // its TCP connection without a DISCONNECT: the broker then publishes
     // the will.
-    let broker_port = h.broker.as_ref().unwrap().port;
+    let broker_port = fieldcast_mqtt::BrokerUrl::parse(&h.mqtt_url).unwrap().port;
     let link = TcpProxy::start(format!("127.0.0.1:{broker_port}").parse().unwrap())
         .await
         .unwrap();

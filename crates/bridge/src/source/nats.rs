@@ -148,18 +148,20 @@ fn on_event(event: &async_nats::Event, health: &Health, metrics: &Metrics, link:
             metrics.nats_connected.set(0);
             health.set_broker(false);
         }
+        async_nats::Event::Draining => tracing::info!("NATS connection draining"),
         other => tracing::warn!(event = %other, "NATS"),
     }
 }
 
-/// The delay before reconnect attempt `attempts` (0 after a connection
-/// was lost): the bridge's equal-jitter backoff, 200 ms doubling to 30 s.
+/// The delay before connection attempt `attempts` (async-nats counts from
+/// 1, the first try, and again after each connection it had): none for the
+/// first, then the bridge's equal-jitter backoff, 200 ms doubling to 30 s.
 fn reconnect_delay(attempts: usize) -> Duration {
-    if attempts == 0 {
+    if attempts <= 1 {
         return Duration::ZERO;
     }
     let d = Backoff::new(Duration::from_millis(200), Duration::from_secs(30))
-        .delay_after(u32::try_from(attempts - 1).unwrap_or(u32::MAX));
+        .delay_after(u32::try_from(attempts - 2).unwrap_or(u32::MAX));
     tracing::warn!(attempt = attempts, retry_in = ?d, "NATS unreachable");
     d
 }
@@ -429,8 +431,8 @@ mod tests {
 
     #[test]
     fn reconnects_back_off_with_jitter_up_to_30s() {
-        assert_eq!(reconnect_delay(0), Duration::ZERO);
-        let first = reconnect_delay(1);
+        assert_eq!(reconnect_delay(1), Duration::ZERO, "the first try at once");
+        let first = reconnect_delay(2);
         assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200));
         let late = reconnect_delay(50);
         assert!(late >= Duration::from_secs(15) && late <= Duration::from_secs(30));

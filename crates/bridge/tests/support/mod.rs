@@ -102,6 +102,33 @@ impl Harness {
         self.nats_url.is_some()
     }
 
+    /// SIGKILLs the harness's private broker, whichever it is.
+    pub fn kill_broker(&mut self) {
+        match (&mut self.broker, &mut self.nats) {
+            (Some(m), _) => m.kill(),
+            (None, Some(n)) => n.kill(),
+            (None, None) => panic!("the harness has no private broker"),
+        }
+    }
+
+    /// Starts the harness's private broker again on its ports.
+    pub async fn restart_broker(&mut self) {
+        match (&mut self.broker, &mut self.nats) {
+            (Some(m), _) => m.restart().await.unwrap(),
+            (None, Some(n)) => n.restart().await.unwrap(),
+            (None, None) => panic!("the harness has no private broker"),
+        }
+    }
+
+    /// The bridge's counter of lost broker connections.
+    pub fn reconnects_metric(&self) -> &'static str {
+        if self.on_nats() {
+            "fieldcast_bridge_nats_reconnects_total"
+        } else {
+            "fieldcast_bridge_mqtt_reconnects_total"
+        }
+    }
+
     /// A harness with its own broker, for a bridge on the Redis (or Redis
     /// Cluster) at `redis_url`, a test's private one; its client
     /// [`Harness::redis`] and its [`Harness::keys`] are that Redis's too.
