@@ -10,6 +10,9 @@
 //! published to its reply subject. Where each kind is settled is in
 //! `docs/nats.md` and [`crate::source::intake`].
 
+use std::time::Duration;
+
+use async_nats::connection::State;
 use async_nats::Subject;
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Publish, QoS};
@@ -23,6 +26,13 @@ pub enum AckToken {
     /// cheap to clone).
     Nats(Subject),
 }
+
+/// How long a JetStream ack may wait for room in the client's command
+/// channel. Past it, and while the client is not connected, the ack is not
+/// sent: the message comes again after `ack_wait` and is stored once, where
+/// a blocked ack would stall the reliable lane (and shutdown) until NATS
+/// returns.
+const NATS_SEND: Duration = Duration::from_secs(1);
 
 /// How a JetStream message is settled (ADR-15 ack kinds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +64,10 @@ pub enum AckError {
     Mqtt(#[from] rumqttc::ClientError),
     #[error("JetStream ack not sent: {0}")]
     Nats(#[from] async_nats::PublishError),
+    #[error("JetStream ack not sent: not connected")]
+    NotConnected,
+    #[error("JetStream ack not sent within {NATS_SEND:?}")]
+    Timeout,
     #[error("a token of one broker given to the other's acker")]
     WrongBroker,
 }
@@ -84,7 +98,14 @@ impl Acker {
                 Ok(client.ack(&p).await?)
             }
             (Acker::Nats(client), AckToken::Nats(reply)) => {
-                Ok(client.publish(reply.clone(), verdict.body()).await?)
+                if client.connection_state() != State::Connected {
+                    return Err(AckError::NotConnected);
+                }
+                let send = client.publish(reply.clone(), verdict.body());
+                match tokio::time::timeout(NATS_SEND, send).await {
+                    Ok(sent) => Ok(sent?),
+                    Err(_) => Err(AckError::Timeout),
+                }
             }
             _ => Err(AckError::WrongBroker),
         }

@@ -260,6 +260,8 @@ impl Source {
             match next {
                 Some(Ok(msg)) => self.handle(msg, &acker).await,
                 Some(Err(e)) => {
+                    // Missed heartbeats and failed pulls (NATS away) are
+                    // retried by the stream itself; the rest need a new one.
                     use consumer::pull::MessagesErrorKind as K;
                     let fatal = matches!(
                         e.kind(),
@@ -282,9 +284,17 @@ impl Source {
                 }
             }
         }
-        // Shutdown: what was taken but not queued goes back at once.
+        self.give_back(taken, &acker).await;
+        // The sinks' last acks go out over this connection.
+        stop_polling.cancelled().await;
+        self.close().await;
+    }
+
+    /// At shutdown: what was taken but not queued goes back at once
+    /// (`-NAK`), for another bridge.
+    async fn give_back(&mut self, taken: Option<consumer::pull::Stream>, acker: &Acker) {
         let mut back = self.intake.abandon_held();
-        if let Some(mut messages) = taken.take() {
+        if let Some(mut messages) = taken {
             while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
                 if let Some(reply) = msg.message.reply {
                     back.push(AckToken::Nats(reply));
@@ -297,16 +307,20 @@ impl Source {
         if !back.is_empty() {
             tracing::info!(n = back.len(), "gave unqueued messages back to JetStream");
         }
-        // The sinks' last acks go out over this connection.
-        stop_polling.cancelled().await;
-        if tokio::time::timeout(Duration::from_secs(2), self.client.flush())
+    }
+
+    /// Flushes the last acks and closes the connection, each step bounded
+    /// (NATS may be gone).
+    async fn close(&self) {
+        const BOUND: Duration = Duration::from_secs(2);
+        if tokio::time::timeout(BOUND, self.client.flush())
             .await
             .is_err()
         {
             tracing::warn!("last acks not flushed to NATS; they will be redelivered");
         }
         self.set_consumer_ready(false);
-        let _ = self.client.drain().await;
+        let _ = tokio::time::timeout(BOUND, self.client.drain()).await;
         self.metrics.nats_connected.set(0);
     }
 
