@@ -149,6 +149,8 @@ fn on_event(event: &async_nats::Event, health: &Health, metrics: &Metrics, link:
             health.set_broker(false);
         }
         async_nats::Event::Draining => tracing::info!("NATS connection draining"),
+        // A failed connection attempt: `reconnect_delay` logs each one.
+        async_nats::Event::ClientError(e) => tracing::debug!(error = %e, "NATS client"),
         other => tracing::warn!(event = %other, "NATS"),
     }
 }
@@ -313,9 +315,11 @@ impl Source {
     /// (NATS may be gone).
     async fn close(&self) {
         const BOUND: Duration = Duration::from_secs(2);
-        if tokio::time::timeout(BOUND, self.client.flush())
-            .await
-            .is_err()
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        if connected
+            && tokio::time::timeout(BOUND, self.client.flush())
+                .await
+                .is_err()
         {
             tracing::warn!("last acks not flushed to NATS; they will be redelivered");
         }
