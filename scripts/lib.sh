@@ -82,6 +82,7 @@ FC_PKGS_SERVICES=(
   'postgresql:/usr/lib/postgresql/*/bin/postgres' postgresql:pg_ctlcluster postgresql-client:psql
   redis-server:/usr/bin/redis-server redis-tools:redis-cli
   mosquitto:/usr/sbin/mosquitto mosquitto:mosquitto_passwd mosquitto-clients:mosquitto_pub
+  nats-server:/usr/sbin/nats-server
   openssl:openssl curl:curl
   # For the tests only (crates/gateway/tests/haproxy.rs runs its own, on
   # free ports, with deploy/haproxy.cfg); see fc_quiet_haproxy.

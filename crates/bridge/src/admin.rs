@@ -41,15 +41,16 @@ async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     let h = &s.health;
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "ready": h.ready(),
-        "mqtt": h.mqtt(),
         "redis": h.redis(),
         "redis_partitions_unreachable": h.partitions_down(),
         "postgres": h.pg(),
         "spool": h.spool(),
-    })
-    .to_string();
+    });
+    // `"mqtt": bool` or `"nats": bool`: the broker this bridge reads.
+    body[h.broker_kind().as_str()] = h.broker().into();
+    let body = body.to_string();
     let code = if h.ready() {
         StatusCode::OK
     } else {

@@ -48,6 +48,9 @@ pub struct Config {
     pub mqtt_keepalive: Duration,
 
     #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
     pub store: StoreArgs,
 
     /// Location history batch interval (a full batch is written sooner).
@@ -105,6 +108,50 @@ pub struct Config {
     pub shutdown_timeout: Duration,
 }
 
+/// The JetStream source (docs/nats.md): used instead of MQTT when
+/// `--nats-url` is given.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NatsArgs {
+    /// NATS servers, `nats://host:port[,nats://host:port...]`; when set the
+    /// bridge consumes from JetStream instead of MQTT (the FIELDCAST_MQTT_*
+    /// options are then unused).
+    #[arg(id = "nats_url", long = "nats-url", env = "FIELDCAST_NATS_URL")]
+    pub url: Option<String>,
+
+    /// JetStream stream capturing `devices.>`; created if missing (3
+    /// replicas on a cluster, 1 on a single node).
+    #[arg(
+        id = "nats_stream",
+        long = "nats-stream",
+        env = "FIELDCAST_NATS_STREAM",
+        default_value = "FIELDCAST"
+    )]
+    pub stream: String,
+
+    /// Durable pull consumer every bridge shares.
+    #[arg(
+        long = "nats-consumer",
+        env = "FIELDCAST_NATS_CONSUMER",
+        default_value = "fieldcast-bridge"
+    )]
+    pub consumer: String,
+
+    /// The consumer's max_ack_pending: messages delivered to all bridges
+    /// together and not yet acknowledged (the backpressure bound).
+    /// Default: --queue-capacity, the reliable lane's size.
+    #[arg(id = "nats_max_ack_pending", long = "nats-max-ack-pending", env = "FIELDCAST_NATS_MAX_ACK_PENDING", value_parser = parse_nonzero)]
+    pub max_ack_pending: Option<usize>,
+
+    /// The consumer's ack_wait: a message not acknowledged this long after
+    /// delivery is delivered again (to any bridge; stored idempotently).
+    #[arg(id = "nats_ack_wait", long = "nats-ack-wait", env = "FIELDCAST_NATS_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+
+    /// Messages asked for in one pull request.
+    #[arg(id = "nats_batch", long = "nats-batch", env = "FIELDCAST_NATS_BATCH", default_value_t = 256, value_parser = parse_nonzero)]
+    pub batch: usize,
+}
+
 /// One-shot jobs the bridge's binary runs instead of the bridge.
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Command {
@@ -129,19 +176,19 @@ pub enum ConfigError {
     FlushInterval,
     #[error(transparent)]
     Store(#[from] fieldcast_service::StoreArgsError),
+    #[error("FIELDCAST_NATS_URL {0:?}: each server must be nats://host:port or tls://host:port")]
+    NatsUrl(String),
+    #[error("{0} {1:?} must be a non-empty name without spaces, '.', '*', '>', '/' or '\\'")]
+    NatsName(&'static str, String),
 }
 
 impl Config {
     /// Checks what clap's types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fieldcast_mqtt::BrokerUrl::parse(&self.mqtt.url)?;
-        if let Some(g) = &self.mqtt_shared_group {
-            if g.is_empty() || g.contains(['/', '+', '#']) {
-                return Err(ConfigError::SharedGroup(g.clone()));
-            }
-        }
-        if self.mqtt_max_packet < self.max_payload {
-            return Err(ConfigError::MaxPacket);
+        if let Some(url) = &self.nats.url {
+            self.nats.validate(url)?;
+        } else {
+            self.validate_mqtt()?;
         }
         if self.retention < Duration::from_secs(24 * 3600) {
             return Err(ConfigError::Retention);
@@ -153,6 +200,24 @@ impl Config {
         Ok(())
     }
 
+    /// The JetStream consumer's max_ack_pending (see [`NatsArgs`]).
+    pub fn nats_max_ack_pending(&self) -> usize {
+        self.nats.max_ack_pending.unwrap_or(self.queue_capacity)
+    }
+
+    fn validate_mqtt(&self) -> Result<(), ConfigError> {
+        fieldcast_mqtt::BrokerUrl::parse(&self.mqtt.url)?;
+        if let Some(g) = &self.mqtt_shared_group {
+            if g.is_empty() || g.contains(['/', '+', '#']) {
+                return Err(ConfigError::SharedGroup(g.clone()));
+            }
+        }
+        if self.mqtt_max_packet < self.max_payload {
+            return Err(ConfigError::MaxPacket);
+        }
+        Ok(())
+    }
+
     /// The payload validation limits this configuration implies.
     pub fn limits(&self) -> fieldcast_core::Limits {
         fieldcast_core::Limits {
@@ -160,6 +225,42 @@ impl Config {
             max_future_ms: 10 * 60 * 1000,
             max_age_ms: i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX),
         }
+    }
+}
+
+impl NatsArgs {
+    /// The servers of `--nats-url`, in order.
+    pub fn servers(url: &str) -> impl Iterator<Item = &str> {
+        url.split(',').map(str::trim).filter(|s| !s.is_empty())
+    }
+
+    fn validate(&self, url: &str) -> Result<(), ConfigError> {
+        let mut any = false;
+        for server in Self::servers(url) {
+            any = true;
+            let rest = server
+                .strip_prefix("nats://")
+                .or_else(|| server.strip_prefix("tls://"))
+                .ok_or_else(|| ConfigError::NatsUrl(url.to_owned()))?;
+            let host_port = rest.rsplit('@').next().unwrap_or(rest);
+            match host_port.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                _ => return Err(ConfigError::NatsUrl(url.to_owned())),
+            }
+        }
+        if !any {
+            return Err(ConfigError::NatsUrl(url.to_owned()));
+        }
+        for (var, name) in [
+            ("FIELDCAST_NATS_STREAM", &self.stream),
+            ("FIELDCAST_NATS_CONSUMER", &self.consumer),
+        ] {
+            let bad = |c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\');
+            if name.is_empty() || name.contains(bad) {
+                return Err(ConfigError::NatsName(var, name.clone()));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -232,5 +333,46 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::Retention)));
         let c = Config::try_parse_from(["b", "--redis-url", "http://x"]).unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::Store(_))));
+    }
+
+    #[test]
+    fn nats_settings() {
+        let c = Config::try_parse_from(["b"]).unwrap();
+        assert_eq!(c.nats.url, None, "MQTT unless FIELDCAST_NATS_URL is set");
+        assert_eq!(c.nats.stream, "FIELDCAST");
+        assert_eq!(c.nats.consumer, "fieldcast-bridge");
+        assert_eq!(c.nats_max_ack_pending(), c.queue_capacity);
+        let c = Config::try_parse_from([
+            "b",
+            "--nats-url",
+            "nats://127.0.0.1:4222, nats://h2:4223",
+            "--mqtt-url",
+            "http://unused",
+            "--queue-capacity",
+            "50",
+        ])
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            NatsArgs::servers(c.nats.url.as_deref().unwrap()).collect::<Vec<_>>(),
+            ["nats://127.0.0.1:4222", "nats://h2:4223"]
+        );
+        assert_eq!(c.nats_max_ack_pending(), 50);
+        for bad in [
+            "",
+            "127.0.0.1:4222",
+            "nats://h",
+            "mqtt://h:1883",
+            "nats://h:1,x",
+        ] {
+            let c = Config::try_parse_from(["b", "--nats-url", bad]).unwrap();
+            assert!(
+                matches!(c.validate(), Err(ConfigError::NatsUrl(_))),
+                "{bad:?}"
+            );
+        }
+        let c = Config::try_parse_from(["b", "--nats-url", "nats://h:1", "--nats-stream", "a.b"])
+            .unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::NatsName(..))));
     }
 }

@@ -6,7 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 #[derive(Debug, Default)]
 pub struct Health {
-    mqtt: AtomicBool,
+    /// Which broker the source reads (`/readyz` names it).
+    broker_kind: BrokerKind,
+    /// The source has its broker: subscribed (MQTT), or connected with its
+    /// consumer (JetStream).
+    broker: AtomicBool,
     redis: AtomicBool,
     /// Partitions whose keys did not answer the last probe.
     partitions_down: AtomicUsize,
@@ -17,9 +21,38 @@ pub struct Health {
     spool_failing: AtomicBool,
 }
 
+/// The broker a bridge reads from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    #[default]
+    Mqtt,
+    Nats,
+}
+
+impl BrokerKind {
+    /// Its key in `/readyz`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerKind::Mqtt => "mqtt",
+            BrokerKind::Nats => "nats",
+        }
+    }
+}
+
 impl Health {
-    pub fn set_mqtt(&self, ok: bool) {
-        self.mqtt.store(ok, Ordering::Relaxed);
+    /// Health of a bridge reading from `broker`, everything down until
+    /// checked.
+    pub fn new(broker: BrokerKind) -> Self {
+        Health {
+            broker_kind: broker,
+            ..Health::default()
+        }
+    }
+    pub fn broker_kind(&self) -> BrokerKind {
+        self.broker_kind
+    }
+    pub fn set_broker(&self, ok: bool) {
+        self.broker.store(ok, Ordering::Relaxed);
     }
     /// Records how many partitions did not answer; returns the count
     /// before.
@@ -45,8 +78,8 @@ impl Health {
     pub fn spool(&self) -> bool {
         !self.spool_failing.load(Ordering::Relaxed)
     }
-    pub fn mqtt(&self) -> bool {
-        self.mqtt.load(Ordering::Relaxed)
+    pub fn broker(&self) -> bool {
+        self.broker.load(Ordering::Relaxed)
     }
     pub fn redis(&self) -> bool {
         self.redis.load(Ordering::Relaxed)
@@ -56,6 +89,6 @@ impl Health {
         self.pg.load(Ordering::Relaxed) && self.schema.load(Ordering::Relaxed)
     }
     pub fn ready(&self) -> bool {
-        self.mqtt() && self.redis() && self.pg() && self.spool()
+        self.broker() && self.redis() && self.pg() && self.spool()
     }
 }

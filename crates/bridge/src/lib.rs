@@ -1,9 +1,11 @@
-//! `fieldcast-bridge`: device MQTT in, Redis hot state and PostgreSQL
-//! history out.
+//! `fieldcast-bridge`: device MQTT in (directly, or through NATS
+//! JetStream), Redis hot state and PostgreSQL history out.
 //!
 //! ```text
 //!  broker ──> source::mqtt ──> queue ──┬─ live ─────> sink::live ─────> store::redis (Lua: state, geo, live)
-//!  (QoS 0/1,   parse+validate           ├─ reliable ─> sink::reliable ─> store::postgres (events, status)
+//!  (QoS 0/1,  | source::nats            ├─ reliable ─> sink::reliable ─> store::postgres (events, status)
+//!   or JetStream) source::intake:       │
+//!             parse+validate            │
 //!   manual     reject -> DLQ            │                                | store::spool, then store::redis
 //!   acks)                               │                                (or sink::outbox), then ack
 //!                                       └─ history ──> sink::history ──> store::postgres COPY (locations)
@@ -11,8 +13,11 @@
 //! ```
 //!
 //! Roles, then adapters:
-//! - [`source::mqtt`]: the subscriber; never blocks keepalive. [`ack`]: the
-//!   PUBACKs that leave only once a message is stored, in order.
+//! - [`source::mqtt`]: the subscriber; never blocks keepalive.
+//!   [`source::nats`]: the JetStream pull consumer, used instead when
+//!   `FIELDCAST_NATS_URL` is set. [`source::intake`]: what both do with a
+//!   message. [`ack`]: the acknowledgements that leave only once a message
+//!   is stored.
 //! - [`queue`]: the bounded lanes between them; [`record`]: every row and
 //!   record they carry.
 //! - [`sink`]: the loops that drain the lanes ([`sink::live`],
@@ -57,7 +62,7 @@ use tokio_util::task::TaskTracker;
 pub use config::Config;
 
 use ack::Acker;
-use health::Health;
+use health::{BrokerKind, Health};
 use metrics::Metrics;
 use queue::{Capacity, Queue};
 use sink::history::Batcher;
@@ -65,7 +70,7 @@ use sink::live::LiveSink;
 use sink::outbox::Outbox;
 use sink::reliable::ReliableSink;
 use sink::replay::{ReplayTiming, Replayer};
-use source::mqtt::Source;
+use source::intake::{Intake, Settling};
 use store::postgres::Pg;
 use store::redis::RedisSink;
 use store::spool::Spool;
@@ -116,7 +121,13 @@ struct Opened {
     pg: Arc<Pg>,
     redis_client: fred::prelude::Client,
     queue: Arc<Queue>,
-    mqtt: (rumqttc::AsyncClient, rumqttc::EventLoop),
+    broker: Broker,
+}
+
+/// The broker connection the source reads from.
+enum Broker {
+    Mqtt(rumqttc::AsyncClient, Box<rumqttc::EventLoop>),
+    Nats(async_nats::Client, source::nats::NatsLink),
 }
 
 impl Opened {
@@ -161,10 +172,24 @@ impl Opened {
             },
             metrics.clone(),
         ));
-        let mqtt = source::mqtt::connect(config)?;
+        let (health, broker) = match &config.nats.url {
+            None => {
+                let (client, eventloop) = source::mqtt::connect(config)?;
+                (
+                    Arc::new(Health::new(BrokerKind::Mqtt)),
+                    Broker::Mqtt(client, Box::new(eventloop)),
+                )
+            }
+            Some(url) => {
+                let health = Arc::new(Health::new(BrokerKind::Nats));
+                let (client, link) =
+                    source::nats::connect(url, health.clone(), metrics.clone()).await?;
+                (health, Broker::Nats(client, link))
+            }
+        };
         Ok(Opened {
             metrics,
-            health: Arc::new(Health::default()),
+            health,
             listener,
             admin_addr,
             spool,
@@ -172,7 +197,7 @@ impl Opened {
             pg,
             redis_client,
             queue,
-            mqtt,
+            broker,
         })
     }
 }
@@ -262,6 +287,61 @@ impl Stops {
     }
 }
 
+/// Spawns the source of the configured broker; returns it and the acker
+/// the reliable sink settles its messages with.
+fn spawn_source(
+    config: &Config,
+    broker: Broker,
+    o: &Pipes,
+    stops: &Stops,
+    tracker: &TaskTracker,
+) -> (JoinHandle<()>, Acker) {
+    let intake = |settling| {
+        Intake::new(
+            o.queue.clone(),
+            o.metrics.clone(),
+            config.limits(),
+            settling,
+        )
+    };
+    match broker {
+        Broker::Mqtt(client, eventloop) => {
+            let source = source::mqtt::Source {
+                client: client.clone(),
+                filters: source::mqtt::filters(config.mqtt_shared_group.as_deref()),
+                intake: intake(Settling::InOrder),
+                metrics: o.metrics.clone(),
+                health: o.health.clone(),
+            };
+            let run = source.run(
+                *eventloop,
+                stops.shutdown.clone(),
+                stops.stop_polling.clone(),
+            );
+            (tracker.spawn(run), Acker::Mqtt(client))
+        }
+        Broker::Nats(client, link) => {
+            let source = source::nats::Source {
+                client: client.clone(),
+                link,
+                settings: source::nats::Settings::of(config),
+                intake: intake(Settling::Independent),
+                metrics: o.metrics.clone(),
+                health: o.health.clone(),
+            };
+            let run = source.run(stops.shutdown.clone(), stops.stop_polling.clone());
+            (tracker.spawn(run), Acker::Nats(client))
+        }
+    }
+}
+
+/// What a source shares with the rest of the pipeline.
+struct Pipes {
+    queue: Arc<Queue>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
 /// A spawned pipeline: what [`Running::drain`] waits for, in order.
 struct Running {
     stops: Stops,
@@ -287,22 +367,12 @@ impl Running {
             admin::router(o.health.clone(), o.metrics.clone()),
             bg.clone(),
         ));
-        let (client, eventloop) = o.mqtt;
-        let source = tracker.spawn(
-            Source {
-                client: client.clone(),
-                filters: source::mqtt::filters(config.mqtt_shared_group.as_deref()),
-                queue: o.queue.clone(),
-                metrics: o.metrics.clone(),
-                health: o.health.clone(),
-                limits: config.limits(),
-            }
-            .run(
-                eventloop,
-                stops.shutdown.clone(),
-                stops.stop_polling.clone(),
-            ),
-        );
+        let pipes = Pipes {
+            queue: o.queue.clone(),
+            metrics: o.metrics.clone(),
+            health: o.health.clone(),
+        };
+        let (source, acker) = spawn_source(config, o.broker, &pipes, &stops, &tracker);
         let live_sink = LiveSink {
             queue: o.queue.clone(),
             redis: redis.clone(),
@@ -320,7 +390,7 @@ impl Running {
                 pg: o.pg.clone(),
                 spool: o.spool.clone(),
                 outbox: o.outbox,
-                acker: Acker::new(client),
+                acker,
                 health: o.health.clone(),
                 metrics: o.metrics.clone(),
                 batch_size: config.sink_batch,

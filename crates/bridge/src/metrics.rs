@@ -52,6 +52,12 @@ fieldcast_service::metric_set! {
         pub mqtt_connected: Gauge = Gauge::default(),
         /// Broker connection losses
         pub mqtt_reconnects: Counter = Counter::default(),
+        /// 1 while connected to NATS (FIELDCAST_NATS_URL set)
+        pub nats_connected: Gauge = Gauge::default(),
+        /// NATS connection losses
+        pub nats_reconnects: Counter = Counter::default(),
+        /// JetStream messages delivered more than once (a bridge died or stalled before its ack)
+        pub nats_redelivered: Counter = Counter::default(),
         /// Latency of one pipelined Redis batch
         pub redis_write_seconds: Histogram = latency(),
         /// Messages written to Redis (applied, stale or duplicate)

@@ -64,16 +64,17 @@ pub enum Reliable {
         rx: i64,
         ack: Option<AckToken>,
     },
-    /// A QoS 1 message with nothing left to store (a location, whose
-    /// history row is already queued, or a rejected message).
+    /// A QoS 1 MQTT message with nothing left to store (a location, whose
+    /// history row is already queued, or a rejected message), acknowledged
+    /// in its turn.
     AckOnly(AckToken),
 }
 
 impl Reliable {
-    pub fn ack(&self) -> Option<AckToken> {
+    pub fn ack(&self) -> Option<&AckToken> {
         match self {
-            Reliable::Status { ack, .. } | Reliable::Event { ack, .. } => *ack,
-            Reliable::AckOnly(a) => Some(*a),
+            Reliable::Status { ack, .. } | Reliable::Event { ack, .. } => ack.as_ref(),
+            Reliable::AckOnly(a) => Some(a),
         }
     }
 }

@@ -956,7 +956,7 @@ async fn last_will_after_a_status_stamped_ahead_marks_the_device_offline() {
     // The device reaches the broker through a proxy, so the test can kill
     // its TCP connection without a DISCONNECT: the broker then publishes
     // the will.
-    let broker_port = h.broker.as_ref().unwrap().port;
+    let broker_port = fieldcast_mqtt::BrokerUrl::parse(&h.mqtt_url).unwrap().port;
     let link = TcpProxy::start(format!("127.0.0.1:{broker_port}").parse().unwrap())
         .await
         .unwrap();
@@ -1043,9 +1043,7 @@ async fn the_outbox_is_replayed_by_the_next_bridge_after_a_restart() {
     const N: i64 = 20;
     let _serial = SERIAL.lock().await;
     let mut redis = RedisServer::start().await.unwrap();
-    let broker = Mosquitto::start().await.unwrap();
-    let mut h = Harness::with_redis(&broker.url, &redis.url).await;
-    h.broker = Some(broker);
+    let h = Harness::private_with_redis(&redis.url).await;
     let bridge = h.start().await;
     let health = bridge.handles.health.clone();
     let (dev, mut acks) = device_with_acks(device_options(&h.mqtt_url)).await;

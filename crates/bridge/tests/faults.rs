@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -15,65 +15,6 @@ use serde_json::json;
 
 use fieldcast_testkit::{free_port, unique, wait_until, MosquittoTls, RedisServer, TcpProxy};
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_fieldcast-bridge");
-
-/// The bridge process, killed when dropped, so a failing test leaves none
-/// behind.
-struct Bridge(Child);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl std::ops::Deref for Bridge {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Bridge {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-/// Runs the real binary with the harness's flags; `set` overrides some.
-fn spawn_bridge(h: &Harness, admin_port: u16, set: &[(&str, &str)]) -> Bridge {
-    let mut args = h.args(&h.db.url);
-    args.remove(0);
-    let admin = format!("127.0.0.1:{admin_port}");
-    for (flag, value) in [("--admin-addr", admin.as_str())].iter().chain(set) {
-        let i = args.iter().position(|a| a == flag).unwrap() + 1;
-        args[i] = value.to_string();
-    }
-    let child = Command::new(BIN)
-        .args(&args)
-        .env(
-            "RUST_LOG",
-            std::env::var("BRIDGE_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    Bridge(child)
-}
-
-async fn wait_ready(admin_port: u16) {
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    wait_until(WAIT, "bridge /readyz", || async move {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(_) => http_get(addr, "/readyz").await.0 == 200,
-            Err(_) => false,
-        }
-    })
-    .await
-    .unwrap();
-}
 
 /// Pins: a bridge SIGKILLed in the middle of a stream of QoS 1 events loses
 /// none and doubles none: after a restart every event is stored once and
@@ -245,9 +186,7 @@ async fn postgres_outage_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_recovers() {
     let mut redis = RedisServer::start().await.unwrap();
-    let broker = fieldcast_testkit::Mosquitto::start().await.unwrap();
-    let mut h = Harness::with_redis(&broker.url, &redis.url).await;
-    h.broker = Some(broker);
+    let h = Harness::private_with_redis(&redis.url).await;
     let bridge = h.start().await;
     let dev = device(&h.mqtt_url).await;
     let id = unique("rdout");

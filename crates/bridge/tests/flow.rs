@@ -418,7 +418,14 @@ async fn malformed_corpus_is_rejected_counted_and_dead_lettered() {
             "bad_ts",
         ),
         (
-            "devices/bad id!/location".into(),
+            // nats-server refuses a topic with a space at the broker (and
+            // drops the device's connection): it never reaches a bridge
+            // there, so on NATS the bad id is one it lets through.
+            if h.on_nats() {
+                "devices/bad!id/location".into()
+            } else {
+                "devices/bad id!/location".into()
+            },
             br#"{"lat":1,"lon":1}"#.to_vec(),
             "bad_device_id",
         ),

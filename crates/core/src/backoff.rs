@@ -38,9 +38,20 @@ impl Backoff {
     /// [`Backoff::next_delay`] with the caller's RNG (a seeded one keeps a
     /// simulation reproducible).
     pub fn next_delay_with(&mut self, rng: &mut impl Rng) -> Duration {
-        let exp = self.failures.min(20);
+        let d = self.delay_after_with(self.failures, rng);
         self.failures = self.failures.saturating_add(1);
-        let d = self.min.saturating_mul(1 << exp).min(self.max);
+        d
+    }
+
+    /// The delay after `failures` failures, jittered, without counting one
+    /// more: for a caller that keeps the count itself (async-nats's
+    /// reconnect callback).
+    pub fn delay_after(&self, failures: u32) -> Duration {
+        self.delay_after_with(failures, &mut rand::rng())
+    }
+
+    fn delay_after_with(&self, failures: u32, rng: &mut impl Rng) -> Duration {
+        let d = self.min.saturating_mul(1 << failures.min(20)).min(self.max);
         d.mul_f64(rng.random_range(0.5..=1.0))
     }
 

@@ -15,6 +15,8 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 #[derive(clap::Args, Debug, Clone)]
 pub struct MqttArgs {
     /// Broker URL: mqtt://host[:1883] (plain) or mqtts://host[:8883] (TLS).
+    /// The simulator takes several, comma-separated, and spreads its
+    /// devices over them (e.g. the MQTT listeners of a NATS cluster).
     #[arg(
         long = "mqtt-url",
         env = "FIELDCAST_MQTT_URL",
@@ -94,7 +96,29 @@ impl MqttArgs {
     /// Settings for a connection named `client_id`; keepalive, session and
     /// acknowledgement policy are the caller's to add.
     pub fn options(&self, client_id: &str) -> Result<MqttOptions, MqttConfigError> {
-        let url = BrokerUrl::parse(&self.url)?;
+        self.options_for(&self.url, client_id)
+    }
+
+    /// [`MqttArgs::options`] for each broker of a comma-separated URL list
+    /// (`mqtt://n1:1883,mqtt://n2:1883`: the MQTT listeners of a NATS
+    /// cluster, say), in order; a single URL gives one.
+    pub fn options_each(&self, client_id: &str) -> Result<Vec<MqttOptions>, MqttConfigError> {
+        let urls: Vec<&str> = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(MqttConfigError::Url(self.url.clone()));
+        }
+        urls.into_iter()
+            .map(|url| self.options_for(url, client_id))
+            .collect()
+    }
+
+    fn options_for(&self, url: &str, client_id: &str) -> Result<MqttOptions, MqttConfigError> {
+        let url = BrokerUrl::parse(url)?;
         let mut opts = MqttOptions::new(client_id, url.host, url.port);
         if let Some(user) = &self.username {
             opts.set_credentials(user.clone(), self.password.clone().unwrap_or_default());
@@ -127,6 +151,33 @@ fn read(path: &Path) -> Result<Vec<u8>, MqttConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_list_gives_one_broker_each() {
+        let args = MqttArgs {
+            url: "mqtt://127.0.0.1:1, mqtt://127.0.0.2:2,".into(),
+            username: None,
+            password: None,
+            ca: None,
+            cert: None,
+            key: None,
+        };
+        let each = args.options_each("c").unwrap();
+        let addrs: Vec<_> = each.iter().map(|o| o.broker_address()).collect();
+        assert_eq!(
+            addrs,
+            [("127.0.0.1".to_owned(), 1), ("127.0.0.2".to_owned(), 2)]
+        );
+        assert!(
+            args.options("c").is_err(),
+            "one broker where one is expected"
+        );
+        let none = MqttArgs {
+            url: " , ".into(),
+            ..args
+        };
+        assert!(none.options_each("c").is_err());
+    }
 
     #[test]
     fn parses_broker_urls() {

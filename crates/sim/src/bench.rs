@@ -156,7 +156,7 @@ fn receiver_task(
                 .collect(),
             Watch::Fleet | Watch::Bbox(_) => vec!["devices/+/location".to_owned()],
         };
-        let mut options = config.fleet.mqtt_options.clone();
+        let mut options = config.fleet.broker(c).clone();
         options.set_client_id(format!(
             "{}-floor-{c}-{}",
             config.fleet.prefix,

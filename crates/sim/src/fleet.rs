@@ -53,7 +53,6 @@ pub async fn run(config: FleetConfig, shutdown: CancellationToken) -> Summary {
     );
 
     let shared = Arc::new(Shared {
-        options: config.mqtt_options.clone(),
         location_every: config.location_every(),
         location_qos: config.location_qos,
         status_every: config.status_every,
@@ -82,6 +81,7 @@ pub async fn run(config: FleetConfig, shutdown: CancellationToken) -> Summary {
             format!("{}-conn-{c}", config.prefix)
         };
         let plan = Plan {
+            options: config.broker(c).clone(),
             client_id,
             devices,
             seed: device_seed(seed, c).rotate_left(29),

@@ -437,3 +437,40 @@ async fn fleet_reconnects_after_broker_loss() {
     assert!(summary.connects >= 4, "{summary:?}");
     assert!(summary.connection_errors >= 2, "{summary:?}");
 }
+
+/// Pins `--mqtt-url` as a list: the fleet's connections take the brokers
+/// in turn, so the devices spread evenly and each device stays on one.
+#[tokio::test]
+async fn fleet_spreads_devices_over_several_brokers() {
+    let a = fieldcast_testkit::Mosquitto::start().await.unwrap();
+    let b = fieldcast_testkit::Mosquitto::start().await.unwrap();
+    let prefix = unique_prefix("m");
+    let mut on_a = Subscriber::start_on(&a.url, &device_filters(&prefix, 4, "location")).await;
+    let mut on_b = Subscriber::start_on(&b.url, &device_filters(&prefix, 4, "location")).await;
+    let args = Cli::parse_from([
+        "fleet".to_string(),
+        format!("--mqtt-url={},{}", a.url, b.url),
+        "--devices=4".into(),
+        format!("--prefix={prefix}"),
+        "--rate=5".into(),
+        "--event-every=0".into(),
+        "--ramp-up=0s".into(),
+    ]);
+    let shutdown = CancellationToken::new();
+    let fleet = tokio::spawn(fleet::run(
+        args.fleet.into_config().unwrap(),
+        shutdown.clone(),
+    ));
+    let devices = |seen: Vec<Seen>| -> HashSet<String> {
+        seen.iter()
+            .filter_map(|s| s.topic.split('/').nth(1).map(str::to_owned))
+            .collect()
+    };
+    let seen_a = devices(on_a.until(Duration::from_secs(10), |s| s.len() >= 20).await);
+    let seen_b = devices(on_b.until(Duration::from_secs(10), |s| s.len() >= 20).await);
+    shutdown.cancel();
+    let _ = timeout(Duration::from_secs(10), fleet).await;
+    assert_eq!(seen_a.len(), 2, "{seen_a:?}");
+    assert_eq!(seen_b.len(), 2, "{seen_b:?}");
+    assert!(seen_a.is_disjoint(&seen_b), "{seen_a:?} {seen_b:?}");
+}

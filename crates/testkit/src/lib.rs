@@ -9,10 +9,11 @@
 //!   prefix or MQTT client id no other test uses. The `shared_*_url`
 //!   functions say where they are (overridable through the environment).
 //! - **Private services** for fault tests, which must kill what they use:
-//!   [`Mosquitto`], [`MosquittoTls`] and [`RedisServer`] start their own
+//!   [`Mosquitto`], [`MosquittoTls`], [`NatsServer`] and [`RedisServer`] start their own
 //!   process on a free port; [`RedisCluster`] starts a whole Redis Cluster
 //!   (primaries, replicas where a test needs failover) and can kill a
 //!   primary, wait for its replica to take over, and bring it back;
+//!   [`NatsCluster`] three NATS nodes with JetStream and MQTT;
 //!   [`TcpProxy`] stands in front of a shared service so a test can cut it
 //!   off without stopping it for everyone else; [`HaProxy`] runs the
 //!   shipped `deploy/haproxy.cfg` in front of a test's gateways.
@@ -21,14 +22,15 @@
 //! is meant for production code: errors are `anyhow`, with context.
 //!
 //! Modules: `util` (ports, names, [`wait_until`]) · `process` (spawn, wait
-//! for the port, kill) · `mosquitto` · `redis` · `redis_cluster` (with
-//! `health` and `view`, what the nodes say) · `postgres` · `proxy` ·
+//! for the port, kill) · `mosquitto` · `nats` · `redis` · `redis_cluster`
+//! (with `health` and `view`, what the nodes say) · `postgres` · `proxy` ·
 //! `haproxy`.
 
 #[cfg(feature = "chain")]
 pub mod chain;
 mod haproxy;
 mod mosquitto;
+mod nats;
 mod postgres;
 mod process;
 mod proxy;
@@ -38,6 +40,7 @@ mod util;
 
 pub use haproxy::{HaProxy, ServerStat};
 pub use mosquitto::{Mosquitto, MosquittoTls};
+pub use nats::{NatsCluster, NatsServer};
 pub use postgres::PgDb;
 pub use proxy::TcpProxy;
 pub use redis::{delete_prefix, PrefixGuard, RedisServer};
@@ -47,6 +50,25 @@ pub use util::{free_port, init_tracing, unique, wait_until};
 /// The shared broker: `FIELDCAST_TEST_MQTT_URL`, else `mqtt://127.0.0.1:1883`.
 pub fn shared_mqtt_url() -> String {
     env_or("FIELDCAST_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+}
+
+/// Which broker the bridge's broker-relevant integration tests run on:
+/// `FIELDCAST_TEST_BROKER=nats` puts the bridge on a private single-node
+/// NATS (JetStream, devices on its MQTT listener); anything else, or
+/// unset, on a private Mosquitto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestBroker {
+    Mosquitto,
+    Nats,
+}
+
+impl TestBroker {
+    pub fn from_env() -> TestBroker {
+        match std::env::var("FIELDCAST_TEST_BROKER") {
+            Ok(v) if v.trim().eq_ignore_ascii_case("nats") => TestBroker::Nats,
+            _ => TestBroker::Mosquitto,
+        }
+    }
 }
 
 /// The shared Redis: `FIELDCAST_TEST_REDIS_URL`, else `redis://127.0.0.1:6379`.

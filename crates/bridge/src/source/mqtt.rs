@@ -1,50 +1,35 @@
-//! The MQTT source: subscribes to the device topics, parses every PUBLISH
-//! once into a typed message, and pushes it into the queue; rejected ones
-//! go to the dead-letter lane with their reason.
+//! The MQTT source: subscribes to the device topics and hands every
+//! PUBLISH to the [`Intake`] (parse once, queue, dead-letter rejects).
 //!
 //! The event loop is polled without pause, so keepalive holds whatever the
-//! sinks are doing: a message the queue has no room for waits in a small
-//! hold-back buffer ([`Held`]) instead of stalling `poll()`. QoS 1 messages
-//! are acknowledged by the sink ([`crate::ack::Acker`]) only after they are stored, so
-//! the broker's inflight window bounds how many QoS 1 messages can be held
-//! back; QoS 0 locations beyond [`HELD_MAX`] are shed and counted
-//! (`fieldcast_bridge_shed_total`), never accepted and then lost.
+//! sinks are doing: a message the queue has no room for waits in the
+//! intake's hold-back buffer instead of stalling `poll()`. QoS 1 messages
+//! are acknowledged by the sink ([`crate::ack::Acker`]) only after they are
+//! stored, so the broker's inflight window bounds how many QoS 1 messages
+//! can be held back; QoS 0 locations beyond [`HELD_MAX`] are shed and
+//! counted (`fieldcast_bridge_shed_total`), never accepted and then lost.
 //! Reconnects back off with jitter (rumqttc by itself retries in a tight
 //! loop).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter};
 use tokio_util::sync::CancellationToken;
 
-use fieldcast_core::{Kind, Limits, Message};
+use fieldcast_core::{Backoff, Kind};
 
 use crate::ack::AckToken;
 use crate::config::Config;
 use crate::health::Health;
-use crate::metrics::{KindLabel, Metrics};
-use crate::queue::Queue;
-use crate::record::{DeadLetter, LocationRow, Reliable};
-use fieldcast_core::{Backoff, LogLimiter};
+use crate::metrics::Metrics;
+pub use crate::source::intake::HELD_MAX;
+use crate::source::intake::{Intake, Settle};
 
 /// Capacity of rumqttc's request channel (subscribe and every PUBACK go
 /// through it). Far above any sane broker inflight window, so an ack never
 /// waits for room while the source is waiting on the queue.
 const REQUEST_CHANNEL: usize = 10_000;
-
-/// Messages held back while the queue is full. QoS 1 ones count against
-/// it but are never shed (the broker's inflight window bounds them); a QoS
-/// 0 location arriving with this many held is shed.
-pub const HELD_MAX: usize = 10_000;
-
-/// One step the queue could not take yet, kept in arrival order.
-#[derive(Debug)]
-enum Held {
-    Location(LocationRow),
-    Reliable(Reliable),
-}
 
 /// The topic filters and their QoS (PROTOCOL.md §2).
 pub fn filters(shared_group: Option<&str>) -> Vec<SubscribeFilter> {
@@ -84,18 +69,17 @@ pub fn connect(
 }
 
 /// The MQTT side of the bridge: polls the broker (keepalive included,
-/// whatever the queue does), parses and validates each PUBLISH once, and
-/// offers it to the [`Queue`]; what does not fit waits in an ordered
-/// hold-back buffer, QoS 1 messages unacknowledged (the broker's inflight
-/// window bounds them). Acknowledgements come later, from the sinks
-/// ([`crate::ack::Acker`]).
+/// whatever the queue does) and offers each PUBLISH to the [`Intake`]
+/// (built with [`crate::source::intake::Settling::InOrder`]); what does
+/// not fit waits there, QoS 1 messages unacknowledged (the broker's
+/// inflight window bounds them). Acknowledgements come later, from the
+/// sinks ([`crate::ack::Acker`]).
 pub struct Source {
     pub client: AsyncClient,
     pub filters: Vec<SubscribeFilter>,
-    pub queue: Arc<Queue>,
+    pub intake: Intake,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    pub limits: Limits,
 }
 
 impl Source {
@@ -104,25 +88,25 @@ impl Source {
     /// broker redelivers them — but the loop keeps polling so the sink's
     /// last acknowledgements still reach the broker.
     pub async fn run(
-        self,
+        mut self,
         mut eventloop: EventLoop,
         stop_reading: CancellationToken,
         stop_polling: CancellationToken,
     ) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-        let mut reject_log = LogLimiter::new(10, Duration::from_secs(10));
         // Between a CONNACK and the next error: a drop counts as a reconnect.
         let mut connected = false;
-        let mut held: VecDeque<Held> = VecDeque::new();
+        let queue = self.intake.queue().clone();
         loop {
             // Created before the attempt, so room made right after it still
             // wakes the select below.
-            let room = self.queue.room();
-            self.release(&mut held);
+            let room = queue.room();
+            self.intake.release();
+            let holding = self.intake.holding();
             let ev = tokio::select! {
                 biased;
                 _ = stop_polling.cancelled() => break,
-                _ = room, if !held.is_empty() => continue,
+                _ = room, if holding => continue,
                 ev = eventloop.poll() => ev,
             };
             match ev {
@@ -131,7 +115,7 @@ impl Source {
                         self.metrics.unread_at_shutdown.inc();
                         continue;
                     }
-                    self.handle(p, &mut held, &mut reject_log);
+                    self.handle(p);
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     connected = true;
@@ -144,7 +128,7 @@ impl Source {
                     if std::mem::take(&mut connected) {
                         self.metrics.mqtt_reconnects.inc();
                     }
-                    self.health.set_mqtt(false);
+                    self.health.set_broker(false);
                     self.metrics.mqtt_connected.set(0);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "broker connection lost");
@@ -155,14 +139,12 @@ impl Source {
                 }
             }
         }
-        if !held.is_empty() {
-            // QoS 1 ones were never acknowledged: the broker redelivers them.
-            self.metrics.unread_at_shutdown.inc_by(held.len() as u64);
-        }
+        // QoS 1 ones were never acknowledged: the broker redelivers them.
+        let _ = self.intake.abandon_held();
         let _ = self.client.try_disconnect();
         // Let the DISCONNECT go out; the broker keeps the session either way.
         let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
-        self.health.set_mqtt(false);
+        self.health.set_broker(false);
         self.metrics.mqtt_connected.set(0);
     }
 
@@ -170,7 +152,7 @@ impl Source {
         self.metrics.mqtt_connected.set(1);
         tracing::info!(session_present, "connected to the broker");
         if session_present {
-            self.health.set_mqtt(true);
+            self.health.set_broker(true);
         } else {
             // A new session (first start, or the broker lost it): the
             // subscriptions must be made again, and the bridge is ready only
@@ -189,100 +171,14 @@ impl Source {
         {
             tracing::error!(?codes, "the broker refused a subscription (check the ACL)");
         }
-        self.health.set_mqtt(true);
+        self.health.set_broker(true);
     }
 
-    /// Moves held-back steps into the queue, in order, while it has room.
-    fn release(&self, held: &mut VecDeque<Held>) {
-        while let Some(step) = held.pop_front() {
-            if let Err(step) = self.try_queue(step) {
-                held.push_front(step);
-                return;
-            }
-        }
-    }
-
-    /// Queues the steps of one message behind anything held back, holding
-    /// what the queue has no room for.
-    fn enqueue(&self, held: &mut VecDeque<Held>, step: Held) {
-        if !held.is_empty() {
-            held.push_back(step);
-        } else if let Err(step) = self.try_queue(step) {
-            held.push_back(step);
-        }
-    }
-
-    fn try_queue(&self, step: Held) -> Result<(), Held> {
-        match step {
-            Held::Location(row) => self.queue.try_push_location(row).map_err(Held::Location),
-            Held::Reliable(item) => self.queue.try_push_reliable(item).map_err(Held::Reliable),
-        }
-    }
-
-    fn handle(&self, p: Publish, held: &mut VecDeque<Held>, reject_log: &mut LogLimiter) {
+    fn handle(&mut self, p: Publish) {
         let now = fieldcast_core::time::now_ms();
-        let ack = (p.qos != QoS::AtMostOnce).then_some(AckToken { pkid: p.pkid });
-        match Message::parse(&p.topic, &p.payload, &self.limits, now) {
-            Err(rej) => {
-                self.metrics.reject(rej.reason);
-                if let Some(suppressed) = reject_log.allow() {
-                    tracing::warn!(topic = %p.topic, reason = %rej.reason, detail = %rej.detail, suppressed, "rejected a message");
-                }
-                self.queue.push_deadletter(DeadLetter::new(
-                    &p.topic,
-                    rej.reason.as_str(),
-                    now,
-                    &p.payload,
-                ));
-                if let Some(a) = ack {
-                    self.enqueue(held, Held::Reliable(Reliable::AckOnly(a)));
-                }
-            }
-            Ok(msg) => {
-                if ack.is_none() && held.len() >= HELD_MAX {
-                    // Only QoS 0 locations get here: at most once by
-                    // contract, so shed (and count) rather than grow.
-                    self.metrics
-                        .shed
-                        .get_or_create(&KindLabel {
-                            kind: msg.kind().as_str(),
-                        })
-                        .inc();
-                    return;
-                }
-                self.metrics.message(msg.kind());
-                match msg {
-                    Message::Location(device, loc) => {
-                        let row = LocationRow {
-                            device,
-                            loc,
-                            received_at: now,
-                        };
-                        self.enqueue(held, Held::Location(row));
-                        if let Some(a) = ack {
-                            self.enqueue(held, Held::Reliable(Reliable::AckOnly(a)));
-                        }
-                    }
-                    Message::Status(device, status) => self.enqueue(
-                        held,
-                        Held::Reliable(Reliable::Status {
-                            device,
-                            status,
-                            rx: now,
-                            ack,
-                        }),
-                    ),
-                    Message::Event(device, event) => self.enqueue(
-                        held,
-                        Held::Reliable(Reliable::Event {
-                            device,
-                            event,
-                            rx: now,
-                            ack,
-                        }),
-                    ),
-                }
-            }
-        }
+        let ack = (p.qos != QoS::AtMostOnce).then_some(AckToken::Mqtt { pkid: p.pkid });
+        // In order: every token goes through the reliable lane.
+        let settle = self.intake.offer(&p.topic, &p.payload, ack, now);
+        debug_assert_eq!(settle, Settle::Later);
     }
 }

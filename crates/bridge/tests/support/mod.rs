@@ -4,6 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use clap::Parser;
@@ -19,10 +20,19 @@ use fred::types::config::Config as RedisConfig;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// `--nats-ack-wait` of a harness's bridge on NATS.
+pub const NATS_ACK_WAIT: &str = "3s";
+
 pub struct Harness {
     /// A private broker: the bridge subscribes to every device topic, so a
     /// shared one would mix in other tests' devices.
     pub broker: Option<fieldcast_testkit::Mosquitto>,
+    /// Or a private NATS (`FIELDCAST_TEST_BROKER=nats`, or a NATS test):
+    /// devices publish to its MQTT listener ([`Harness::mqtt_url`]), the
+    /// bridge reads JetStream at [`Harness::nats_url`].
+    pub nats: Option<fieldcast_testkit::NatsServer>,
+    /// When set, the bridge gets `--nats-url` (and reads no MQTT).
+    pub nats_url: Option<String>,
     pub db: PgDb,
     pub prefix: String,
     pub client_id: String,
@@ -52,14 +62,71 @@ impl Running {
 }
 
 impl Harness {
-    /// A harness with its own broker.
+    /// A harness with its own broker: Mosquitto, or a single-node NATS
+    /// when `FIELDCAST_TEST_BROKER=nats` (the tests that run on both call
+    /// this or [`Harness::private_with_redis`]).
     pub async fn private() -> Harness {
-        let broker = fieldcast_testkit::Mosquitto::start()
+        Self::private_with_redis(&fieldcast_testkit::shared_redis_url()).await
+    }
+
+    /// [`Harness::private`] with the bridge on `redis_url` (the harness's
+    /// client stays on the shared Redis).
+    pub async fn private_with_redis(redis_url: &str) -> Harness {
+        match fieldcast_testkit::TestBroker::from_env() {
+            fieldcast_testkit::TestBroker::Mosquitto => {
+                let broker = fieldcast_testkit::Mosquitto::start()
+                    .await
+                    .expect("private mosquitto");
+                let mut h = Self::with_redis(&broker.url, redis_url).await;
+                h.broker = Some(broker);
+                h
+            }
+            fieldcast_testkit::TestBroker::Nats => Self::private_nats(redis_url).await,
+        }
+    }
+
+    /// A harness on its own single-node NATS, whatever the environment
+    /// says.
+    pub async fn private_nats(redis_url: &str) -> Harness {
+        let nats = fieldcast_testkit::NatsServer::start()
             .await
-            .expect("private mosquitto");
-        let mut h = Self::with_redis(&broker.url, &fieldcast_testkit::shared_redis_url()).await;
-        h.broker = Some(broker);
+            .expect("private nats-server");
+        let mut h = Self::with_redis(&nats.mqtt_url, redis_url).await;
+        h.nats_url = Some(nats.url.clone());
+        h.nats = Some(nats);
         h
+    }
+
+    /// Whether the bridge reads JetStream.
+    pub fn on_nats(&self) -> bool {
+        self.nats_url.is_some()
+    }
+
+    /// SIGKILLs the harness's private broker, whichever it is.
+    pub fn kill_broker(&mut self) {
+        match (&mut self.broker, &mut self.nats) {
+            (Some(m), _) => m.kill(),
+            (None, Some(n)) => n.kill(),
+            (None, None) => panic!("the harness has no private broker"),
+        }
+    }
+
+    /// Starts the harness's private broker again on its ports.
+    pub async fn restart_broker(&mut self) {
+        match (&mut self.broker, &mut self.nats) {
+            (Some(m), _) => m.restart().await.unwrap(),
+            (None, Some(n)) => n.restart().await.unwrap(),
+            (None, None) => panic!("the harness has no private broker"),
+        }
+    }
+
+    /// The bridge's counter of lost broker connections.
+    pub fn reconnects_metric(&self) -> &'static str {
+        if self.on_nats() {
+            "fieldcast_bridge_nats_reconnects_total"
+        } else {
+            "fieldcast_bridge_mqtt_reconnects_total"
+        }
     }
 
     /// A harness with its own broker, for a bridge on the Redis (or Redis
@@ -91,6 +158,8 @@ impl Harness {
             _keys: (redis_url == fieldcast_testkit::shared_redis_url())
                 .then(|| fieldcast_testkit::PrefixGuard::new(redis_url, &prefix)),
             broker: None,
+            nats: None,
+            nats_url: None,
             db: PgDb::create().await.expect("test database"),
             prefix,
             client_id: unique("bridge"),
@@ -127,6 +196,11 @@ impl Harness {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(url) = &self.nats_url {
+            // A short ack_wait: a killed bridge's messages come back
+            // within the tests' patience (the default is 30 s).
+            a.extend(["--nats-url", url, "--nats-ack-wait", NATS_ACK_WAIT].map(String::from));
+        }
         a.extend(self.extra.iter().cloned());
         a
     }
@@ -597,4 +671,63 @@ fn as_root(program: &str) -> std::process::Command {
         c.args(["-n", program]);
         c
     }
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fieldcast-bridge");
+
+/// The real `fieldcast-bridge` binary, for tests that kill it; killed
+/// when dropped, so a failing test leaves none behind.
+pub struct Bridge(pub Child);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Bridge {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Bridge {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+/// Runs the real binary with the harness's flags; `set` overrides some.
+pub fn spawn_bridge(h: &Harness, admin_port: u16, set: &[(&str, &str)]) -> Bridge {
+    let mut args = h.args(&h.db.url);
+    args.remove(0);
+    let admin = format!("127.0.0.1:{admin_port}");
+    for (flag, value) in [("--admin-addr", admin.as_str())].iter().chain(set) {
+        let i = args.iter().position(|a| a == flag).unwrap() + 1;
+        args[i] = value.to_string();
+    }
+    let child = Command::new(BIN)
+        .args(&args)
+        .env(
+            "RUST_LOG",
+            std::env::var("BRIDGE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    Bridge(child)
+}
+
+pub async fn wait_ready(admin_port: u16) {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    wait_until(WAIT, "bridge /readyz", || async move {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => http_get(addr, "/readyz").await.0 == 200,
+            Err(_) => false,
+        }
+    })
+    .await
+    .unwrap();
 }

@@ -68,7 +68,7 @@ pub fn spawn(
                 (d, device)
             })
             .collect();
-        let mut options = config.mqtt_options.clone();
+        let mut options = config.broker(c).clone();
         options
             .set_client_id(format!("{}-bench-{c}-{nonce}", config.prefix))
             .set_keep_alive(Duration::from_secs(30))

@@ -77,8 +77,11 @@ pub struct FleetArgs {
 /// A fleet, checked and typed.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
-    /// Broker, credentials and TLS, without a client id yet.
-    pub mqtt_options: MqttOptions,
+    /// One per broker of `--mqtt-url` (a comma-separated list spreads the
+    /// connections over several, e.g. the MQTT listeners of a NATS
+    /// cluster): address, credentials and TLS, without a client id yet.
+    /// Never empty ([`FleetArgs::into_config`] makes at least one).
+    pub mqtt_options: Vec<MqttOptions>,
     pub devices: usize,
     pub prefix: String,
     /// Locations per second per device.
@@ -97,7 +100,7 @@ pub struct FleetConfig {
 impl FleetArgs {
     /// Checks what clap could not (MQTT URL, TLS files).
     pub fn into_config(self) -> Result<FleetConfig, MqttConfigError> {
-        let mqtt_options = self.mqtt.options("fieldcast-sim")?;
+        let mqtt_options = self.mqtt.options_each("fieldcast-sim")?;
         let positive = |s: f64| (s > 0.0).then(|| Duration::from_secs_f64(s));
         Ok(FleetConfig {
             mqtt_options,
@@ -124,6 +127,13 @@ impl FleetArgs {
 }
 
 impl FleetConfig {
+    /// The broker of connection `c`: the brokers in turn, so devices
+    /// spread evenly over them.
+    pub fn broker(&self, c: usize) -> &MqttOptions {
+        // Never empty (see the field), so the index is in range.
+        &self.mqtt_options[c % self.mqtt_options.len().max(1)]
+    }
+
     /// How many MQTT connections the devices go over.
     pub fn connections(&self) -> usize {
         match self.requested_connections {

@@ -42,9 +42,6 @@ const MAX_STEP_SECS: f64 = 600.0;
 /// What every connection of a fleet shares.
 #[derive(Debug)]
 pub struct Shared {
-    /// Broker address, credentials and TLS; each connection sets its client
-    /// id, keepalive and Last Will on a copy.
-    pub options: MqttOptions,
     /// Seconds between locations of one device; `None`: no locations.
     pub location_every: Option<Duration>,
     pub location_qos: QoS,
@@ -63,6 +60,9 @@ pub struct Shared {
 /// One connection's share of the fleet.
 #[derive(Debug)]
 pub struct Plan {
+    /// Its broker's address, credentials and TLS; the connection sets its
+    /// client id, keepalive and Last Will on it.
+    pub options: MqttOptions,
     pub client_id: String,
     pub devices: Vec<Device>,
     /// Seed for this connection's timing jitter.
@@ -79,7 +79,7 @@ struct Link {
 
 /// Starts the driver and publisher of one connection on `tracker`.
 pub fn spawn(tracker: &TaskTracker, plan: Plan, shared: Arc<Shared>) {
-    let mut options = shared.options.clone();
+    let mut options = plan.options.clone();
     options
         .set_client_id(plan.client_id.clone())
         .set_keep_alive(Duration::from_secs(30))

@@ -1,0 +1,458 @@
+//! The JetStream source (docs/nats.md): devices publish over MQTT to
+//! nats-server, which puts `devices/{id}/{kind}` on the subject
+//! `devices.{id}.{kind}`; a stream captures `devices.>` and every bridge
+//! pulls from one shared durable consumer with explicit acks. Each message
+//! goes to the same [`Intake`] as an MQTT PUBLISH, under its topic in MQTT
+//! form ([`topic_of`]), so validation, dead letters and the ack points are
+//! the MQTT source's (see [`crate::source::intake`] for where each kind is
+//! acknowledged).
+//!
+//! Backpressure: the source stops pulling while the queue holds anything
+//! back, so a JetStream backlog waits in the stream, not in memory; the
+//! consumer's `max_ack_pending` bounds what all bridges together hold
+//! unacknowledged. A message not acknowledged within `ack_wait` (its
+//! bridge died, or stalled) is delivered again, to any bridge; every store
+//! is idempotent for it: events by (`device`, `id`), statuses and
+//! locations by (`device`, `ts`) — and a message without `ts` takes its
+//! stream timestamp, the same on every delivery.
+//!
+//! Connection: async-nats reconnects by itself, here with the bridge's
+//! jittered backoff and a log line per attempt; `/readyz` is ready while
+//! connected with the consumer in place.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::{FutureExt as _, StreamExt as _};
+use tokio_util::sync::CancellationToken;
+
+use fieldcast_core::Backoff;
+
+use crate::ack::{AckToken, Acker, Verdict};
+use crate::config::{Config, NatsArgs};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::source::intake::{Intake, Settle};
+
+/// The subjects the stream captures: every device topic, as nats-server's
+/// MQTT listener maps it.
+pub const SUBJECTS: &str = "devices.>";
+
+/// Replicas of a stream the bridge creates on a cluster.
+const CLUSTER_REPLICAS: usize = 3;
+
+/// How often an idle pull asks the server for a heartbeat: a missed one
+/// (the server or the consumer gone) shows within two of these.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Why the stream or the consumer could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot connect to FIELDCAST_NATS_URL: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+    #[error("FIELDCAST_NATS_URL {0:?}: {1}")]
+    Url(String, async_nats::Error),
+    #[error("cannot get or create the stream {0}: {1}")]
+    Stream(String, String),
+    #[error("cannot get or create the consumer {0}: {1}")]
+    Consumer(String, String),
+    #[error("cannot start pulling from the consumer: {0}")]
+    Pull(String),
+}
+
+/// The consumer's settings, from [`NatsArgs`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub stream: String,
+    pub consumer: String,
+    pub max_ack_pending: usize,
+    pub ack_wait: Duration,
+    pub batch: usize,
+}
+
+impl Settings {
+    pub fn of(config: &Config) -> Settings {
+        Settings {
+            stream: config.nats.stream.clone(),
+            consumer: config.nats.consumer.clone(),
+            max_ack_pending: config.nats_max_ack_pending(),
+            ack_wait: config.nats.ack_wait,
+            batch: config.nats.batch.min(config.nats_max_ack_pending()),
+        }
+    }
+}
+
+/// The source's side of readiness: whether its consumer is in place. The
+/// connection's side comes from async-nats's events ([`connect`]).
+#[derive(Debug, Default)]
+struct Link {
+    consumer_ready: AtomicBool,
+}
+
+/// Connects to the servers of `url` in the background (the bridge starts,
+/// not ready, while NATS is down), reconnecting for ever with the bridge's
+/// jittered backoff. Connection events set readiness and the
+/// `nats_connected` / `nats_reconnects_total` metrics.
+pub async fn connect(
+    url: &str,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+) -> Result<(async_nats::Client, NatsLink), SetupError> {
+    let servers = NatsArgs::servers(url)
+        .map(|s| {
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| SetupError::Url(url.to_owned(), Box::new(e)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let link = Arc::new(Link::default());
+    let events = {
+        let link = link.clone();
+        move |event: async_nats::Event| {
+            let (health, metrics, link) = (health.clone(), metrics.clone(), link.clone());
+            async move { on_event(&event, &health, &metrics, &link) }
+        }
+    };
+    let client = async_nats::ConnectOptions::new()
+        .name("fieldcast-bridge")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .ping_interval(Duration::from_secs(5))
+        .reconnect_delay_callback(reconnect_delay)
+        .event_callback(events)
+        .connect(servers)
+        .await?;
+    Ok((client, NatsLink(link)))
+}
+
+/// Readiness shared between the connection's events and the [`Source`].
+#[derive(Debug, Clone)]
+pub struct NatsLink(Arc<Link>);
+
+fn on_event(event: &async_nats::Event, health: &Health, metrics: &Metrics, link: &Link) {
+    match event {
+        async_nats::Event::Connected => {
+            tracing::info!("connected to NATS");
+            metrics.nats_connected.set(1);
+            health.set_broker(link.consumer_ready.load(Ordering::Relaxed));
+        }
+        async_nats::Event::Disconnected => {
+            tracing::warn!("NATS connection lost; reconnecting");
+            metrics.nats_connected.set(0);
+            metrics.nats_reconnects.inc();
+            health.set_broker(false);
+        }
+        async_nats::Event::Closed => {
+            metrics.nats_connected.set(0);
+            health.set_broker(false);
+        }
+        async_nats::Event::Draining => tracing::info!("NATS connection draining"),
+        // A failed connection attempt: `reconnect_delay` logs each one.
+        async_nats::Event::ClientError(e) => tracing::debug!(error = %e, "NATS client"),
+        other => tracing::warn!(event = %other, "NATS"),
+    }
+}
+
+/// The delay before connection attempt `attempts` (async-nats counts from
+/// 1, the first try, and again after each connection it had): none for the
+/// first, then the bridge's equal-jitter backoff, 200 ms doubling to 30 s.
+fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let d = Backoff::new(Duration::from_millis(200), Duration::from_secs(30))
+        .delay_after(u32::try_from(attempts - 2).unwrap_or(u32::MAX));
+    tracing::warn!(attempt = attempts, retry_in = ?d, "NATS unreachable");
+    d
+}
+
+/// `devices.{id}.{kind}` back to the topic `devices/{id}/{kind}`. A
+/// subject token holds a topic level; nats-server 2.10 and later write a
+/// '.' inside a level as "//" (2.9 refuses such topics at the broker), so
+/// "//" becomes '.' again.
+pub fn topic_of(subject: &str) -> String {
+    let mut topic = String::with_capacity(subject.len());
+    for (i, token) in subject.split('.').enumerate() {
+        if i > 0 {
+            topic.push('/');
+        }
+        topic.push_str(&token.replace("//", "."));
+    }
+    topic
+}
+
+/// The replicas of a stream the bridge creates: 3 when the server it is
+/// connected to is part of a cluster (its INFO names one), else 1.
+pub fn replicas(info: &async_nats::ServerInfo) -> usize {
+    if info.cluster.as_deref().is_some_and(|c| !c.is_empty()) {
+        CLUSTER_REPLICAS
+    } else {
+        1
+    }
+}
+
+/// The JetStream side of the bridge: pulls from the shared consumer and
+/// hands each message to the [`Intake`] (built with
+/// [`crate::source::intake::Settling::Independent`]).
+pub struct Source {
+    pub client: async_nats::Client,
+    pub link: NatsLink,
+    pub settings: Settings,
+    pub intake: Intake,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
+impl Source {
+    /// Runs until `stop_polling`. After `stop_reading` (shutdown began) it
+    /// pulls no more and gives back (`-NAK`) what it took but did not
+    /// queue, so another bridge gets it at once; the connection stays up
+    /// for the sinks' last acks until `stop_polling`, then is flushed and
+    /// closed.
+    pub async fn run(mut self, stop_reading: CancellationToken, stop_polling: CancellationToken) {
+        let acker = Acker::Nats(self.client.clone());
+        let js = jetstream::new(self.client.clone());
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut log = fieldcast_core::LogLimiter::new(5, Duration::from_secs(10));
+        let mut taken: Option<consumer::pull::Stream> = None;
+        while !stop_reading.is_cancelled() {
+            if taken.is_none() {
+                let started = tokio::select! {
+                    _ = stop_reading.cancelled() => break,
+                    r = self.pull(&js) => r,
+                };
+                match started {
+                    Ok(m) => {
+                        backoff.reset();
+                        taken = Some(m);
+                    }
+                    Err(e) => {
+                        self.set_consumer_ready(false);
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %e, retry_in = ?delay, "JetStream consumer not ready");
+                        tokio::select! {
+                            _ = stop_reading.cancelled() => break,
+                            _ = tokio::time::sleep(delay) => continue,
+                        }
+                    }
+                }
+            }
+            let Some(messages) = taken.as_mut() else {
+                continue;
+            };
+            let queue = self.intake.queue().clone();
+            // Created before the release, so room made right after it
+            // still wakes the select below.
+            let room = queue.room();
+            self.intake.release();
+            if self.intake.holding() {
+                tokio::select! {
+                    biased;
+                    _ = stop_reading.cancelled() => break,
+                    _ = room => continue,
+                }
+            }
+            let next = tokio::select! {
+                biased;
+                _ = stop_reading.cancelled() => break,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(msg)) => self.handle(msg, &acker).await,
+                Some(Err(e)) => {
+                    // Missed heartbeats and failed pulls (NATS away) are
+                    // retried by the stream itself; the rest need a new one.
+                    use consumer::pull::MessagesErrorKind as K;
+                    let fatal = matches!(
+                        e.kind(),
+                        K::ConsumerDeleted
+                            | K::NoResponders
+                            | K::PushBasedConsumer
+                            | K::RequestLimitExceeded
+                    );
+                    if let Some(suppressed) = log.allow() {
+                        tracing::warn!(error = %e, fatal, suppressed, "JetStream pull");
+                    }
+                    if fatal {
+                        self.set_consumer_ready(false);
+                        taken = None;
+                    }
+                }
+                None => {
+                    self.set_consumer_ready(false);
+                    taken = None;
+                }
+            }
+        }
+        self.give_back(taken, &acker).await;
+        // The sinks' last acks go out over this connection.
+        stop_polling.cancelled().await;
+        self.close().await;
+    }
+
+    /// At shutdown: what was taken but not queued goes back at once
+    /// (`-NAK`), for another bridge.
+    async fn give_back(&mut self, taken: Option<consumer::pull::Stream>, acker: &Acker) {
+        let mut back = self.intake.abandon_held();
+        if let Some(mut messages) = taken {
+            while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
+                if let Some(reply) = msg.message.reply {
+                    back.push(AckToken::Nats(reply));
+                }
+            }
+        }
+        for t in &back {
+            let _ = acker.settle(t, Verdict::Nak).await;
+        }
+        if !back.is_empty() {
+            tracing::info!(n = back.len(), "gave unqueued messages back to JetStream");
+        }
+    }
+
+    /// Flushes the last acks and closes the connection, each step bounded
+    /// (NATS may be gone).
+    async fn close(&self) {
+        const BOUND: Duration = Duration::from_secs(2);
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        if connected
+            && tokio::time::timeout(BOUND, self.client.flush())
+                .await
+                .is_err()
+        {
+            tracing::warn!("last acks not flushed to NATS; they will be redelivered");
+        }
+        self.set_consumer_ready(false);
+        let _ = tokio::time::timeout(BOUND, self.client.drain()).await;
+        self.metrics.nats_connected.set(0);
+    }
+
+    fn set_consumer_ready(&self, ok: bool) {
+        self.link.0.consumer_ready.store(ok, Ordering::Relaxed);
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        self.health.set_broker(ok && connected);
+    }
+
+    /// Waits for the connection, makes sure the stream and the consumer
+    /// exist, and starts pulling.
+    async fn pull(&self, js: &jetstream::Context) -> Result<consumer::pull::Stream, SetupError> {
+        while self.client.connection_state() != async_nats::connection::State::Connected {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let s = &self.settings;
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: s.stream.clone(),
+                subjects: vec![SUBJECTS.to_owned()],
+                // Acknowledged messages leave the stream: its size is the
+                // backlog, not the history.
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: replicas(&self.client.server_info()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| SetupError::Stream(s.stream.clone(), e.to_string()))?;
+        let info = stream.cached_info();
+        if !info.config.subjects.iter().any(|x| x == SUBJECTS) {
+            tracing::warn!(stream = %s.stream, subjects = ?info.config.subjects, "the stream does not capture {SUBJECTS}");
+        }
+        tracing::info!(stream = %s.stream, replicas = info.config.num_replicas, messages = info.state.messages, "JetStream stream");
+        let config = consumer::pull::Config {
+            durable_name: Some(s.consumer.clone()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: s.ack_wait,
+            max_ack_pending: i64::try_from(s.max_ack_pending).unwrap_or(i64::MAX),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        // Create, or update the settings of the one another bridge made;
+        // a consumer that cannot be updated is used as it is.
+        let consumer: consumer::PullConsumer = match stream.create_consumer(config).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(consumer = %s.consumer, error = %e, "cannot create or update the consumer; using it as it is");
+                stream
+                    .get_consumer(&s.consumer)
+                    .await
+                    .map_err(|e| SetupError::Consumer(s.consumer.clone(), e.to_string()))?
+            }
+        };
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(s.batch)
+            .heartbeat(HEARTBEAT)
+            .messages()
+            .await
+            .map_err(|e| SetupError::Pull(e.to_string()))?;
+        self.set_consumer_ready(true);
+        tracing::info!(consumer = %s.consumer, max_ack_pending = s.max_ack_pending, ack_wait = ?s.ack_wait, "pulling from JetStream");
+        Ok(messages)
+    }
+
+    async fn handle(&mut self, msg: jetstream::Message, acker: &Acker) {
+        let (now, redelivered) = match msg.info() {
+            Ok(info) => (
+                i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
+                    .unwrap_or_else(|_| fieldcast_core::time::now_ms()),
+                info.delivered > 1,
+            ),
+            Err(_) => (fieldcast_core::time::now_ms(), false),
+        };
+        if redelivered {
+            self.metrics.nats_redelivered.inc();
+        }
+        let jetstream::Message { message, .. } = msg;
+        let Some(reply) = message.reply else {
+            // Not from a consumer with acks: nothing to settle.
+            return;
+        };
+        let topic = topic_of(message.subject.as_str());
+        match self
+            .intake
+            .offer(&topic, &message.payload, Some(AckToken::Nats(reply)), now)
+        {
+            Settle::Later => {}
+            Settle::Now(t, verdict) => {
+                if let Err(e) = acker.settle(&t, verdict).await {
+                    tracing::debug!(error = %e, "settle not sent");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_map_back_to_topics() {
+        assert_eq!(
+            topic_of("devices.truck-7.location"),
+            "devices/truck-7/location"
+        );
+        assert_eq!(topic_of("devices.a_b.events"), "devices/a_b/events");
+        // nats-server 2.10+: a '.' in a topic level travels as "//".
+        assert_eq!(topic_of("devices.v1//2.status"), "devices/v1.2/status");
+        assert_eq!(topic_of("devices.x.y.location"), "devices/x/y/location");
+    }
+
+    #[test]
+    fn a_cluster_gets_three_replicas() {
+        let mut info = async_nats::ServerInfo::default();
+        assert_eq!(replicas(&info), 1);
+        info.cluster = Some("fc".into());
+        assert_eq!(replicas(&info), 3);
+    }
+
+    #[test]
+    fn reconnects_back_off_with_jitter_up_to_30s() {
+        assert_eq!(reconnect_delay(1), Duration::ZERO, "the first try at once");
+        let first = reconnect_delay(2);
+        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200));
+        let late = reconnect_delay(50);
+        assert!(late >= Duration::from_secs(15) && late <= Duration::from_secs(30));
+    }
+}
