@@ -81,7 +81,7 @@ pub async fn run(config: FleetConfig, shutdown: CancellationToken) -> Summary {
             format!("{}-conn-{c}", config.prefix)
         };
         let plan = Plan {
-            options: config.broker(c).clone(),
+            brokers: config.brokers_from(c),
             client_id,
             devices,
             seed: device_seed(seed, c).rotate_left(29),

@@ -474,3 +474,47 @@ async fn fleet_spreads_devices_over_several_brokers() {
     assert_eq!(seen_b.len(), 2, "{seen_b:?}");
     assert!(seen_a.is_disjoint(&seen_b), "{seen_a:?} {seen_b:?}");
 }
+
+/// Pins what a device with a list of brokers does (the MQTT listeners of
+/// a NATS cluster): when its broker is lost, its connection goes on to the
+/// next one in the list rather than waiting for the lost one to return.
+#[tokio::test]
+async fn devices_of_a_lost_broker_go_on_to_the_next() {
+    let mut a = fieldcast_testkit::Mosquitto::start().await.unwrap();
+    let b = fieldcast_testkit::Mosquitto::start().await.unwrap();
+    let prefix = unique_prefix("f");
+    let mut on_b = Subscriber::start_on(&b.url, &device_filters(&prefix, 4, "location")).await;
+    let args = Cli::parse_from([
+        "fleet".to_string(),
+        format!("--mqtt-url={},{}", a.url, b.url),
+        "--devices=4".into(),
+        format!("--prefix={prefix}"),
+        "--rate=5".into(),
+        "--event-every=0".into(),
+        "--ramp-up=0s".into(),
+    ]);
+    let shutdown = CancellationToken::new();
+    let fleet = tokio::spawn(fleet::run(
+        args.fleet.into_config().unwrap(),
+        shutdown.clone(),
+    ));
+    let devices = |seen: &[Seen]| -> HashSet<String> {
+        seen.iter()
+            .filter_map(|s| s.topic.split('/').nth(1).map(str::to_owned))
+            .collect()
+    };
+    let before = devices(&on_b.until(Duration::from_secs(10), |s| s.len() >= 20).await);
+    assert_eq!(
+        before.len(),
+        2,
+        "half the devices on b at first: {before:?}"
+    );
+    a.kill();
+    // b alone now: every device's locations arrive there.
+    let after = on_b
+        .until(Duration::from_secs(20), |s| devices(s).len() == 4)
+        .await;
+    shutdown.cancel();
+    let _ = timeout(Duration::from_secs(10), fleet).await;
+    assert_eq!(devices(&after).len(), 4, "{:?}", devices(&after));
+}

@@ -134,6 +134,15 @@ impl FleetConfig {
         &self.mqtt_options[c % self.mqtt_options.len().max(1)]
     }
 
+    /// Every broker, connection `c`'s own ([`Self::broker`]) first and the
+    /// rest in turn after it: where it goes when its broker is lost.
+    pub fn brokers_from(&self, c: usize) -> Vec<MqttOptions> {
+        let n = self.mqtt_options.len().max(1);
+        (0..self.mqtt_options.len())
+            .map(|i| self.mqtt_options[(c + i) % n].clone())
+            .collect()
+    }
+
     /// How many MQTT connections the devices go over.
     pub fn connections(&self) -> usize {
         match self.requested_connections {

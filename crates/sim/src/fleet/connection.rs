@@ -60,9 +60,11 @@ pub struct Shared {
 /// One connection's share of the fleet.
 #[derive(Debug)]
 pub struct Plan {
-    /// Its broker's address, credentials and TLS; the connection sets its
-    /// client id, keepalive and Last Will on it.
-    pub options: MqttOptions,
+    /// Its brokers' address, credentials and TLS, its own first; the
+    /// connection sets its client id, keepalive and Last Will on each.
+    /// Like a device given a list of nodes (the MQTT listeners of a NATS
+    /// cluster), a connection whose broker is lost tries the next one.
+    pub brokers: Vec<MqttOptions>,
     pub client_id: String,
     pub devices: Vec<Device>,
     /// Seed for this connection's timing jitter.
@@ -79,22 +81,28 @@ struct Link {
 
 /// Starts the driver and publisher of one connection on `tracker`.
 pub fn spawn(tracker: &TaskTracker, plan: Plan, shared: Arc<Shared>) {
-    let mut options = plan.options.clone();
-    options
-        .set_client_id(plan.client_id.clone())
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true);
-    // One connection can carry one Last Will: the first device's.
-    if let Some(first) = plan.devices.first() {
-        options.set_last_will(LastWill::new(
-            first.topics().status.clone(),
-            payload::will(),
-            QoS::AtLeastOnce,
-            true,
-        ));
+    let mut brokers: Vec<MqttOptions> = plan.brokers;
+    for options in &mut brokers {
+        options
+            .set_client_id(plan.client_id.clone())
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(true);
+        // One connection can carry one Last Will: the first device's.
+        if let Some(first) = plan.devices.first() {
+            options.set_last_will(LastWill::new(
+                first.topics().status.clone(),
+                payload::will(),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
     }
+    let Some(first) = brokers.first().cloned() else {
+        warn!(client_id = %plan.client_id, "no broker to connect to");
+        return;
+    };
     let capacity = (plan.devices.len() * 4).clamp(16, 1024);
-    let (client, mut eventloop) = AsyncClient::new(options, capacity);
+    let (client, mut eventloop) = AsyncClient::new(first, capacity);
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
     network.set_connection_timeout(10);
@@ -105,6 +113,8 @@ pub fn spawn(tracker: &TaskTracker, plan: Plan, shared: Arc<Shared>) {
         client_id: plan.client_id,
         _client: client.clone(),
         eventloop,
+        brokers,
+        broker: 0,
         link: link_tx,
         shared: Arc::clone(&shared),
         rng: SmallRng::seed_from_u64(plan.seed),
@@ -129,6 +139,10 @@ struct Driver {
     /// last goodbyes and the DISCONNECT) and publishes the Last Will.
     _client: AsyncClient,
     eventloop: EventLoop,
+    /// Every broker, ready to connect (client id, Last Will set), and the
+    /// one in use.
+    brokers: Vec<MqttOptions>,
+    broker: usize,
     /// Link state; the other half is the publisher's.
     link: watch::Sender<Link>,
     shared: Arc<Shared>,
@@ -190,6 +204,11 @@ impl Driver {
                         break;
                     }
                     Stats::add(&stats.connection_errors, 1);
+                    if self.brokers.len() > 1 {
+                        // rumqttc connects with `mqtt_options` on the next poll.
+                        self.broker = (self.broker + 1) % self.brokers.len();
+                        self.eventloop.mqtt_options = self.brokers[self.broker].clone();
+                    }
                     let delay = backoff.next_delay_with(&mut self.rng);
                     match stats.warn_allowed() {
                         Some(suppressed) => warn!(
