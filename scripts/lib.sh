@@ -89,6 +89,11 @@ FC_PKGS_SERVICES=(
   haproxy:/usr/sbin/haproxy
 )
 FC_PKGS_BROWSER=(chromium:/usr/bin/chromium nodejs:node npm:npm)
+# scripts/cluster.sh: its own NATS nodes, Redis Cluster and HAProxy.
+FC_PKGS_CLUSTER=(
+  nats-server:/usr/sbin/nats-server redis-server:/usr/bin/redis-server redis-tools:redis-cli
+  haproxy:/usr/sbin/haproxy curl:curl
+)
 
 fc_probe() {
   case $1 in
@@ -129,7 +134,7 @@ fc_quiet_haproxy() {
   fi
 }
 
-# The packages of groups build, services, browser.
+# The packages of groups build, services, browser, cluster.
 fc_install_groups() {
   local pairs=() g
   for g in "$@"; do
@@ -137,7 +142,8 @@ fc_install_groups() {
       build) pairs+=("${FC_PKGS_BUILD[@]}") ;;
       services) pairs+=("${FC_PKGS_SERVICES[@]}") ;;
       browser) pairs+=("${FC_PKGS_BROWSER[@]}") ;;
-      *) fc_die "unknown package group '$g' (build, services, browser)" ;;
+      cluster) pairs+=("${FC_PKGS_CLUSTER[@]}") ;;
+      *) fc_die "unknown package group '$g' (build, services, browser, cluster)" ;;
     esac
   done
   fc_install "${pairs[@]}"
