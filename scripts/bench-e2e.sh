@@ -18,7 +18,10 @@
 # 17101.., every node's CPU watched), REDIS_PRIVATE (1: a private single
 # Redis on port 17100 instead of the machine's, so nothing else running
 # counts in its CPU), BRIDGES (1; N > 1: N bridges in one Mosquitto shared
-# group, admin ports ADMIN_PORT, ADMIN_PORT+1, ...). Each Redis node's
+# group, admin ports ADMIN_PORT, ADMIN_PORT+1, ...), BROKER (mosquitto;
+# nats: a private single nats-server with JetStream, its MQTT listener on
+# PORT for the fleet and the floor's subscribers, the bridges reading the
+# stream through FIELDCAST_NATS_URL, client port NATS_PORT (14222)). Each Redis node's
 # `INFO commandstats` over the gateway run goes to $base-redis-<port>.txt
 # (where its CPU went, command by command). The table goes
 # to stdout; each run's JSON line is appended to $OUT/results.jsonl.
@@ -42,7 +45,20 @@ fi
 mkdir -p "$OUT"
 . scripts/bench-world.sh
 
-/usr/sbin/mosquitto -c "$tmp/mosquitto.conf" >/dev/null 2>&1 & broker=$!; pids+=("$broker")
+if [ "${BROKER:-mosquitto}" = nats ]; then
+  NATS_PORT=${NATS_PORT:-14222}; mkdir -p "$tmp/js"
+  cat > "$tmp/nats.conf" <<CONF
+server_name: bench
+listen: 127.0.0.1:$NATS_PORT
+jetstream { store_dir: "$tmp/js" }
+mqtt { listen: 127.0.0.1:$PORT }
+CONF
+  nats-server -c "$tmp/nats.conf" >"$tmp/nats.log" 2>&1 & broker=$!; pids+=("$broker")
+  export FIELDCAST_NATS_URL="nats://127.0.0.1:$NATS_PORT"
+  for _ in $(seq 1 50); do fc_port_open "$PORT" && break; sleep 0.1; done
+else
+  /usr/sbin/mosquitto -c "$tmp/mosquitto.conf" >/dev/null 2>&1 & broker=$!; pids+=("$broker")
+fi
 export FIELDCAST_MQTT_URL="mqtt://127.0.0.1:$PORT"
 sleep 0.5
 label=$(printf '%s\n' "$@" | awk 'f { print; exit } $0 == "--label" { f = 1 }')
@@ -103,7 +119,9 @@ export FIELDCAST_JWT_SECRET="bench-$$-$RANDOM$RANDOM"
 export RUST_LOG=${RUST_LOG:-warn}
 
 watch=(); bridge_pids=()
-[ "$BRIDGES" -gt 1 ] && export FIELDCAST_MQTT_SHARED_GROUP="bench$$"
+# Several bridges: a shared group on Mosquitto; on NATS they share the
+# stream's durable consumer anyway.
+[ "$BRIDGES" -gt 1 ] && [ "${BROKER:-mosquitto}" != nats ] && export FIELDCAST_MQTT_SHARED_GROUP="bench$$"
 for i in $(seq 0 $((BRIDGES - 1))); do
   admin=127.0.0.1:$((ADMIN_PORT + i))
   FIELDCAST_MQTT_CLIENT_ID="bench-bridge-$$-$i" FIELDCAST_ADMIN_ADDR="$admin" \
