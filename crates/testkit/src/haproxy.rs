@@ -52,7 +52,7 @@ pub struct HaProxy {
     pub addr: SocketAddr,
     socket: PathBuf,
     /// The process, killed when this drops (before `dir` goes).
-    _process: Service,
+    process: Service,
     dir: TempDir,
 }
 
@@ -95,7 +95,7 @@ impl HaProxy {
         let haproxy = HaProxy {
             addr,
             socket,
-            _process: service,
+            process: service,
             dir,
         };
         for i in 1..=servers.len() {
@@ -140,6 +140,11 @@ impl HaProxy {
         )
         .await
         .with_context(|| format!("haproxy log:\n{}", self.log_tail()))
+    }
+
+    /// Whether HAProxy exited by itself.
+    pub fn crashed(&mut self) -> bool {
+        self.process.crashed()
     }
 
     /// HAProxy's whole log (its request and health-check lines).

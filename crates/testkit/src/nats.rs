@@ -267,6 +267,15 @@ impl NatsCluster {
         self.node_mut(i)?.service.restart().await
     }
 
+    /// The names of the nodes that exited by themselves (not killed by
+    /// [`kill`](Self::kill)): empty when none crashed.
+    pub fn crashed(&mut self) -> Vec<String> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|n| n.service.crashed().then(|| n.name.clone()))
+            .collect()
+    }
+
     /// Node `i`'s log since it last (re)started.
     pub fn log(&self, i: usize) -> String {
         self.node(i).map(Node::log).unwrap_or_default()

@@ -95,6 +95,14 @@ impl Service {
         self.child.is_some()
     }
 
+    /// Whether the process was started, not killed since, and has exited
+    /// by itself: a crash, for a test's "no process died" check.
+    pub fn crashed(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
+    }
+
     /// SIGKILL and reap; a no-op when not running.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

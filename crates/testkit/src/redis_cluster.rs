@@ -196,6 +196,15 @@ impl RedisCluster {
         .await
     }
 
+    /// The ports of the nodes that exited by themselves (not killed by
+    /// this handle): empty when none crashed.
+    pub fn crashed(&mut self) -> Vec<u16> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|n| n.service.crashed().then_some(n.port))
+            .collect()
+    }
+
     fn node_mut(&mut self, port: u16) -> anyhow::Result<&mut Node> {
         self.nodes
             .iter_mut()
