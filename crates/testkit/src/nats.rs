@@ -212,6 +212,20 @@ impl NatsCluster {
     /// Starts three nodes routed to each other and waits until each one's
     /// JetStream is current (a meta leader is elected).
     pub async fn start() -> anyhow::Result<NatsCluster> {
+        let mut last = None;
+        // A port taken between free_port and a node's bind (seen in CI:
+        // "address already in use"): the nodes started so far are killed
+        // (dropped) and the whole cluster tries fresh ports.
+        for _ in 0..5 {
+            match Self::start_nodes().await {
+                Ok(nodes) => return Self::ready(nodes).await,
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("the NATS cluster did not start")))
+    }
+
+    async fn start_nodes() -> anyhow::Result<Vec<Node>> {
         const N: usize = 3;
         let ports: Vec<Ports> = (0..N).map(|_| Ports::free(true)).collect();
         let mut nodes = Vec::with_capacity(N);
@@ -223,6 +237,10 @@ impl NatsCluster {
                 .collect();
             nodes.push(Node::start(&format!("n{}", i + 1), *p, &routes).await?);
         }
+        Ok(nodes)
+    }
+
+    async fn ready(nodes: Vec<Node>) -> anyhow::Result<NatsCluster> {
         for node in &nodes {
             node.wait_jetstream().await?;
         }
