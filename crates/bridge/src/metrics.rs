@@ -58,6 +58,10 @@ fieldcast_service::metric_set! {
         pub nats_reconnects: Counter = Counter::default(),
         /// JetStream messages delivered more than once (a bridge died or stalled before its ack)
         pub nats_redelivered: Counter = Counter::default(),
+        /// 1 while the QoS 1 lane pulls from nats-server's `$MQTT_msgs` stream
+        pub nats_qos1_lane: Gauge = Gauge::default(),
+        /// QoS 1 MQTT messages of the main stream acknowledged unhandled: the QoS 1 lane handles them
+        pub nats_qos1_copies: Counter = Counter::default(),
         /// Latency of one pipelined Redis batch
         pub redis_write_seconds: Histogram = latency(),
         /// Messages written to Redis (applied, stale or duplicate)

@@ -33,8 +33,8 @@
 //! (`cursor_expired` included: a replay that cannot be made) is a failure.
 //!
 //! **Kills**, one after another, each followed by a recovery check and a
-//! restart: (1) a NATS node that follows the `FIELDCAST` stream (its
-//! leader with `FIELDCAST_CHAOS_NATS_VICTIM=leader`, see below), (2) the
+//! restart: (1) the NATS node that leads the `FIELDCAST` stream (a
+//! follower with `FIELDCAST_CHAOS_NATS_VICTIM=follower`, see below), (2) the
 //! Redis primary holding most of the fleet (its replica takes over; the
 //! old primary comes back as a replica), (3) a bridge (restarted with its
 //! own spool, whose outbox it replays), (4) the gateway of one viewer
@@ -77,26 +77,21 @@
 //! 20–50 s on a 2-core machine when it passes; about 60 s when events
 //! are lost (it waits 30 s for them before it reports).
 //!
-//! **Ignored: it finds acknowledged events lost on the NATS tier**
-//! (docs/nats.md, "Where a device's PUBACK stands"). Killing the node
-//! that leads the `FIELDCAST` stream leaves the stream without a leader
-//! until the survivors elect one (about 5 s here); meanwhile nats-server
-//! 2.9.10 still PUBACKs the devices' QoS 1 PUBLISHes on the surviving
-//! nodes (the PUBACK waits for its own `$MQTT_msgs` stream, not for
-//! `FIELDCAST`), and the copies the stream should have captured are
-//! dropped. In 13 of 19 runs, 32 to 536 PUBACKed events were never
-//! stored (nor, therefore, sent to a viewer), every one PUBACKed inside
-//! that window (the failure report lists each lost event with the node
-//! and time of its PUBACK, and the nodes' leader elections). The Redis,
-//! bridge and gateway kills lost nothing in any run, and with a stream
-//! *follower* killed in step (1) instead (a local edit) it passed 15 runs
-//! out of 15. One other failure, seen once in those 34 runs: a viewer
-//! got one event twice (no loss in that run); the report now says how
-//! each copy came (connection, replay or live, resyncs, cursor), for the
-//! next time. So step 1 kills a stream *follower* by default, what holds
-//! today and what CI checks; `FIELDCAST_CHAOS_NATS_VICTIM=leader` kills
-//! the leader and shows the loss, until the bridge reads what the PUBACK
-//! waits for.
+//! **The NATS kill is the stream leader's.** Killing the node that leads
+//! the `FIELDCAST` stream leaves the stream without a leader until the
+//! survivors elect one (about 5 s here); meanwhile nats-server still
+//! PUBACKs the devices' QoS 1 PUBLISHes on the surviving nodes (the
+//! PUBACK waits for its own `$MQTT_msgs` stream, not for `FIELDCAST`).
+//! Reading `FIELDCAST` alone, 32 to 536 PUBACKed events were lost in 13
+//! of 19 runs, every one PUBACKed inside that window (the failure report
+//! lists each lost event with the node and time of its PUBACK, and the
+//! nodes' leader elections). The bridge now also reads `$MQTT_msgs`
+//! (docs/nats.md, "The QoS 1 lane"), and the test waits for both bridges'
+//! lanes before the first kill. `FIELDCAST_CHAOS_NATS_VICTIM=follower`
+//! kills a follower instead. One other failure, seen once in the first
+//! 34 runs: a viewer got one event twice (no loss in that run); the
+//! report says how each copy came (connection, replay or live, resyncs,
+//! cursor), for the next time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -136,12 +131,11 @@ const ACK_WAIT: &str = "5s";
 /// Bound on a process or service becoming ready, and on the end checks.
 const LONG: Duration = Duration::from_secs(30);
 
-/// Which NATS node step 1 kills: a follower of the `FIELDCAST` stream by
-/// default (what holds today), its leader with
-/// `FIELDCAST_CHAOS_NATS_VICTIM=leader` (the open loss of issue #14; see
-/// the module doc).
+/// Which NATS node step 1 kills: the leader of the `FIELDCAST` stream by
+/// default (the hard case, see the module doc), a follower with
+/// `FIELDCAST_CHAOS_NATS_VICTIM=follower`.
 fn nats_victim_is_leader() -> bool {
-    std::env::var("FIELDCAST_CHAOS_NATS_VICTIM").is_ok_and(|v| v == "leader")
+    std::env::var("FIELDCAST_CHAOS_NATS_VICTIM").map_or(true, |v| v != "follower")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,7 +159,12 @@ async fn losing_a_node_of_every_tier_loses_nothing_acknowledged() {
     let mut recovered = Vec::new();
     let mut kills: Vec<(&str, i64)> = Vec::new();
 
-    // 1. A NATS node: a follower of the stream (or its leader, on request).
+    // Both bridges read the QoS 1 copies nats-server PUBACKs for before
+    // anything is killed (it makes their stream at the first MQTT
+    // connection; the bridges look for it every few seconds).
+    world.wait_qos1_lanes().await;
+
+    // 1. A NATS node: the stream's leader (or a follower, on request).
     let leader = world.stream_leader().await;
     let (victim, what) = if nats_victim_is_leader() {
         (leader, "NATS node (stream leader)")
@@ -474,6 +473,20 @@ impl World {
     }
 
     /// The index of the NATS node leading the `FIELDCAST` stream.
+    /// Until every bridge's QoS 1 lane is bound (its metric says 1).
+    async fn wait_qos1_lanes(&self) {
+        for b in &self.bridges {
+            let addr = b.addr;
+            let bound = wait_until(LONG, "QoS 1 lane bound", || async move {
+                get(addr, "/metrics").await.is_some_and(|(_, m)| {
+                    m.lines().any(|l| l == "fieldcast_bridge_nats_qos1_lane 1")
+                })
+            })
+            .await;
+            assert!(bound.is_ok(), "{}: QoS 1 lane not bound", b.name);
+        }
+    }
+
     async fn stream_leader(&self) -> usize {
         let deadline = Instant::now() + LONG;
         loop {

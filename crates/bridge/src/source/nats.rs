@@ -40,6 +40,35 @@ use crate::source::intake::{Intake, Settle};
 /// MQTT listener maps it.
 pub const SUBJECTS: &str = "devices.>";
 
+/// nats-server's own stream of the QoS 1 messages MQTT clients publish
+/// (2.9 and later): a device's PUBACK waits for the message's store here,
+/// not for [`SUBJECTS`]' stream (docs/nats.md, "Where a device's PUBACK
+/// stands").
+pub const MQTT_QOS1_STREAM: &str = "$MQTT_msgs";
+
+/// What nats-server puts before a QoS 1 message's subject in
+/// [`MQTT_QOS1_STREAM`].
+const MQTT_QOS1_PREFIX: &str = "$MQTT.msgs.";
+
+/// The header nats-server gives every message an MQTT client published,
+/// with the publisher's QoS (`0` or `1`).
+const MQTT_QOS_HEADER: &str = "Nmqtt-Pub";
+
+/// QoS 1 copies in the main stream published this long after the QoS 1
+/// lane's consumer was created are left to that lane: every such message
+/// is certain to be held for the consumer in [`MQTT_QOS1_STREAM`] (an
+/// interest stream keeps only what a consumer waits for). The margin
+/// covers clock skew between the nodes that stamp the two times and a
+/// message on its way while the consumer was being created; before it,
+/// both lanes handle a QoS 1 message, and the stores' idempotence keeps
+/// it single.
+const HANDOFF_MARGIN: Duration = Duration::from_secs(10);
+
+/// How long the QoS 1 lane waits before looking again for
+/// [`MQTT_QOS1_STREAM`] (nats-server creates it at the first MQTT
+/// connection) or for its consumer after an error; jittered.
+const QOS1_RETRY: Duration = Duration::from_secs(2);
+
 /// Replicas of a stream the bridge creates on a cluster.
 const CLUSTER_REPLICAS: usize = 3;
 
@@ -217,6 +246,13 @@ impl Source {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut log = fieldcast_core::LogLimiter::new(5, Duration::from_secs(10));
         let mut taken: Option<consumer::pull::Stream> = None;
+        // The QoS 1 lane (docs/nats.md): bound once nats-server has made
+        // its stream, looked for again after a pause while it is missing.
+        let mut qos1: Option<consumer::pull::Stream> = None;
+        let mut handoff: Option<i64> = None;
+        let mut qos1_backoff = Backoff::new(QOS1_RETRY, QOS1_RETRY * 5);
+        let qos1_retry = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(qos1_retry);
         while !stop_reading.is_cancelled() {
             if taken.is_none() {
                 let started = tokio::select! {
@@ -254,49 +290,108 @@ impl Source {
                     _ = room => continue,
                 }
             }
+            // Not biased between the lanes: a busy main stream must not
+            // starve the QoS 1 lane.
             let next = tokio::select! {
-                biased;
                 _ = stop_reading.cancelled() => break,
-                next = messages.next() => next,
+                next = messages.next() => Next::Message(Lane::Stream, next),
+                next = next_of(&mut qos1) => Next::Message(Lane::Qos1, next),
+                () = &mut qos1_retry, if qos1.is_none() => Next::BindQos1,
+            };
+            let (lane, next) = match next {
+                Next::BindQos1 => {
+                    match self.bind_qos1(&js).await {
+                        Ok((m, from)) => {
+                            qos1_backoff.reset();
+                            qos1 = Some(m);
+                            handoff = Some(from);
+                            self.metrics.nats_qos1_lane.set(1);
+                        }
+                        Err(e) => {
+                            let delay = qos1_backoff.next_delay();
+                            tracing::debug!(error = %e, retry_in = ?delay, "QoS 1 lane not bound");
+                            qos1_retry
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + delay);
+                        }
+                    }
+                    continue;
+                }
+                Next::Message(lane, next) => (lane, next),
             };
             match next {
-                Some(Ok(msg)) => self.handle(msg, &acker).await,
+                Some(Ok(msg)) => self.handle(msg, lane, handoff, &acker).await,
                 Some(Err(e)) => {
                     // Missed heartbeats and failed pulls (NATS away) are
                     // retried by the stream itself; the rest need a new one.
                     use consumer::pull::MessagesErrorKind as K;
+                    let kind = e.kind();
                     let fatal = matches!(
-                        e.kind(),
+                        kind,
                         K::ConsumerDeleted
                             | K::NoResponders
                             | K::PushBasedConsumer
                             | K::RequestLimitExceeded
                     );
                     if let Some(suppressed) = log.allow() {
-                        tracing::warn!(error = %e, fatal, suppressed, "JetStream pull");
+                        tracing::warn!(error = %e, fatal, ?lane, suppressed, "JetStream pull");
                     }
                     if fatal {
+                        match lane {
+                            Lane::Stream => {
+                                self.set_consumer_ready(false);
+                                taken = None;
+                            }
+                            Lane::Qos1 => {
+                                if kind == K::ConsumerDeleted {
+                                    // Nothing holds the QoS 1 copies for us
+                                    // until a new consumer exists: take them
+                                    // from the main stream again.
+                                    handoff = None;
+                                }
+                                self.unbind_qos1(&mut qos1, qos1_retry.as_mut(), &mut qos1_backoff);
+                            }
+                        }
+                    }
+                }
+                None => match lane {
+                    Lane::Stream => {
                         self.set_consumer_ready(false);
                         taken = None;
                     }
-                }
-                None => {
-                    self.set_consumer_ready(false);
-                    taken = None;
-                }
+                    Lane::Qos1 => {
+                        self.unbind_qos1(&mut qos1, qos1_retry.as_mut(), &mut qos1_backoff);
+                    }
+                },
             }
         }
-        self.give_back(taken, &acker).await;
+        self.give_back(taken, qos1, &acker).await;
         // The sinks' last acks go out over this connection.
         stop_polling.cancelled().await;
         self.close().await;
     }
 
+    fn unbind_qos1(
+        &self,
+        qos1: &mut Option<consumer::pull::Stream>,
+        retry: std::pin::Pin<&mut tokio::time::Sleep>,
+        backoff: &mut Backoff,
+    ) {
+        *qos1 = None;
+        self.metrics.nats_qos1_lane.set(0);
+        retry.reset(tokio::time::Instant::now() + backoff.next_delay());
+    }
+
     /// At shutdown: what was taken but not queued goes back at once
     /// (`-NAK`), for another bridge.
-    async fn give_back(&mut self, taken: Option<consumer::pull::Stream>, acker: &Acker) {
+    async fn give_back(
+        &mut self,
+        taken: Option<consumer::pull::Stream>,
+        qos1: Option<consumer::pull::Stream>,
+        acker: &Acker,
+    ) {
         let mut back = self.intake.abandon_held();
-        if let Some(mut messages) = taken {
+        for mut messages in taken.into_iter().chain(qos1) {
             while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
                 if let Some(reply) = msg.message.reply {
                     back.push(AckToken::Nats(reply));
@@ -391,14 +486,68 @@ impl Source {
         Ok(messages)
     }
 
-    async fn handle(&mut self, msg: jetstream::Message, acker: &Acker) {
-        let (now, redelivered) = match msg.info() {
+    /// Binds the QoS 1 lane: a durable consumer of its own on
+    /// nats-server's [`MQTT_QOS1_STREAM`], filtered to the device subjects
+    /// and shared by every bridge like the main one. Answers its pull and
+    /// the handoff time: main-stream QoS 1 copies published from then on
+    /// (ms since the epoch) are left to this lane.
+    async fn bind_qos1(
+        &self,
+        js: &jetstream::Context,
+    ) -> Result<(consumer::pull::Stream, i64), SetupError> {
+        let s = &self.settings;
+        let name = qos1_consumer(&s.consumer);
+        let stream = js
+            .get_stream(MQTT_QOS1_STREAM)
+            .await
+            .map_err(|e| SetupError::Stream(MQTT_QOS1_STREAM.to_owned(), e.to_string()))?;
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: format!("{MQTT_QOS1_PREFIX}{SUBJECTS}"),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: s.ack_wait,
+            max_ack_pending: i64::try_from(s.max_ack_pending).unwrap_or(i64::MAX),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        let consumer: consumer::PullConsumer = match stream.create_consumer(config).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(consumer = %name, error = %e, "cannot create or update the QoS 1 consumer; using it as it is");
+                stream
+                    .get_consumer(&name)
+                    .await
+                    .map_err(|e| SetupError::Consumer(name.clone(), e.to_string()))?
+            }
+        };
+        let created = consumer.cached_info().created;
+        let handoff = i64::try_from(created.unix_timestamp_nanos() / 1_000_000)
+            .unwrap_or(i64::MAX)
+            .saturating_add(i64::try_from(HANDOFF_MARGIN.as_millis()).unwrap_or(i64::MAX));
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(s.batch)
+            .heartbeat(HEARTBEAT)
+            .messages()
+            .await
+            .map_err(|e| SetupError::Pull(e.to_string()))?;
+        tracing::info!(stream = MQTT_QOS1_STREAM, consumer = %name, %created, "pulling QoS 1 messages from nats-server's MQTT stream");
+        Ok((messages, handoff))
+    }
+
+    async fn handle(
+        &mut self,
+        msg: jetstream::Message,
+        lane: Lane,
+        handoff: Option<i64>,
+        acker: &Acker,
+    ) {
+        let (published, redelivered) = match msg.info() {
             Ok(info) => (
-                i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
-                    .unwrap_or_else(|_| fieldcast_core::time::now_ms()),
+                i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok(),
                 info.delivered > 1,
             ),
-            Err(_) => (fieldcast_core::time::now_ms(), false),
+            Err(_) => (None, false),
         };
         if redelivered {
             self.metrics.nats_redelivered.inc();
@@ -408,7 +557,22 @@ impl Source {
             // Not from a consumer with acks: nothing to settle.
             return;
         };
-        let topic = topic_of(message.subject.as_str());
+        let subject = message.subject.as_str();
+        let subject = match lane {
+            Lane::Stream => {
+                if left_to_qos1_lane(message.headers.as_ref(), published, handoff) {
+                    self.metrics.nats_qos1_copies.inc();
+                    if let Err(e) = acker.settle(&AckToken::Nats(reply), Verdict::Ack).await {
+                        tracing::debug!(error = %e, "settle not sent");
+                    }
+                    return;
+                }
+                subject
+            }
+            Lane::Qos1 => subject.strip_prefix(MQTT_QOS1_PREFIX).unwrap_or(subject),
+        };
+        let topic = topic_of(subject);
+        let now = published.unwrap_or_else(fieldcast_core::time::now_ms);
         match self
             .intake
             .offer(&topic, &message.payload, Some(AckToken::Nats(reply)), now)
@@ -421,6 +585,59 @@ impl Source {
             }
         }
     }
+}
+
+/// Which consumer a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// The main stream ([`SUBJECTS`]): everything, QoS 0 included.
+    Stream,
+    /// nats-server's [`MQTT_QOS1_STREAM`]: what devices' PUBACKs stand for.
+    Qos1,
+}
+
+/// What the source's loop does next. One lives at a time, on the stack,
+/// and is taken apart at once: boxing the message would cost an
+/// allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Message(
+        Lane,
+        Option<Result<jetstream::Message, consumer::pull::MessagesError>>,
+    ),
+    BindQos1,
+}
+
+/// The next message of a lane; never, while it is not bound.
+async fn next_of(
+    lane: &mut Option<consumer::pull::Stream>,
+) -> Option<Result<jetstream::Message, consumer::pull::MessagesError>> {
+    match lane {
+        Some(messages) => messages.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The QoS 1 lane's durable consumer, named after the main one.
+pub fn qos1_consumer(consumer: &str) -> String {
+    format!("{consumer}-qos1")
+}
+
+/// Whether a message of the main stream is a QoS 1 MQTT publish that the
+/// QoS 1 lane handles: published (stream time, ms) at or after the
+/// `handoff`, with nats-server's QoS header saying `1`.
+fn left_to_qos1_lane(
+    headers: Option<&async_nats::HeaderMap>,
+    published: Option<i64>,
+    handoff: Option<i64>,
+) -> bool {
+    let (Some(published), Some(handoff)) = (published, handoff) else {
+        return false;
+    };
+    published >= handoff
+        && headers
+            .and_then(|h| h.get(MQTT_QOS_HEADER))
+            .is_some_and(|v| v.as_str() == "1")
 }
 
 #[cfg(test)]
@@ -437,6 +654,36 @@ mod tests {
         // nats-server 2.10+: a '.' in a topic level travels as "//".
         assert_eq!(topic_of("devices.v1//2.status"), "devices/v1.2/status");
         assert_eq!(topic_of("devices.x.y.location"), "devices/x/y/location");
+    }
+
+    #[test]
+    fn qos1_copies_after_the_handoff_are_left_to_the_qos1_lane() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(MQTT_QOS_HEADER, "1");
+        let mut q0 = async_nats::HeaderMap::new();
+        q0.insert(MQTT_QOS_HEADER, "0");
+        assert!(left_to_qos1_lane(Some(&h), Some(1000), Some(1000)));
+        assert!(left_to_qos1_lane(Some(&h), Some(5000), Some(1000)));
+        assert!(
+            !left_to_qos1_lane(Some(&h), Some(999), Some(1000)),
+            "before the handoff both lanes handle it"
+        );
+        assert!(
+            !left_to_qos1_lane(Some(&h), Some(5000), None),
+            "lane never bound"
+        );
+        assert!(
+            !left_to_qos1_lane(Some(&h), None, Some(1000)),
+            "no stream time"
+        );
+        assert!(
+            !left_to_qos1_lane(Some(&q0), Some(5000), Some(1000)),
+            "QoS 0"
+        );
+        assert!(
+            !left_to_qos1_lane(None, Some(5000), Some(1000)),
+            "published on NATS, not over MQTT"
+        );
     }
 
     #[test]
