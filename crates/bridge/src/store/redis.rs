@@ -330,7 +330,8 @@ impl RedisSink {
     /// One `location.lua` call for up to [`LOCATIONS_PER_SCRIPT`] fixes
     /// of one group ([`Self::location_groups`], sorted by partition),
     /// published on `channel`: each partition's geo and device set once,
-    /// with its number of fixes, then a device hash per fix, and each fix's
+    /// with its number of fixes, then a device hash per fix; the live
+    /// envelopes as one JSON array (with their lengths), and each fix's
     /// arguments laid out as the script passes them on (the optional
     /// fields' values when all are sent, else the `HSET` pairs of those
     /// sent and the names of those not), so it builds no table per fix
@@ -344,7 +345,11 @@ impl RedisSink {
         let mut shared = Vec::with_capacity(2);
         let mut counts: Vec<usize> = Vec::with_capacity(1);
         let mut hashes = Vec::with_capacity(chunk.len());
-        let mut fixes = Vec::with_capacity(10 * chunk.len());
+        let mut fixes = Vec::with_capacity(9 * chunk.len());
+        // The envelopes as the JSON array published when all apply, and
+        // their lengths, for the script to pick the applied ones otherwise.
+        let mut message = String::new();
+        let mut lens = String::new();
         let mut last = None;
         for &(p, l) in chunk {
             let id = l.device.as_str();
@@ -375,14 +380,19 @@ impl RedisSink {
             } else {
                 ""
             };
-            let msg = live::location_json(id, loc);
+            let envelope = live::envelope(l.rx, &live::location_json(id, loc));
+            message.push(if lens.is_empty() { '[' } else { ',' });
+            message.push_str(&envelope);
+            if !lens.is_empty() {
+                lens.push(',');
+            }
+            lens.push_str(&envelope.len().to_string());
             fixes.extend([
                 id.to_owned(),
                 loc.ts.to_string(),
                 fmt_f64(loc.lat),
                 fmt_f64(loc.lon),
                 format!("{sent}{pole}"),
-                live::envelope(l.rx, &msg),
             ]);
             if sent == optional.len() {
                 // The usual case: the values alone, in order.
@@ -400,8 +410,9 @@ impl RedisSink {
                 }
             }
         }
-        let mut args = Vec::with_capacity(2 + counts.len() + fixes.len());
-        args.extend([channel.to_owned(), counts.len().to_string()]);
+        message.push(']');
+        let mut args = Vec::with_capacity(4 + counts.len() + fixes.len());
+        args.extend([channel.to_owned(), counts.len().to_string(), message, lens]);
         args.extend(counts.iter().map(usize::to_string));
         args.append(&mut fixes);
         shared.append(&mut hashes);

@@ -3,10 +3,13 @@
 -- KEYS: 1..2m the geo set and device set of each of the call's m
 --       partitions (on a cluster m = 1: one hash slot), then one device
 --       hash per location, partition by partition
--- ARGV: 1 the live channel, 2 m, 3..2+m how many of the locations are in
---       each partition, then per location, laid out by the bridge so the
---       script builds no per-location table:
---         device id, ts, lat, lon, shape, live envelope,
+-- ARGV: 1 the live channel, 2 m, 3 the live envelopes of all the call's
+--       locations as one JSON array (what is published when all apply),
+--       4 the byte length of each envelope in it, comma-separated,
+--       5..4+m how many of the locations are in each partition, then per
+--       location, laid out by the bridge so the script builds no
+--       per-location table:
+--         device id, ts, lat, lon, shape,
 --         then, when all 4 optional fields are sent (k = 4), their
 --         values: alt, speed, heading, accuracy; else a name and a value
 --         for each of the k sent (in that order), then the names of the
@@ -16,7 +19,10 @@
 -- The shared keys go once per partition, not once per location: a call's
 -- locations are sorted by partition, so m stays small, and each key costs
 -- Redis a parse and an object. Each partition's new devices go in one
--- SADD and its applied positions in one GEOADD.
+-- SADD and its applied positions in one GEOADD. The envelopes come as one
+-- argument: Redis's Lua hashes every byte of every string it makes, so
+-- each envelope as its own argument, then again in the joined message,
+-- cost two passes over it.
 -- Returns one integer per location: 1 applied, 0 not newer than the stored
 -- one. The applied envelopes go out as one JSON array on the live channel.
 -- Hot path: per update HMGET, HSET; per partition GEOADD; one SPUBLISH
@@ -27,26 +33,26 @@ local SENT = {
   ['0+'] = 0, ['1+'] = 1, ['2+'] = 2, ['3+'] = 3, ['4+'] = 4,
   ['0-'] = 0, ['1-'] = 1, ['2-'] = 2, ['3-'] = 3, ['4-'] = 4,
 }
-local out, published, np = {}, {}, 0
+local out, np = {}, 0
 local geo = {}
 local m = tonumber(ARGV[2])
-local a = 3 + m
+local a = 5 + m
 local m2 = 2 * m
 local n = m2
 for p = 1, m do
   local g, added, na = 0, nil, 0
-  for _ = 1, tonumber(ARGV[2 + p]) do
+  for _ = 1, tonumber(ARGV[4 + p]) do
     n = n + 1
     local k = KEYS[n]
     local id, tsa, lat, lon, shape = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
     local sent = SENT[shape]
     -- Every field sent (the usual case): their 4 values follow, in order.
-    -- Else a + 6 .. j: the fields sent, j + 1 .. d: the names of those not.
-    local j = a + 5 + 2 * sent
+    -- Else a + 5 .. j: the fields sent, j + 1 .. d: the names of those not.
+    local j = a + 4 + 2 * sent
     local d = j + 4 - sent
     local cur
     if sent == 4 then
-      d = a + 9
+      d = a + 8
       cur = call('HMGET', k, 'ts', 'last_seen')
     else
       cur = call('HMGET', k, 'ts', 'last_seen', unpack(ARGV, j + 1, d))
@@ -65,17 +71,17 @@ for p = 1, m do
       local moves_seen = not seen or seen == old or ts > tonumber(seen)
       if sent == 4 then
         if moves_seen then
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, 'alt', ARGV[a + 6],
-            'speed', ARGV[a + 7], 'heading', ARGV[a + 8], 'accuracy', ARGV[a + 9])
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, 'alt', ARGV[a + 5],
+            'speed', ARGV[a + 6], 'heading', ARGV[a + 7], 'accuracy', ARGV[a + 8])
         else
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'alt', ARGV[a + 6],
-            'speed', ARGV[a + 7], 'heading', ARGV[a + 8], 'accuracy', ARGV[a + 9])
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'alt', ARGV[a + 5],
+            'speed', ARGV[a + 6], 'heading', ARGV[a + 7], 'accuracy', ARGV[a + 8])
         end
       else
         if moves_seen then
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, unpack(ARGV, a + 6, j))
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, unpack(ARGV, a + 5, j))
         else
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, unpack(ARGV, a + 6, j))
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, unpack(ARGV, a + 5, j))
         end
         -- Only the absent fields the hash holds: most devices send the
         -- same fields every time.
@@ -93,7 +99,6 @@ for p = 1, m do
       geo[g + 1], geo[g + 2], geo[g + 3] = lon, lat, id
       g = g + 3
       np = np + 1
-      published[np] = ARGV[a + 5]
       out[n - m2] = 1
     end
     a = d + 1
@@ -105,7 +110,19 @@ for p = 1, m do
     call('GEOADD', KEYS[2 * p - 1], unpack(geo, 1, g))
   end
 end
-if np > 0 then
-  call('SPUBLISH', ARGV[1], '[' .. table.concat(published, ',', 1, np) .. ']')
+local total = n - m2
+if np == total then
+  call('SPUBLISH', ARGV[1], ARGV[3])
+elseif np > 0 then
+  local message, applied, pos, i = ARGV[3], {}, 2, 0
+  for len in string.gmatch(ARGV[4], '%d+') do
+    i = i + 1
+    len = tonumber(len)
+    if out[i] == 1 then
+      applied[#applied + 1] = string.sub(message, pos, pos + len - 1)
+    end
+    pos = pos + len + 1
+  end
+  call('SPUBLISH', ARGV[1], '[' .. table.concat(applied, ',') .. ']')
 end
 return out
