@@ -253,6 +253,229 @@ async fn older_location_never_overwrites_newer() {
     bridge.stop().await;
 }
 
+/// Pins `location.lua`'s rules within one script call and across calls,
+/// through the sink's own argument building: a field sent once and not the
+/// next time leaves the hash; a location not newer than the stored one
+/// (older or the same `ts`, even in the same call as newer ones) changes
+/// nothing and answers 0; `last_seen` never moves back; each device joins
+/// its partition's set; the geo set holds the last applied position, the
+/// latitude clamped near the poles while the hash keeps it exact; the
+/// applied envelopes go live in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn location_script_rules_hold_within_and_across_calls() {
+    use fieldcast_bridge::metrics::Metrics;
+    use fieldcast_bridge::queue::Batch;
+    use fieldcast_bridge::record::LiveLocation;
+    use fieldcast_bridge::store::redis::{Applied, RedisSink};
+    use fieldcast_core::{DeviceId, Location};
+
+    let _serial = SERIAL.lock().await;
+    let h = Harness::private().await;
+    let keys = h.keys();
+    let sink = RedisSink::new(h.redis.clone(), keys.clone());
+    let metrics = Metrics::new();
+    let (_sub, mut live) = live_subscriber(&h.prefix).await;
+    let tag = fieldcast_testkit::unique("rules");
+    // Four devices in four different partitions.
+    let mut ids: Vec<String> = Vec::new();
+    let mut i = 0;
+    while ids.len() < 4 {
+        let id = format!("{tag}-{i}");
+        i += 1;
+        if ids.iter().all(|o| keys.of(o).0 != keys.of(&id).0) {
+            ids.push(id);
+        }
+    }
+    let (a, b, c, d) = (&ids[0], &ids[1], &ids[2], &ids[3]);
+    let t = now_ms() - 60_000;
+    let fix = |id: &str, ts: i64, lat: f64, lon: f64, opt: [Option<f64>; 4]| LiveLocation {
+        device: DeviceId::parse(id).unwrap(),
+        loc: Location {
+            ts,
+            lat,
+            lon,
+            alt: opt[0],
+            speed: opt[1],
+            heading: opt[2],
+            accuracy: opt[3],
+        },
+        rx: ts + 7,
+    };
+    let all = [Some(30.5), Some(12.25), Some(90.0), Some(4.0)];
+    let none = [None; 4];
+    let apply = |locations: Vec<LiveLocation>| {
+        let batch = Batch {
+            locations,
+            ..Batch::default()
+        };
+        let (sink, metrics) = (&sink, &metrics);
+        async move { sink.apply(&batch, metrics).await.unwrap() }
+    };
+    let geo = |id: &str| {
+        let (redis, key) = (h.redis.clone(), keys.of(id).1.geo.clone());
+        let id = id.to_owned();
+        async move {
+            let pos: Vec<Option<fred::types::geo::GeoPosition>> =
+                redis.geopos(key, id).await.unwrap();
+            pos[0].clone().map(|p| (p.longitude, p.latitude))
+        }
+    };
+    let near = |got: Option<(f64, f64)>, lon: f64, lat: f64| {
+        let (glon, glat) = got.expect("in the geo set");
+        assert!(
+            (glon - lon).abs() < 1e-5 && (glat - lat).abs() < 1e-5,
+            "{got:?} against ({lon}, {lat})"
+        );
+    };
+
+    // d has a later last_seen than its first location (a status, say).
+    let _: () = h
+        .redis
+        .hset(keys.device(d), [("last_seen", (t + 500).to_string())])
+        .await
+        .unwrap();
+    let first = vec![
+        fix(a, t, 10.0, 20.0, all),
+        fix(b, t, 89.9, 1.5, [None, Some(3.0), None, None]),
+        fix(c, t, -90.0, -1.5, none),
+        fix(d, t, 1.0, 2.0, all),
+    ];
+    assert_eq!(
+        apply(first.clone()).await,
+        Applied {
+            published: 4,
+            ..Applied::default()
+        }
+    );
+    let sa = h.state(a).await;
+    assert_eq!(
+        sa,
+        [
+            ("ts", t.to_string()),
+            ("last_seen", t.to_string()),
+            ("lat", "10".into()),
+            ("lon", "20".into()),
+            ("alt", "30.5".into()),
+            ("speed", "12.25".into()),
+            ("heading", "90".into()),
+            ("accuracy", "4".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    );
+    let sb = h.state(b).await;
+    assert_eq!(sb["lat"], "89.9");
+    assert_eq!(sb["speed"], "3");
+    assert!(!sb.contains_key("alt") && !sb.contains_key("heading") && !sb.contains_key("accuracy"));
+    near(geo(b).await, 1.5, 85.05112878);
+    let sc = h.state(c).await;
+    assert_eq!(sc["lat"], "-90");
+    assert_eq!(sc.len(), 4, "{sc:?}");
+    near(geo(c).await, -1.5, -85.05112878);
+    assert_eq!(h.state(d).await["last_seen"], (t + 500).to_string());
+    for id in [a, b, c] {
+        let members: Vec<String> = h.redis.smembers(&keys.of(id).1.devices).await.unwrap();
+        assert_eq!(members, vec![id.clone()], "{id}");
+    }
+    // Live: the applied ones (the call sorts them by partition, each
+    // device's in their order).
+    async fn pushed(
+        n: usize,
+        live: &mut tokio::sync::mpsc::Receiver<String>,
+    ) -> Vec<(String, i64)> {
+        let mut got = Vec::new();
+        for _ in 0..n {
+            let m = next_msg(live).await;
+            let ts = m["msg"]["ts"].as_i64().unwrap();
+            assert_eq!(m["rx"].as_i64().unwrap(), ts + 7);
+            got.push((m["msg"]["device"].as_str().unwrap().to_owned(), ts));
+        }
+        got
+    }
+    let mut got = pushed(4, &mut live).await;
+    got.sort();
+    let mut want: Vec<_> = first
+        .iter()
+        .map(|l| (l.device.to_string(), l.loc.ts))
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+
+    // One call: a newer location of a without alt and accuracy, an older
+    // one, one with the same ts, then a newer one with alt only, moved; b
+    // again with its ts (not newer); d newer than its location but not
+    // than its last_seen.
+    let second = vec![
+        fix(a, t + 1, 11.0, 21.0, [None, Some(5.0), Some(180.5), None]),
+        fix(a, t - 5, 12.0, 22.0, all),
+        fix(a, t + 1, 13.0, 23.0, all),
+        fix(a, t + 2, 14.0, 24.0, [Some(31.0), None, None, None]),
+        fix(b, t, 0.0, 0.0, all),
+        fix(d, t + 3, 1.5, 2.5, none),
+    ];
+    assert_eq!(
+        apply(second.clone()).await,
+        Applied {
+            published: 3,
+            stale_locations: 3,
+            ..Applied::default()
+        }
+    );
+    let sa = h.state(a).await;
+    assert_eq!(sa["ts"], (t + 2).to_string());
+    assert_eq!(sa["last_seen"], (t + 2).to_string());
+    assert_eq!((sa["lat"].as_str(), sa["lon"].as_str()), ("14", "24"));
+    assert_eq!(sa["alt"], "31");
+    assert_eq!(sa.len(), 5, "speed, heading, accuracy removed: {sa:?}");
+    near(geo(a).await, 24.0, 14.0);
+    assert_eq!(
+        h.state(b).await,
+        sb,
+        "a location with the same ts changes nothing"
+    );
+    near(geo(b).await, 1.5, 85.05112878);
+    let sd = h.state(d).await;
+    assert_eq!(sd["ts"], (t + 3).to_string());
+    assert_eq!(sd["last_seen"], (t + 500).to_string());
+    assert_eq!(sd.len(), 4, "{sd:?}");
+    let got = pushed(3, &mut live).await;
+    let of_a: Vec<_> = got
+        .iter()
+        .filter(|(id, _)| id == a)
+        .map(|(_, ts)| *ts)
+        .collect();
+    assert_eq!(of_a, vec![t + 1, t + 2]);
+    assert!(got.contains(&(d.clone(), t + 3)), "{got:?}");
+
+    // A later call with only stale locations changes nothing, publishes
+    // nothing, and the next applied one still goes live.
+    let before: Vec<_> = futures::future::join_all(ids.iter().map(|id| h.state(id))).await;
+    assert_eq!(
+        apply(vec![
+            fix(a, t + 2, 50.0, 50.0, none),
+            fix(c, t - 1, 0.0, 0.0, all)
+        ])
+        .await,
+        Applied {
+            stale_locations: 2,
+            ..Applied::default()
+        }
+    );
+    let after: Vec<_> = futures::future::join_all(ids.iter().map(|id| h.state(id))).await;
+    assert_eq!(before, after);
+    near(geo(a).await, 24.0, 14.0);
+    near(geo(c).await, -1.5, -85.05112878);
+    apply(vec![fix(c, t + 9, -10.0, -20.0, all)]).await;
+    let m = next_msg(&mut live).await;
+    assert_eq!(
+        (m["msg"]["device"].as_str(), m["msg"]["ts"].as_i64()),
+        (Some(c.as_str()), Some(t + 9))
+    );
+    near(geo(c).await, -20.0, -10.0);
+    assert_eq!(h.state(c).await.len(), 8);
+}
+
 /// Pins: status and the Last Will reach the hot state and history; the
 /// LWT's missing battery keeps the last known value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

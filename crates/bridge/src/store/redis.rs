@@ -30,6 +30,9 @@ pub const EVENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// for up to this many updates (of one partition on a cluster), instead of
 /// one each.
 pub const LOCATIONS_PER_SCRIPT: usize = 100;
+/// The latitude bound of Redis geo (`GEOADD` refuses beyond it): the geo
+/// set gets this for a fix nearer a pole, the hash the exact latitude.
+pub const GEO_LAT_MAX: f64 = 85.051_128_78;
 /// Dead-letter list length (PROTOCOL.md §2).
 pub const DEADLETTER_MAX: i64 = 10_000;
 
@@ -327,7 +330,12 @@ impl RedisSink {
     /// One `location.lua` call for up to [`LOCATIONS_PER_SCRIPT`] fixes
     /// of one group ([`Self::location_groups`], sorted by partition),
     /// published on `channel`: each partition's geo and device set once,
-    /// then a device hash per fix.
+    /// with its number of fixes, then a device hash per fix; the live
+    /// envelopes as one JSON array (with their lengths), and each fix's
+    /// arguments laid out as the script passes them on (the optional
+    /// fields' values when all are sent, else the `HSET` pairs of those
+    /// sent and the names of those not), so it builds no table per fix
+    /// (`location.lua`'s header).
     async fn queue_locations(
         &self,
         pipe: &Pipeline<Client>,
@@ -335,33 +343,78 @@ impl RedisSink {
         chunk: &[(Partition, &LiveLocation)],
     ) -> Result<(), fred::error::Error> {
         let mut shared = Vec::with_capacity(2);
+        let mut counts: Vec<usize> = Vec::with_capacity(1);
         let mut hashes = Vec::with_capacity(chunk.len());
-        let mut args = Vec::with_capacity(2 + 10 * chunk.len());
-        args.extend([channel.to_owned(), String::new()]);
+        let mut fixes = Vec::with_capacity(9 * chunk.len());
+        // The envelopes as the JSON array published when all apply, and
+        // their lengths, for the script to pick the applied ones otherwise.
+        let mut message = String::new();
+        let mut lens = String::new();
         let mut last = None;
         for &(p, l) in chunk {
             let id = l.device.as_str();
             let k = self.keys.partition(p);
             if last != Some(p) {
                 shared.extend([k.geo.clone(), k.devices.clone()]);
+                counts.push(0);
                 last = Some(p);
             }
+            if let Some(c) = counts.last_mut() {
+                *c += 1;
+            }
             hashes.push(k.device(id));
-            let msg = live::location_json(id, &l.loc);
-            args.extend([
-                (shared.len() / 2).to_string(),
+            let loc = &l.loc;
+            let optional = [
+                ("alt", loc.alt),
+                ("speed", loc.speed),
+                ("heading", loc.heading),
+                ("accuracy", loc.accuracy),
+            ];
+            let sent = optional.iter().filter(|(_, v)| v.is_some()).count();
+            // Redis geo cannot hold the poles: the script gives the geo set
+            // the bound instead (`+` / `-`), the hash the exact latitude.
+            let pole = if loc.lat > GEO_LAT_MAX {
+                "+"
+            } else if loc.lat < -GEO_LAT_MAX {
+                "-"
+            } else {
+                ""
+            };
+            let envelope = live::envelope(l.rx, &live::location_json(id, loc));
+            message.push(if lens.is_empty() { '[' } else { ',' });
+            message.push_str(&envelope);
+            if !lens.is_empty() {
+                lens.push(',');
+            }
+            lens.push_str(&envelope.len().to_string());
+            fixes.extend([
                 id.to_owned(),
-                l.loc.ts.to_string(),
-                fmt_f64(l.loc.lat),
-                fmt_f64(l.loc.lon),
-                opt(l.loc.alt),
-                opt(l.loc.speed),
-                opt(l.loc.heading),
-                opt(l.loc.accuracy),
-                live::envelope(l.rx, &msg),
+                loc.ts.to_string(),
+                fmt_f64(loc.lat),
+                fmt_f64(loc.lon),
+                format!("{sent}{pole}"),
             ]);
+            if sent == optional.len() {
+                // The usual case: the values alone, in order.
+                fixes.extend(optional.iter().map(|(_, v)| opt(*v)));
+            } else {
+                for (name, v) in optional {
+                    if let Some(v) = v {
+                        fixes.extend([name.to_owned(), fmt_f64(v)]);
+                    }
+                }
+                for (name, v) in optional {
+                    if v.is_none() {
+                        fixes.push(name.to_owned());
+                    }
+                }
+            }
         }
-        args[1] = (shared.len() / 2).to_string();
+        message.push(']');
+        let mut args = Vec::with_capacity(4 + counts.len() + fixes.len());
+        args.extend([channel.to_owned(), counts.len().to_string(), message, lens]);
+        args.extend(counts.iter().map(usize::to_string));
+        args.append(&mut fixes);
         shared.append(&mut hashes);
         evalsha(pipe, &self.location, shared, args).await
     }

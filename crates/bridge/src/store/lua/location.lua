@@ -2,69 +2,127 @@
 -- atomically, and publishes what moved as one message.
 -- KEYS: 1..2m the geo set and device set of each of the call's m
 --       partitions (on a cluster m = 1: one hash slot), then one device
---       hash per location
--- ARGV: 1 the live channel, 2 m, then 10 per location: its partition's
---       place among the m (1-based), device id, ts, lat, lon, alt, speed,
---       heading, accuracy ('' = not sent), live envelope
+--       hash per location, partition by partition
+-- ARGV: 1 the live channel, 2 m, 3 the live envelopes of all the call's
+--       locations as one JSON array (what is published when all apply),
+--       4 the byte length of each envelope in it, comma-separated,
+--       5..4+m how many of the locations are in each partition, then per
+--       location, laid out by the bridge so the script builds no
+--       per-location table:
+--         device id, ts, lat, lon, shape,
+--         then, when all 4 optional fields are sent (k = 4), their
+--         values: alt, speed, heading, accuracy; else a name and a value
+--         for each of the k sent (in that order), then the names of the
+--         4 - k not sent (removed from the hash).
+--       shape is k, followed by '+' or '-' when the latitude is beyond
+--       +85.05112878 or -85.05112878 (what the geo set gets instead).
 -- The shared keys go once per partition, not once per location: a call's
 -- locations are sorted by partition, so m stays small, and each key costs
--- Redis a parse and an object.
+-- Redis a parse and an object. Each partition's new devices go in one
+-- SADD and its applied positions in one GEOADD. The envelopes come as one
+-- argument: Redis's Lua hashes every byte of every string it makes, so
+-- each envelope as its own argument, then again in the joined message,
+-- cost two passes over it.
 -- Returns one integer per location: 1 applied, 0 not newer than the stored
 -- one. The applied envelopes go out as one JSON array on the live channel.
--- Hot path: per update HMGET, HSET, GEOADD; one SPUBLISH per batch.
-local names = { 'alt', 'speed', 'heading', 'accuracy' }
-local out = {}
-local published = {}
-local m2 = tonumber(ARGV[2]) * 2
-for n = 1, #KEYS - m2 do
-  local k = KEYS[m2 + n]
-  local a = 3 + (n - 1) * 10
-  local p2 = tonumber(ARGV[a]) * 2
-  local id, tsa = ARGV[a + 1], ARGV[a + 2]
-  local ts = tonumber(tsa)
-  local cur = redis.call('HMGET', k, 'ts', 'last_seen')
-  local old = tonumber(cur[1])
-  local seen = tonumber(cur[2])
-  if not seen then
-    redis.call('SADD', KEYS[p2], id)
-  end
-  -- last_seen >= the stored ts, so a stale location cannot move it either.
-  if old and ts <= old then
-    out[n] = 0
-  else
-    local set = { 'ts', tsa, 'lat', ARGV[a + 3], 'lon', ARGV[a + 4] }
-    if not seen or ts > seen then
-      set[#set + 1] = 'last_seen'
-      set[#set + 1] = tsa
+-- Hot path: per update HMGET, HSET; per partition GEOADD; one SPUBLISH
+-- per call.
+local call, tonumber, unpack = redis.call, tonumber, unpack
+local SENT = {
+  ['0'] = 0, ['1'] = 1, ['2'] = 2, ['3'] = 3, ['4'] = 4,
+  ['0+'] = 0, ['1+'] = 1, ['2+'] = 2, ['3+'] = 3, ['4+'] = 4,
+  ['0-'] = 0, ['1-'] = 1, ['2-'] = 2, ['3-'] = 3, ['4-'] = 4,
+}
+local out, np = {}, 0
+local geo = {}
+local m = tonumber(ARGV[2])
+local a = 5 + m
+local m2 = 2 * m
+local n = m2
+for p = 1, m do
+  local g, added, na = 0, nil, 0
+  for _ = 1, tonumber(ARGV[4 + p]) do
+    n = n + 1
+    local k = KEYS[n]
+    local id, tsa, lat, lon, shape = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+    local sent = SENT[shape]
+    -- Every field sent (the usual case): their 4 values follow, in order.
+    -- Else a + 5 .. j: the fields sent, j + 1 .. d: the names of those not.
+    local j = a + 4 + 2 * sent
+    local d = j + 4 - sent
+    local cur
+    if sent == 4 then
+      d = a + 8
+      cur = call('HMGET', k, 'ts', 'last_seen')
+    else
+      cur = call('HMGET', k, 'ts', 'last_seen', unpack(ARGV, j + 1, d))
     end
-    local del = {}
-    for i = 1, 4 do
-      local v = ARGV[a + 4 + i]
-      if v == '' then
-        del[#del + 1] = names[i]
+    local old, seen = cur[1], cur[2]
+    if not seen then
+      na = na + 1
+      added = added or {}
+      added[na] = id
+    end
+    local ts = tonumber(tsa)
+    -- last_seen >= the stored ts, so a stale location cannot move it either.
+    if old and ts <= tonumber(old) then
+      out[n - m2] = 0
+    else
+      local moves_seen = not seen or seen == old or ts > tonumber(seen)
+      if sent == 4 then
+        if moves_seen then
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, 'alt', ARGV[a + 5],
+            'speed', ARGV[a + 6], 'heading', ARGV[a + 7], 'accuracy', ARGV[a + 8])
+        else
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'alt', ARGV[a + 5],
+            'speed', ARGV[a + 6], 'heading', ARGV[a + 7], 'accuracy', ARGV[a + 8])
+        end
       else
-        set[#set + 1] = names[i]
-        set[#set + 1] = v
+        if moves_seen then
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, unpack(ARGV, a + 5, j))
+        else
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, unpack(ARGV, a + 5, j))
+        end
+        -- Only the absent fields the hash holds: most devices send the
+        -- same fields every time.
+        for x = 3, 6 - sent do
+          if cur[x] then
+            call('HDEL', k, unpack(ARGV, j + 1, d))
+            break
+          end
+        end
       end
+      -- Redis geo cannot hold the poles; the exact position stays in the hash.
+      if #shape > 1 then
+        lat = string.byte(shape, 2) == 43 and '85.05112878' or '-85.05112878'
+      end
+      geo[g + 1], geo[g + 2], geo[g + 3] = lon, lat, id
+      g = g + 3
+      np = np + 1
+      out[n - m2] = 1
     end
-    redis.call('HSET', k, unpack(set))
-    if #del > 0 then
-      redis.call('HDEL', k, unpack(del))
-    end
-    -- Redis geo cannot hold the poles; the exact position stays in the hash.
-    local lat = ARGV[a + 3]
-    local latn = tonumber(lat)
-    if latn > 85.05112878 then
-      lat = '85.05112878'
-    elseif latn < -85.05112878 then
-      lat = '-85.05112878'
-    end
-    redis.call('GEOADD', KEYS[p2 - 1], ARGV[a + 4], lat, id)
-    published[#published + 1] = ARGV[a + 9]
-    out[n] = 1
+    a = d + 1
+  end
+  if added then
+    call('SADD', KEYS[2 * p], unpack(added, 1, na))
+  end
+  if g > 0 then
+    call('GEOADD', KEYS[2 * p - 1], unpack(geo, 1, g))
   end
 end
-if #published > 0 then
-  redis.call('SPUBLISH', ARGV[1], '[' .. table.concat(published, ',') .. ']')
+local total = n - m2
+if np == total then
+  call('SPUBLISH', ARGV[1], ARGV[3])
+elseif np > 0 then
+  local message, applied, pos, i = ARGV[3], {}, 2, 0
+  for len in string.gmatch(ARGV[4], '%d+') do
+    i = i + 1
+    len = tonumber(len)
+    if out[i] == 1 then
+      applied[#applied + 1] = string.sub(message, pos, pos + len - 1)
+    end
+    pos = pos + len + 1
+  end
+  call('SPUBLISH', ARGV[1], '[' .. table.concat(applied, ',') .. ']')
 end
 return out
