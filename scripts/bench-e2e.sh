@@ -21,7 +21,11 @@
 # group, admin ports ADMIN_PORT, ADMIN_PORT+1, ...), BROKER (mosquitto;
 # nats: a private single nats-server with JetStream, its MQTT listener on
 # PORT for the fleet and the floor's subscribers, the bridges reading the
-# stream through FIELDCAST_NATS_URL, client port NATS_PORT (14222)). Each Redis node's
+# stream through FIELDCAST_NATS_URL, client port NATS_PORT (14222);
+# nats-cluster: three such nodes in a cluster, every stream R3, MQTT on
+# PORT..PORT+2 with the fleet spread over them, client ports
+# NATS_PORT..+2, routes NATS_PORT+100..+102, monitoring NATS_PORT+200..,
+# every node's CPU watched). Each Redis node's
 # `INFO commandstats` over the gateway run goes to $base-redis-<port>.txt
 # (where its CPU went, command by command). The table goes
 # to stdout; each run's JSON line is appended to $OUT/results.jsonl.
@@ -45,6 +49,7 @@ fi
 mkdir -p "$OUT"
 . scripts/bench-world.sh
 
+broker_pids=()
 if [ "${BROKER:-mosquitto}" = nats ]; then
   NATS_PORT=${NATS_PORT:-14222}; mkdir -p "$tmp/js"
   cat > "$tmp/nats.conf" <<CONF
@@ -56,10 +61,38 @@ CONF
   nats-server -c "$tmp/nats.conf" >"$tmp/nats.log" 2>&1 & broker=$!; pids+=("$broker")
   export FIELDCAST_NATS_URL="nats://127.0.0.1:$NATS_PORT"
   for _ in $(seq 1 50); do fc_port_open "$PORT" && break; sleep 0.1; done
+elif [ "${BROKER:-mosquitto}" = nats-cluster ]; then
+  # Three nodes as scripts/cluster.sh runs them: client ports NATS_PORT..+2,
+  # routes NATS_PORT+100.., MQTT listeners PORT..PORT+2, every stream R3.
+  NATS_PORT=${NATS_PORT:-14222}; routes=""; mqtt_urls=""
+  for i in 0 1 2; do routes="$routes${routes:+, }nats-route://127.0.0.1:$((NATS_PORT + 100 + i))"; done
+  for i in 0 1 2; do
+    mkdir -p "$tmp/js-$i"
+    cat > "$tmp/nats-$i.conf" <<CONF
+server_name: bench-$i
+listen: 127.0.0.1:$((NATS_PORT + i))
+http: 127.0.0.1:$((NATS_PORT + 200 + i))
+jetstream { store_dir: "$tmp/js-$i" }
+cluster { name: bench, listen: 127.0.0.1:$((NATS_PORT + 100 + i)), routes: [ $routes ] }
+mqtt { listen: 127.0.0.1:$((PORT + i)), stream_replicas: 3 }
+CONF
+    nats-server -c "$tmp/nats-$i.conf" >"$tmp/nats-$i.log" 2>&1 & broker_pids+=($!); pids+=($!)
+    mqtt_urls="$mqtt_urls${mqtt_urls:+,}mqtt://127.0.0.1:$((PORT + i))"
+  done
+  broker=${broker_pids[0]}
+  export FIELDCAST_NATS_URL="nats://127.0.0.1:$NATS_PORT,nats://127.0.0.1:$((NATS_PORT + 1)),nats://127.0.0.1:$((NATS_PORT + 2))"
+  for i in 0 1 2; do
+    for _ in $(seq 1 100); do fc_port_open $((PORT + i)) && break; sleep 0.1; done
+  done
+  # JetStream needs its meta leader before the first stream.
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$((NATS_PORT + 200))/jsz" 2>/dev/null | grep -q '"leader"' && break; sleep 0.2
+  done
 else
   /usr/sbin/mosquitto -c "$tmp/mosquitto.conf" >/dev/null 2>&1 & broker=$!; pids+=("$broker")
 fi
-export FIELDCAST_MQTT_URL="mqtt://127.0.0.1:$PORT"
+export FIELDCAST_MQTT_URL="${mqtt_urls:-mqtt://127.0.0.1:$PORT}"
+broker_watch=(); for p in "${broker_pids[@]:-$broker}"; do broker_watch+=(--watch-pid "$p"); done
 sleep 0.5
 label=$(printf '%s\n' "$@" | awk 'f { print; exit } $0 == "--label" { f = 1 }')
 stamp=$(date -u +%Y%m%dT%H%M%SZ); base="$OUT/${label:-bench}-$stamp"
@@ -70,7 +103,7 @@ run() {
 # The floor first, with nothing else running: fleet -> broker -> plain subscribers.
 if [ "$FLOOR" = 1 ]; then
   echo "== floor" >&2
-  run --floor --watch-pid "$broker" --prefix "f$$" "$@" > "$base-floor.txt"
+  run --floor "${broker_watch[@]}" --prefix "f$$" "$@" > "$base-floor.txt"
   cat "$base-floor.txt"
 fi
 
@@ -121,7 +154,7 @@ export RUST_LOG=${RUST_LOG:-warn}
 watch=(); bridge_pids=()
 # Several bridges: a shared group on Mosquitto; on NATS they share the
 # stream's durable consumer anyway.
-[ "$BRIDGES" -gt 1 ] && [ "${BROKER:-mosquitto}" != nats ] && export FIELDCAST_MQTT_SHARED_GROUP="bench$$"
+[ "$BRIDGES" -gt 1 ] && [ "${BROKER:-mosquitto}" = mosquitto ] && export FIELDCAST_MQTT_SHARED_GROUP="bench$$"
 for i in $(seq 0 $((BRIDGES - 1))); do
   admin=127.0.0.1:$((ADMIN_PORT + i))
   FIELDCAST_MQTT_CLIENT_ID="bench-bridge-$$-$i" FIELDCAST_ADMIN_ADDR="$admin" \
@@ -166,7 +199,7 @@ echo "== gateway" >&2
 # RSS after each: memory over connection churn.
 for round in $(seq 1 "${ROUNDS:-1}"); do
   for p in "${redis_ports[@]}"; do redis-cli -p "$p" config resetstat >/dev/null; done
-  run "${gateways[@]}" "${watch[@]}" --watch-pid "$broker" --prefix "g$$" "$@" > "$base.txt"
+  run "${gateways[@]}" "${watch[@]}" "${broker_watch[@]}" --prefix "g$$" "$@" > "$base.txt"
   cat "$base.txt"
   for p in "${redis_ports[@]}"; do
     redis-cli -p "$p" info commandstats | tr -d '\r' > "$base-redis-$p.txt"
