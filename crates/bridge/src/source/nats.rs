@@ -454,26 +454,46 @@ impl Source {
             tracing::warn!(stream = %s.stream, subjects = ?info.config.subjects, "the stream does not capture {SUBJECTS}");
         }
         tracing::info!(stream = %s.stream, replicas = info.config.num_replicas, messages = info.state.messages, "JetStream stream");
+        let (messages, _) = self.durable_pull(&stream, &s.consumer, None).await?;
+        self.set_consumer_ready(true);
+        tracing::info!(consumer = %s.consumer, max_ack_pending = s.max_ack_pending, ack_wait = ?s.ack_wait, "pulling from JetStream");
+        Ok(messages)
+    }
+
+    /// Creates the durable pull consumer `name` on `stream` (shared by
+    /// every bridge, optionally filtered), or updates the settings of the
+    /// one another bridge made (one that cannot be updated is used as it
+    /// is), and starts pulling. Answers the pull and the consumer's
+    /// creation time (ms since the epoch).
+    async fn durable_pull(
+        &self,
+        stream: &jetstream::stream::Stream,
+        name: &str,
+        filter: Option<String>,
+    ) -> Result<(consumer::pull::Stream, i64), SetupError> {
+        let s = &self.settings;
         let config = consumer::pull::Config {
-            durable_name: Some(s.consumer.clone()),
+            durable_name: Some(name.to_owned()),
+            filter_subject: filter.unwrap_or_default(),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: s.ack_wait,
             max_ack_pending: i64::try_from(s.max_ack_pending).unwrap_or(i64::MAX),
             deliver_policy: consumer::DeliverPolicy::All,
             ..Default::default()
         };
-        // Create, or update the settings of the one another bridge made;
-        // a consumer that cannot be updated is used as it is.
         let consumer: consumer::PullConsumer = match stream.create_consumer(config).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(consumer = %s.consumer, error = %e, "cannot create or update the consumer; using it as it is");
+                tracing::warn!(consumer = %name, error = %e, "cannot create or update the consumer; using it as it is");
                 stream
-                    .get_consumer(&s.consumer)
+                    .get_consumer(name)
                     .await
-                    .map_err(|e| SetupError::Consumer(s.consumer.clone(), e.to_string()))?
+                    .map_err(|e| SetupError::Consumer(name.to_owned(), e.to_string()))?
             }
         };
+        let created =
+            i64::try_from(consumer.cached_info().created.unix_timestamp_nanos() / 1_000_000)
+                .unwrap_or(i64::MAX);
         let messages = consumer
             .stream()
             .max_messages_per_batch(s.batch)
@@ -481,9 +501,7 @@ impl Source {
             .messages()
             .await
             .map_err(|e| SetupError::Pull(e.to_string()))?;
-        self.set_consumer_ready(true);
-        tracing::info!(consumer = %s.consumer, max_ack_pending = s.max_ack_pending, ack_wait = ?s.ack_wait, "pulling from JetStream");
-        Ok(messages)
+        Ok((messages, created))
     }
 
     /// Binds the QoS 1 lane: a durable consumer of its own on
@@ -501,37 +519,11 @@ impl Source {
             .get_stream(MQTT_QOS1_STREAM)
             .await
             .map_err(|e| SetupError::Stream(MQTT_QOS1_STREAM.to_owned(), e.to_string()))?;
-        let config = consumer::pull::Config {
-            durable_name: Some(name.clone()),
-            filter_subject: format!("{MQTT_QOS1_PREFIX}{SUBJECTS}"),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: s.ack_wait,
-            max_ack_pending: i64::try_from(s.max_ack_pending).unwrap_or(i64::MAX),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        };
-        let consumer: consumer::PullConsumer = match stream.create_consumer(config).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(consumer = %name, error = %e, "cannot create or update the QoS 1 consumer; using it as it is");
-                stream
-                    .get_consumer(&name)
-                    .await
-                    .map_err(|e| SetupError::Consumer(name.clone(), e.to_string()))?
-            }
-        };
-        let created = consumer.cached_info().created;
-        let handoff = i64::try_from(created.unix_timestamp_nanos() / 1_000_000)
-            .unwrap_or(i64::MAX)
-            .saturating_add(i64::try_from(HANDOFF_MARGIN.as_millis()).unwrap_or(i64::MAX));
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(s.batch)
-            .heartbeat(HEARTBEAT)
-            .messages()
-            .await
-            .map_err(|e| SetupError::Pull(e.to_string()))?;
-        tracing::info!(stream = MQTT_QOS1_STREAM, consumer = %name, %created, "pulling QoS 1 messages from nats-server's MQTT stream");
+        let filter = format!("{MQTT_QOS1_PREFIX}{SUBJECTS}");
+        let (messages, created) = self.durable_pull(&stream, &name, Some(filter)).await?;
+        let handoff =
+            created.saturating_add(i64::try_from(HANDOFF_MARGIN.as_millis()).unwrap_or(i64::MAX));
+        tracing::info!(stream = MQTT_QOS1_STREAM, consumer = %name, created_ms = created, "pulling QoS 1 messages from nats-server's MQTT stream");
         Ok((messages, handoff))
     }
 
