@@ -217,6 +217,12 @@ impl Fence {
     }
 }
 
+/// The fences as a GeoJSON FeatureCollection (`GET /api/geofences`).
+pub fn feature_collection<'a>(fences: impl IntoIterator<Item = &'a Fence>) -> Value {
+    let features: Vec<Value> = fences.into_iter().map(Fence::to_feature).collect();
+    json!({"type": "FeatureCollection", "features": features})
+}
+
 /// `[lon, lat]` from the (lat, lon) order the rest of Fieldcast uses.
 pub(crate) fn pos(lat: f64, lon: f64) -> Position {
     [lon, lat]

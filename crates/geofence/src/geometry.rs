@@ -91,8 +91,9 @@ enum Side {
 }
 
 impl Shape {
-    /// The geometry of a Feature, with `properties.radius` / `.width`
-    /// (`extent`: which one was given, its value and its field path).
+    /// The geometry of a Feature, with `properties.radius` / `.width` when
+    /// given (their value and field path; a non-number arrives as NaN and
+    /// is refused like any bad number).
     pub(crate) fn parse(
         geometry: &Value,
         radius: Option<(f64, String)>,
@@ -177,6 +178,7 @@ impl Shape {
     pub(crate) fn boxes(&self, out: &mut Vec<(AABB<Position>, u32)>) {
         match self {
             Shape::Polygon(p) => {
+                // The outer ring's box; it exists (see `Polygon::contains`).
                 let [a, b, c, d] = p.boxes[0];
                 out.push((AABB::from_corners([a, b], [c, d]), 0));
             }
@@ -272,6 +274,8 @@ impl Polygon {
     }
 
     fn contains(&self, p: Position) -> bool {
+        // Indexing [0] cannot panic: `parse` refuses a polygon without
+        // rings, and `boxes` has one entry per ring.
         if !in_box(&self.boxes[0], p) || locate(&self.rings[0], p) == Side::Outside {
             return false;
         }

@@ -26,7 +26,7 @@ pub mod schedule;
 pub mod transition;
 
 pub use error::{FenceError, Problem};
-pub use fence::{Fence, FenceId};
+pub use fence::{feature_collection, Fence, FenceId};
 pub use geometry::Shape;
 pub use index::FenceIndex;
 pub use schedule::Schedule;

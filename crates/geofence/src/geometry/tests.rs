@@ -370,7 +370,7 @@ fn every_validation_rule_names_its_field() {
 
 #[test]
 fn too_many_vertices() {
-    // A star-free circle of 10 001 positions (10 000 + closing).
+    // A circular ring of 10 001 positions (10 000 + the closing one).
     let n = crate::MAX_VERTICES;
     let ring: Vec<[f64; 2]> = (0..=n)
         .map(|i| {
@@ -645,6 +645,9 @@ fn features_round_trip_canonically() {
                "geometry": {"type": "Point", "coordinates": [2.0, 3.0]},
                "properties": {"name": "c", "radius": 250.5, "severity": "info"}})
     );
+    let all = crate::fence::feature_collection([&f, &f]);
+    assert_eq!(all["type"], "FeatureCollection");
+    assert_eq!(all["features"].as_array().map(Vec::len), Some(2));
     let yard = Fence::from_feature(
         FenceId(2),
         &json!({
