@@ -108,7 +108,6 @@ use fred::prelude::HashesInterface;
 use futures::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
@@ -116,7 +115,7 @@ use tokio_util::sync::CancellationToken;
 use fieldcast_core::partition::key_slot;
 use fieldcast_core::time::now_ms;
 use fieldcast_testkit::{free_port, unique, wait_until, HaProxy, NatsCluster, PgDb, RedisCluster};
-use support::{token, SECRET};
+use support::{get, tail, token, SECRET};
 
 const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_fieldcast-gateway");
 const DEVICES: usize = 12;
@@ -768,35 +767,6 @@ impl Drop for Proc {
         }
     }
 }
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-/// `GET path` with `Connection: close` within 5 s: `(status, body)`.
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .ok()?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-        Some((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(5), io)
-        .await
-        .ok()
-        .flatten()
-}
-
 /// What a device ends with: every event id it got a PUBACK for, and its
 /// final location `(ts, lat, lon)` and status `(ts, battery)`.
 struct DeviceReport {

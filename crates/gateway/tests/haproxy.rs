@@ -24,13 +24,12 @@ use std::sync::Arc;
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use fieldcast_testkit::chain::Chain;
 use fieldcast_testkit::{free_port, unique, wait_until, HaProxy};
-use support::{token, Ended, Ws, SECRET};
+use support::{get, tail, token, Ended, Ws, SECRET};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -311,36 +310,6 @@ impl Drop for GatewayProcess {
         let _ = std::fs::remove_file(&self.log);
     }
 }
-
-fn tail(path: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-/// `GET path` with `Connection: close`: `(status, body)`, or `None` when
-/// nothing answers (a killed or stopped gateway).
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .ok()?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-        Some((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(5), io)
-        .await
-        .ok()
-        .flatten()
-}
-
 /// `DEVICES` devices over MQTT, each publishing QoS 1 events `e-00000`,
 /// `e-00001`... in order, a round (an event from each) every 25 ms, until
 /// [`Publisher::finish`].
