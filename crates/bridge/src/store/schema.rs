@@ -13,10 +13,19 @@ const SCHEMA_LOCK: i64 = 0x6669_656c_6463_6173; // "fieldcas"
 
 /// The migrations, in order. Applied once each, recorded in
 /// `schema_migrations`.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_history",
-    include_str!("../../../../migrations/0001_history.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_history",
+        include_str!("../../../../migrations/0001_history.sql"),
+    ),
+    (
+        "0002_geofences",
+        include_str!("../../../../migrations/0002_geofences.sql"),
+    ),
+];
+
+/// How many migrations there are (a fresh database gets each once).
+pub const MIGRATION_COUNT: usize = MIGRATIONS.len();
 
 /// Partitions are made this many days ahead of today.
 const DAYS_AHEAD: u64 = 3;
