@@ -28,6 +28,9 @@
 //!   [`store::schema`] (migrations, partitions).
 //! - [`upkeep`]: schema upkeep, store probes, the event log's trim.
 //! - [`config`], [`admin`], [`metrics`], [`health`]: what operators set and see.
+//! - [`fences`]: the geofences every bridge holds, kept current from
+//!   PostgreSQL; the membership each location carries into `location.lua`
+//!   and the drain that turns recorded changes into events.
 //! - [`rebuild`]: `fieldcast-bridge rebuild-redis`, the one-shot rebuild of
 //!   the Redis hot state from PostgreSQL or the pre-partition keys.
 //!
@@ -40,6 +43,7 @@
 pub mod ack;
 pub mod admin;
 pub mod config;
+pub mod fences;
 pub mod health;
 pub mod metrics;
 pub mod queue;
@@ -224,15 +228,32 @@ fn retention_ms(config: &Config) -> i64 {
 }
 
 /// The tasks beside the pipeline but the admin server, all stopped last
-/// (`bg`): store probes, schema upkeep, the event-log trim, the spool
-/// replayer and the outbox drain.
+/// (`bg`): the geofence loader and transition drain, store probes, schema
+/// upkeep, the event-log trim, the spool replayer and the outbox drain.
 fn spawn_background(
     config: &Config,
     o: &Opened,
     redis: &Arc<RedisSink>,
+    fences: &Arc<fences::Fences>,
     tracker: &TaskTracker,
     bg: &CancellationToken,
 ) {
+    tracker.spawn(fences::load::keep_current(
+        config.store.database_url.clone(),
+        fences.clone(),
+        o.metrics.clone(),
+        bg.clone(),
+    ));
+    tracker.spawn(
+        fences::drain::Drain {
+            redis: redis.clone(),
+            pg: o.pg.clone(),
+            fences: fences.clone(),
+            metrics: o.metrics.clone(),
+            consumer: fences::drain::Drain::consumer_name(),
+        }
+        .run(bg.clone()),
+    );
     tracker.spawn(upkeep::check_health(
         o.pg.clone(),
         o.redis_client.clone(),
@@ -359,9 +380,12 @@ impl Running {
     fn spawn(config: &Config, o: Opened, shutdown: CancellationToken) -> Running {
         let stops = Stops::after(shutdown);
         let tracker = TaskTracker::new();
-        let redis = Arc::new(RedisSink::new(o.redis_client.clone(), config.store.keys()));
+        let fences = Arc::new(fences::Fences::default());
+        let redis = Arc::new(
+            RedisSink::new(o.redis_client.clone(), config.store.keys()).with_fences(fences.clone()),
+        );
         let bg = &stops.background;
-        spawn_background(config, &o, &redis, &tracker, bg);
+        spawn_background(config, &o, &redis, &fences, &tracker, bg);
         tracker.spawn(admin::serve(
             o.listener,
             admin::router(o.health.clone(), o.metrics.clone()),

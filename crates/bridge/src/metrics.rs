@@ -106,6 +106,16 @@ fieldcast_service::metric_set! {
         pub redis_eviction_risk: Gauge = Gauge::default(),
         /// 1 when Redis is 7.0 or newer
         pub redis_version_ok: Gauge = Gauge::default(),
+        /// Live geofences in this bridge's index
+        pub geofences: Gauge = Gauge::default(),
+        /// The configuration version (fences, rules, groups) this bridge holds
+        pub config_version: Gauge = Gauge::default(),
+        /// Failed loads of the geofence configuration (retried with backoff)
+        pub config_reload_errors: Counter = Counter::default(),
+        /// Device membership changes turned into events (a replay after a crash counts again)
+        pub geofence_changes: Counter = Counter::default(),
+        /// Geofence events written by kind (the stores keep each id once)
+        pub geofence_events: Family<KindLabel, Counter> = Family::default(),
     }
 }
 

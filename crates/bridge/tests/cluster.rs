@@ -574,6 +574,9 @@ async fn hot_state_geo_and_live_of_every_partition_on_a_cluster() {
         expected.insert(keys.partition(*p).devices.clone());
         expected.insert(keys.partition(*p).geo.clone());
     }
+    // Every partition's transitions stream, made empty with its consumer
+    // group when the bridge starts (docs/geofences.md).
+    expected.extend(keys.all().iter().map(|p| p.transitions.clone()));
     assert_eq!(all_keys(&cluster).await, expected);
 
     // History keeps every message, the stale ones too.

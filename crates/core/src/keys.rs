@@ -55,6 +55,10 @@ pub struct PartitionKeys {
     /// from an earlier life of the log is told apart (the bridge's
     /// `event.lua`).
     pub epoch: String,
+    /// Stream: the partition's membership changes (geofences) that the
+    /// location step decided and the bridges have yet to turn into events
+    /// (docs/geofences.md).
+    pub transitions: String,
     /// `<prefix>{n}:dev:`, the start of each device hash's key.
     device: String,
     /// `<prefix>{n}:evseen:`, the start of the live de-duplication keys.
@@ -73,6 +77,7 @@ impl PartitionKeys {
             },
             events: format!("{tag}events"),
             epoch: format!("{tag}events:epoch"),
+            transitions: format!("{tag}transitions"),
             device: format!("{tag}dev:"),
             event_seen: format!("{tag}evseen:"),
         }
@@ -203,6 +208,7 @@ mod tests {
         assert_eq!(k.device("v1"), format!("fc:{{{p}}}:dev:v1"));
         assert_eq!(part.events, format!("fc:{{{p}}}:events"));
         assert_eq!(part.epoch, format!("fc:{{{p}}}:events:epoch"));
+        assert_eq!(part.transitions, format!("fc:{{{p}}}:transitions"));
         assert_eq!(k.event_seen("v1", "e9"), format!("fc:{{{p}}}:evseen:v1:e9"));
         assert_eq!(k.deadletter, "fc:deadletter");
         assert_eq!(k.push, "fc:push");

@@ -42,6 +42,15 @@ pub enum PgError {
     },
 }
 
+/// A PostgreSQL error with the server's message, where `Display` says only
+/// "db error".
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    }
+}
+
 impl PgError {
     /// The data is at fault, not the server: retrying the same rows can
     /// never succeed (SQLSTATE classes 22 data exception, 23 integrity

@@ -5,6 +5,7 @@
 //! the server. Each script call touches the keys of one partition: one
 //! hash slot.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::clients::Pipeline;
@@ -17,6 +18,7 @@ use fieldcast_core::partition::key_slot;
 use fieldcast_core::{Event, Keys, Kind, Partition, Status, Topology};
 use fieldcast_service::redis::ReplyCode;
 
+use crate::fences::{Fences, Snapshot};
 use crate::metrics::{KindLabel, Metrics};
 use crate::queue::Batch;
 use crate::record::{DeadLetter, LiveLocation, Reliable};
@@ -67,6 +69,9 @@ impl RedisSinkError {
 pub struct RedisSink {
     client: Client,
     keys: Keys,
+    /// The geofences each location's membership is computed with; none
+    /// (the rebuild) leaves memberships as they are.
+    fences: Option<Arc<Fences>>,
     location: Script,
     status: Script,
     event: Script,
@@ -76,6 +81,9 @@ pub struct RedisSink {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     pub published: usize,
+    /// Applied locations whose geofence membership changed (recorded in
+    /// their partition's `transitions` stream).
+    pub membership_changes: usize,
     pub stale_locations: usize,
     pub stale_statuses: usize,
     pub duplicate_events: usize,
@@ -116,6 +124,9 @@ impl Applied {
                 for f in flags {
                     if matches!(f, Value::Integer(1)) {
                         self.published += 1;
+                    } else if matches!(f, Value::Integer(2)) {
+                        self.published += 1;
+                        self.membership_changes += 1;
                     } else {
                         self.stale_locations += 1;
                     }
@@ -161,10 +172,17 @@ impl RedisSink {
         RedisSink {
             client,
             keys,
+            fences: None,
             location: Script::from_lua(include_str!("lua/location.lua")),
             status: Script::from_lua(include_str!("lua/status.lua")),
             event: Script::from_lua(include_str!("lua/event.lua")),
         }
+    }
+
+    /// Gives each location written its geofence membership.
+    pub fn with_fences(mut self, fences: Arc<Fences>) -> Self {
+        self.fences = Some(fences);
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -196,6 +214,11 @@ impl RedisSink {
                     .redis_write_seconds
                     .observe(started.elapsed().as_secs_f64());
                 a.record(metrics);
+                if a.membership_changes > 0 {
+                    if let Some(f) = &self.fences {
+                        f.wake_drain();
+                    }
+                }
             }
             Err(_) => {
                 metrics.redis_errors.inc();
@@ -329,8 +352,10 @@ impl RedisSink {
 
     /// One `location.lua` call for up to [`LOCATIONS_PER_SCRIPT`] fixes
     /// of one group ([`Self::location_groups`], sorted by partition),
-    /// published on `channel`: each partition's geo and device set once,
-    /// with its number of fixes, then a device hash per fix; the live
+    /// published on `channel`: each partition's geo set, device set and
+    /// transitions stream once, with its number of fixes, then a device
+    /// hash per fix; the configuration version and each fix's geofence
+    /// membership computed with it (docs/geofences.md); the live
     /// envelopes as one JSON array (with their lengths), and each fix's
     /// arguments laid out as the script passes them on (the optional
     /// fields' values when all are sent, else the `HSET` pairs of those
@@ -342,7 +367,11 @@ impl RedisSink {
         channel: &str,
         chunk: &[(Partition, &LiveLocation)],
     ) -> Result<(), fred::error::Error> {
-        let mut shared = Vec::with_capacity(2);
+        let snapshot = self.fences.as_ref().map(|f| f.current());
+        let snapshot: Option<&Snapshot> = snapshot.as_deref();
+        let version = snapshot.map_or(0, |s| s.version);
+        let (mut fence_ids, mut membership) = (Vec::new(), String::new());
+        let mut shared = Vec::with_capacity(3);
         let mut counts: Vec<usize> = Vec::with_capacity(1);
         let mut hashes = Vec::with_capacity(chunk.len());
         let mut fixes = Vec::with_capacity(9 * chunk.len());
@@ -355,7 +384,7 @@ impl RedisSink {
             let id = l.device.as_str();
             let k = self.keys.partition(p);
             if last != Some(p) {
-                shared.extend([k.geo.clone(), k.devices.clone()]);
+                shared.extend([k.geo.clone(), k.devices.clone(), k.transitions.clone()]);
                 counts.push(0);
                 last = Some(p);
             }
@@ -387,12 +416,16 @@ impl RedisSink {
                 lens.push(',');
             }
             lens.push_str(&envelope.len().to_string());
+            if let Some(s) = snapshot {
+                s.membership_into(id, loc, &mut fence_ids, &mut membership);
+            }
             fixes.extend([
                 id.to_owned(),
                 loc.ts.to_string(),
                 fmt_f64(loc.lat),
                 fmt_f64(loc.lon),
                 format!("{sent}{pole}"),
+                membership.clone(),
             ]);
             if sent == optional.len() {
                 // The usual case: the values alone, in order.
@@ -411,8 +444,14 @@ impl RedisSink {
             }
         }
         message.push(']');
-        let mut args = Vec::with_capacity(4 + counts.len() + fixes.len());
-        args.extend([channel.to_owned(), counts.len().to_string(), message, lens]);
+        let mut args = Vec::with_capacity(5 + counts.len() + fixes.len());
+        args.extend([
+            channel.to_owned(),
+            counts.len().to_string(),
+            message,
+            lens,
+            version.to_string(),
+        ]);
         args.extend(counts.iter().map(usize::to_string));
         args.append(&mut fixes);
         shared.append(&mut hashes);

@@ -1,15 +1,18 @@
 -- Moves the location part of a batch of devices' hot state forward,
 -- atomically, and publishes what moved as one message.
--- KEYS: 1..2m the geo set and device set of each of the call's m
---       partitions (on a cluster m = 1: one hash slot), then one device
---       hash per location, partition by partition
+-- KEYS: 1..3m the geo set, device set and transitions stream of each of
+--       the call's m partitions (on a cluster m = 1: one hash slot), then
+--       one device hash per location, partition by partition
 -- ARGV: 1 the live channel, 2 m, 3 the live envelopes of all the call's
 --       locations as one JSON array (what is published when all apply),
 --       4 the byte length of each envelope in it, comma-separated,
---       5..4+m how many of the locations are in each partition, then per
+--       5 the configuration version the memberships were computed with
+--       (0: none loaded, memberships left alone),
+--       6..5+m how many of the locations are in each partition, then per
 --       location, laid out by the bridge so the script builds no
 --       per-location table:
---         device id, ts, lat, lon, shape,
+--         device id, ts, lat, lon, shape, membership (the ids of the
+--         geofences holding the location, ascending, comma-separated),
 --         then, when all 4 optional fields are sent (k = 4), their
 --         values: alt, speed, heading, accuracy; else a name and a value
 --         for each of the k sent (in that order), then the names of the
@@ -23,8 +26,17 @@
 -- argument: Redis's Lua hashes every byte of every string it makes, so
 -- each envelope as its own argument, then again in the joined message,
 -- cost two passes over it.
--- Returns one integer per location: 1 applied, 0 not newer than the stored
--- one. The applied envelopes go out as one JSON array on the live channel.
+-- Geofence membership (docs/geofences.md) moves only with the location
+-- that becomes the device's newest, in this same step, so two bridges,
+-- redeliveries and out-of-order fixes cannot decide one change twice. It
+-- moves only if the version is not older than the one that last judged the
+-- device (`gv`): a bridge that has not yet reloaded changed fences cannot
+-- undo what a reloaded one decided. A change is stored in `gf` and
+-- appended to the partition's transitions stream, for the bridges' drain
+-- to turn into events.
+-- Returns one integer per location: 2 applied and its membership changed,
+-- 1 applied, 0 not newer than the stored one. The applied envelopes go out
+-- as one JSON array on the live channel.
 -- Hot path: per update HMGET, HSET; per partition GEOADD; one SPUBLISH
 -- per call.
 local call, tonumber, unpack = redis.call, tonumber, unpack
@@ -36,26 +48,31 @@ local SENT = {
 local out, np = {}, 0
 local geo = {}
 local m = tonumber(ARGV[2])
-local a = 5 + m
-local m2 = 2 * m
+local vera = ARGV[5]
+local ver = tonumber(vera)
+local a = 6 + m
+local m2 = 3 * m
 local n = m2
+-- Bounds each transitions stream should the drain stop (PostgreSQL away
+-- for long); docs/geofences.md.
+local TRANSITIONS_MAX = '20000' 
 for p = 1, m do
   local g, added, na = 0, nil, 0
-  for _ = 1, tonumber(ARGV[4 + p]) do
+  for _ = 1, tonumber(ARGV[5 + p]) do
     n = n + 1
     local k = KEYS[n]
     local id, tsa, lat, lon, shape = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
     local sent = SENT[shape]
     -- Every field sent (the usual case): their 4 values follow, in order.
-    -- Else a + 5 .. j: the fields sent, j + 1 .. d: the names of those not.
-    local j = a + 4 + 2 * sent
+    -- Else a + 6 .. j: the fields sent, j + 1 .. d: the names of those not.
+    local j = a + 5 + 2 * sent
     local d = j + 4 - sent
     local cur
     if sent == 4 then
-      d = a + 8
-      cur = call('HMGET', k, 'ts', 'last_seen')
+      d = a + 9
+      cur = call('HMGET', k, 'ts', 'last_seen', 'gf', 'gv')
     else
-      cur = call('HMGET', k, 'ts', 'last_seen', unpack(ARGV, j + 1, d))
+      cur = call('HMGET', k, 'ts', 'last_seen', 'gf', 'gv', unpack(ARGV, j + 1, d))
     end
     local old, seen = cur[1], cur[2]
     if not seen then
@@ -71,21 +88,21 @@ for p = 1, m do
       local moves_seen = not seen or seen == old or ts > tonumber(seen)
       if sent == 4 then
         if moves_seen then
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, 'alt', ARGV[a + 5],
-            'speed', ARGV[a + 6], 'heading', ARGV[a + 7], 'accuracy', ARGV[a + 8])
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, 'alt', ARGV[a + 6],
+            'speed', ARGV[a + 7], 'heading', ARGV[a + 8], 'accuracy', ARGV[a + 9])
         else
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'alt', ARGV[a + 5],
-            'speed', ARGV[a + 6], 'heading', ARGV[a + 7], 'accuracy', ARGV[a + 8])
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'alt', ARGV[a + 6],
+            'speed', ARGV[a + 7], 'heading', ARGV[a + 8], 'accuracy', ARGV[a + 9])
         end
       else
         if moves_seen then
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, unpack(ARGV, a + 5, j))
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, unpack(ARGV, a + 6, j))
         else
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, unpack(ARGV, a + 5, j))
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, unpack(ARGV, a + 6, j))
         end
         -- Only the absent fields the hash holds: most devices send the
         -- same fields every time.
-        for x = 3, 6 - sent do
+        for x = 5, 8 - sent do
           if cur[x] then
             call('HDEL', k, unpack(ARGV, j + 1, d))
             break
@@ -100,14 +117,31 @@ for p = 1, m do
       g = g + 3
       np = np + 1
       out[n - m2] = 1
+      local gv = cur[4]
+      if ver > 0 and (not gv or ver >= tonumber(gv)) then
+        local mem, was = ARGV[a + 5], cur[3] or ''
+        if mem ~= was then
+          if mem == '' then
+            call('HDEL', k, 'gf')
+            call('HSET', k, 'gv', vera)
+          else
+            call('HSET', k, 'gf', mem, 'gv', vera)
+          end
+          call('XADD', KEYS[3 * p], 'MAXLEN', '~', TRANSITIONS_MAX, '*',
+            'd', id, 'ts', tsa, 'prev', was, 'next', mem)
+          out[n - m2] = 2
+        elseif gv ~= vera then
+          call('HSET', k, 'gv', vera)
+        end
+      end
     end
     a = d + 1
   end
   if added then
-    call('SADD', KEYS[2 * p], unpack(added, 1, na))
+    call('SADD', KEYS[3 * p - 1], unpack(added, 1, na))
   end
   if g > 0 then
-    call('GEOADD', KEYS[2 * p - 1], unpack(geo, 1, g))
+    call('GEOADD', KEYS[3 * p - 2], unpack(geo, 1, g))
   end
 end
 local total = n - m2
@@ -118,7 +152,7 @@ elseif np > 0 then
   for len in string.gmatch(ARGV[4], '%d+') do
     i = i + 1
     len = tonumber(len)
-    if out[i] == 1 then
+    if out[i] > 0 then
       applied[#applied + 1] = string.sub(message, pos, pos + len - 1)
     end
     pos = pos + len + 1

@@ -1,0 +1,222 @@
+//! Keeps [`Fences`] current: loads fences and device groups with their
+//! `config_version` in one snapshot, then reloads on each NOTIFY
+//! `fieldcast_config` (migration 0002's trigger sends it in the writing
+//! transaction), and checks the version every 30 s besides, in case a
+//! notification was missed while the listening connection was down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use fieldcast_core::{Backoff, LogLimiter, Severity};
+use fieldcast_geofence::{Fence, FenceId};
+
+use super::{FenceInfo, Fences, Snapshot};
+use crate::metrics::Metrics;
+
+/// The channel migration 0002's trigger notifies.
+pub const CHANNEL: &str = "fieldcast_config";
+
+/// How often the version is checked without a notification.
+const POLL: Duration = Duration::from_secs(30);
+
+/// Notifications arriving within this of each other cause one reload: an
+/// import of many fences is many statements.
+const SETTLE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("PostgreSQL: {}", crate::store::postgres::describe(.0))]
+    Pg(#[from] tokio_postgres::Error),
+    #[error("bad FIELDCAST_DATABASE_URL: {0}")]
+    Config(String),
+}
+
+impl LoadError {
+    /// The tables do not exist yet (SQLSTATE 42P01).
+    fn is_schema_pending(&self) -> bool {
+        matches!(self, LoadError::Pg(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE))
+    }
+}
+
+/// Reads one consistent snapshot. A stored fence that no longer validates
+/// (written by another version) is left out and logged, not fatal.
+pub async fn read(client: &mut tokio_postgres::Client) -> Result<Snapshot, LoadError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let version: i64 = tx
+        .query_one("SELECT version FROM config_version", &[])
+        .await?
+        .get(0);
+    let rows = tx
+        .query(
+            "SELECT id, feature::text, deleted_at IS NOT NULL FROM geofences",
+            &[],
+        )
+        .await?;
+    let mut live = Vec::new();
+    let mut deleted = Vec::new();
+    for row in rows {
+        let id = FenceId(u64::try_from(row.get::<_, i64>(0)).unwrap_or_default());
+        let text: String = row.get(1);
+        let gone: bool = row.get(2);
+        match Fence::from_json(id, &text) {
+            Ok(f) if !gone => live.push(f),
+            Ok(f) => deleted.push((
+                id,
+                FenceInfo {
+                    name: f.name().to_owned(),
+                    severity: Severity::parse(f.severity().as_str()).unwrap_or_default(),
+                },
+            )),
+            Err(e) => {
+                tracing::error!(fence = %id, error = %e, "a stored geofence does not validate; left out")
+            }
+        }
+    }
+    let mut groups: HashMap<Box<str>, Vec<Box<str>>> = HashMap::new();
+    for row in tx
+        .query(
+            "SELECT device_id, group_name FROM device_groups ORDER BY device_id, group_name",
+            &[],
+        )
+        .await?
+    {
+        let d: String = row.get(0);
+        let g: String = row.get(1);
+        groups.entry(d.into()).or_default().push(g.into());
+    }
+    tx.commit().await?;
+    Ok(Snapshot::new(version, live, deleted, groups))
+}
+
+/// Runs until `stop`: connects, LISTENs, loads, and reloads on each
+/// notification or version change; reconnects with backoff.
+pub async fn keep_current(
+    url: String,
+    fences: Arc<Fences>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut log = LogLimiter::new(3, Duration::from_secs(60));
+    loop {
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listen(&url, &fences, &metrics, &mut backoff, &stop) => r,
+        };
+        if let Err(e) = outcome {
+            metrics.config_reload_errors.inc();
+            if e.is_schema_pending() {
+                // The bridge's own schema upkeep creates the tables at start.
+                tracing::debug!(error = %e, "geofence tables not there yet");
+            } else if let Some(suppressed) = log.allow() {
+                tracing::warn!(error = %e, suppressed, "geofence configuration not loaded; retrying");
+            }
+        }
+        if stop.is_cancelled() {
+            return;
+        }
+        let wait = backoff.next_delay();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One connection's life: returns when it fails.
+async fn listen(
+    url: &str,
+    fences: &Fences,
+    metrics: &Metrics,
+    backoff: &mut Backoff,
+    stop: &CancellationToken,
+) -> Result<(), LoadError> {
+    let mut cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| LoadError::Config(e.to_string()))?;
+    cfg.connect_timeout(Duration::from_secs(3));
+    cfg.application_name("fieldcast-bridge-config");
+    cfg.options("-c statement_timeout=30s");
+    let (mut client, mut conn) = cfg.connect(NoTls).await?;
+    // The connection is driven by its own task (a query awaited here needs
+    // it polled); notifications come back over a small channel, where one
+    // pending signal is as good as many.
+    let (tx, mut notified) = tokio::sync::mpsc::channel::<()>(1);
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(AsyncMessage::Notification(_)) => {
+                    let _ = tx.try_send(());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    });
+    let result = async {
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        let mut held = reload(&mut client, fences, metrics).await?;
+        backoff.reset();
+        let mut poll = tokio::time::interval(POLL);
+        poll.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                n = notified.recv() => {
+                    if n.is_none() {
+                        // The driver ended: the connection is gone.
+                        return Ok(());
+                    }
+                    tokio::time::sleep(SETTLE).await;
+                    while notified.try_recv().is_ok() {}
+                    held = reload(&mut client, fences, metrics).await?;
+                }
+                _ = poll.tick() => {
+                    let v: i64 = client
+                        .query_one("SELECT version FROM config_version", &[])
+                        .await?
+                        .get(0);
+                    if v != held {
+                        held = reload(&mut client, fences, metrics).await?;
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    driver.abort();
+    match result {
+        Ok(()) if !stop.is_cancelled() => Err(LoadError::Config(
+            "the configuration listener's connection closed".into(),
+        )),
+        r => r,
+    }
+}
+
+async fn reload(
+    client: &mut tokio_postgres::Client,
+    fences: &Fences,
+    metrics: &Metrics,
+) -> Result<i64, LoadError> {
+    let s = read(client).await?;
+    let version = s.version;
+    if version != fences.current().version {
+        tracing::info!(version, fences = s.fences(), "geofences loaded");
+    }
+    metrics.config_version.set(version);
+    metrics.geofences.set(s.fences() as i64);
+    fences.replace(s);
+    Ok(version)
+}
