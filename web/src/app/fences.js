@@ -44,7 +44,8 @@ export class Fences {
     this.info = document.getElementById('fence-info');
     this.error = document.getElementById('fence-error');
     this.deleteBtn = document.getElementById('fence-delete');
-    this.admin = open || tokenClaims(api.token)?.admin === true;
+    this.open = open;
+    this.admin = false;
     this.editor = new FenceEditor({
       map,
       devices,
@@ -53,7 +54,7 @@ export class Fences {
         if (drawing) this.select(null);
       },
     });
-    document.getElementById('fence-tools').hidden = !this.admin;
+    this.updateAdmin();
     this.deleteBtn.addEventListener('click', () => this.deleteSelected());
     map.on('click', (e) => this.click(e));
   }
@@ -66,10 +67,26 @@ export class Fences {
     return first;
   }
 
-  /** Loads every fence (one load at a time; a call during one waits for it). */
-  load() {
-    if (!this.available) return Promise.resolve(false);
+  /**
+   * Whether to offer the editor: the token's `admin` claim (read again on
+   * every load: a new token after expiry may differ), or an open gateway.
+   */
+  updateAdmin() {
+    this.admin = this.open || tokenClaims(this.api.token)?.admin === true;
+    document.getElementById('fence-tools').hidden = !this.admin;
+    if (!this.admin) this.editor.stop();
+  }
+
+  /**
+   * Loads every fence, one load at a time: a call during one shares it, or
+   * with `fresh` (after an edit, which that load may predate) waits for it
+   * and loads again.
+   */
+  async load(fresh = false) {
+    if (fresh && this.loading) await this.loading;
+    if (!this.available) return false;
     this.loading ||= this.api.geofences().then((fc) => {
+      this.updateAdmin();
       const shapes = (fc.features || []).map(fenceShape).filter(Boolean);
       this.byId = new Map(shapes.map((s) => [s.id, s]));
       this.layer.setFences(shapes);
@@ -146,7 +163,7 @@ export class Fences {
   /** POSTs a new fence; resolves with the stored Feature (selected), throws the API's refusal. */
   async create(feature) {
     const stored = await this.api.send('POST', '/api/geofences', feature);
-    await this.load();
+    await this.load(true);
     if (stored?.id != null) this.select(stored.id);
     return stored;
   }
@@ -164,7 +181,7 @@ export class Fences {
     try {
       await this.api.send('DELETE', `/api/geofences/${encodeURIComponent(id)}`);
       this.select(null);
-      await this.load();
+      await this.load(true);
     } catch (e) {
       this.error.textContent = e.message;
       delete this.deleteBtn.dataset.confirm;
