@@ -198,6 +198,7 @@ test('an admin draws a circle and a polygon, sees the API refuse a bad one, and 
   await page.click('#fence-delete');
   await waitFor('the circle gone from the map', async () => !(await label(page, 'Drawn circle')));
   assert.equal((await api('GET', '/api/geofences')).body.features.some((f) => f.id === circle.id), false, 'deleted in the API');
+  assert.equal(await page.locator('#fence-info').isVisible(), false, 'nothing selected any more');
   await shot(page, 'fences-05-edited');
   await page.close();
 });
