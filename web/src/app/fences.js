@@ -150,6 +150,7 @@ export class Fences {
       ['severity', s.severity],
     ];
     if (s.groups?.length) rows.push(['groups', s.groups.join(', ')]);
+    if (s.feature.properties.webhook?.url) rows.push(['webhook', s.feature.properties.webhook.url]);
     this.info.replaceChildren(...rows.flatMap(([k, v]) => {
       const dt = document.createElement('dt');
       dt.textContent = k;
