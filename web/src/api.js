@@ -7,6 +7,33 @@ const KEY = 'fieldcast.token';
 
 export class AuthError extends Error {}
 
+/** An error answer of the API (PROTOCOL.md §5): `status` and the server's own `message`. */
+export class ApiError extends Error {
+  constructor(status, message, path) {
+    super(message);
+    this.status = status;
+    this.path = path;
+  }
+}
+
+/**
+ * The claims of a JWT, decoded from its payload without checking its
+ * signature (null if it is not a JWT): only to decide what the page shows,
+ * e.g. the fence editor for `admin: true`. The gateway checks every call.
+ */
+export function tokenClaims(token) {
+  const part = String(token ?? '').split('.')[1];
+  if (!part) return null;
+  try {
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return claims && typeof claims === 'object' ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
 export function tokenFromPage() {
   const url = new URL(location.href);
   const t = url.searchParams.get('token');
@@ -56,13 +83,25 @@ export class Api {
     const res = await fetch(path, { headers: this.headers() });
     if (res.status === 401) throw new AuthError('token refused (401)');
     if (!res.ok) {
-      let msg = `${res.status}`;
-      try {
-        msg = (await res.json()).error.message;
-      } catch { /* not JSON */ }
-      throw new Error(`${path}: ${msg}`);
+      const msg = await errorMessage(res);
+      throw new ApiError(res.status, `${path}: ${msg}`, path);
     }
     return as === 'json' ? res.json() : res.text();
+  }
+
+  /**
+   * A write (`POST`, `PUT`, `DELETE`) with a JSON body; resolves with the
+   * answer's JSON (null when it has none). A refusal throws an ApiError
+   * whose message is the server's own (a 400 names the bad field), without
+   * the path: the page shows it as it is.
+   */
+  async send(method, path, body) {
+    const headers = this.headers();
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    if (!res.ok) throw new ApiError(res.status, await errorMessage(res), path);
+    const text = await res.text();
+    return text ? JSON.parse(text) : null;
   }
 
   devices() {
@@ -96,7 +135,21 @@ export class Api {
     return out;
   }
 
+  /** Every geofence the token sees (a GeoJSON FeatureCollection). */
+  geofences() {
+    return this.get('/api/geofences');
+  }
+
   config() {
     return fetch('/config.json').then((r) => (r.ok ? r.json() : {})).catch(() => ({}));
   }
+}
+
+/** The `message` of an error answer `{"error":{"code","message"}}`, else its status. */
+async function errorMessage(res) {
+  try {
+    const m = (await res.json()).error.message;
+    if (m) return m;
+  } catch { /* not JSON */ }
+  return `${res.status} ${res.statusText || ''}`.trim();
 }

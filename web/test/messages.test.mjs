@@ -16,8 +16,11 @@ function setup(mode = 'fleet') {
   };
   const feed = { events: [], add(ev, live) { this.events.push({ ev, live }); } };
   const moved = [];
-  const { handle, stats } = createMessageHandler({ store, feed, mode, onLocation: (id) => moved.push(id) });
-  return { store, feed, handle, stats, changes, moved };
+  const noticed = [];
+  const { handle, stats } = createMessageHandler({
+    store, feed, mode, onLocation: (id) => moved.push(id), onEvent: (ev) => noticed.push(ev.id),
+  });
+  return { store, feed, handle, stats, changes, moved, noticed };
 }
 
 const state = (device, extra = {}) => ({
@@ -93,6 +96,15 @@ test('event: into the feed as live, and the device is marked seen', () => {
   handle({ ...ev, id: 'ev-2', ts: ts - 5000 });
   assert.equal(store.get('truck-7').last_seen, ts, 'an older event does not move last seen back');
   assert.deepEqual(changes, [true, false]);
+});
+
+test('fence transitions and alerts are events like any other; each event is noticed after the feed has it', () => {
+  const { feed, handle, noticed } = setup();
+  const ts = Date.now();
+  handle({ type: 'event', device: 'van-1', id: 'geofence-enter-4-1', ts, kind: 'geofence_enter', severity: 'info', data: { geofence: 4, name: 'Depot' } });
+  handle({ type: 'event', device: 'van-1', id: 'a-1', ts, kind: 'alert.overspeed', severity: 'critical', data: { rule: 3 } });
+  assert.deepEqual(feed.events.map((e) => [e.ev.kind, e.live]), [['geofence_enter', true], ['alert.overspeed', true]]);
+  assert.deepEqual(noticed, ['geofence-enter-4-1', 'a-1'], 'the fences see each event (an unknown fence reloads them)');
 });
 
 test('errors: cursor_expired is expected (the connection reloads history), others are logged', (t) => {

@@ -1,7 +1,8 @@
 // The page's start: config.json, the token (checked by loading the known
 // devices), fleet or viewport mode, then the parts (map-view.js, panel.js,
-// selection.js, live.js with messages.js), wired in the order the page shows
-// them: devices first, the socket next, the basemap after the first paint.
+// selection.js, live.js with messages.js, fences.js), wired in the order the
+// page shows them: devices first, the socket next, then the geofences, the
+// basemap after the first paint.
 import { Api, AuthError, askToken, forgetToken, tokenFromPage } from '../api.js';
 import { Store } from '../store.js';
 import { DeviceList } from '../panel/device-list.js';
@@ -10,6 +11,7 @@ import { Tracks } from '../panel/tracks.js';
 import { Live, loadRecentEvents, showConnState } from './live.js';
 import { createMapView, loadBasemapAfterFirstPaint } from './map-view.js';
 import { createMessageHandler } from './messages.js';
+import { Fences } from './fences.js';
 import { Details, bindTrackControls, refreshPanel } from './panel.js';
 import { Selection } from './selection.js';
 
@@ -35,7 +37,10 @@ export async function boot() {
   const list = new DeviceList(store, select);
   const feed = new EventFeed(select);
   const tracks = new Tracks(map, api);
-  const { handle, stats } = createMessageHandler({ store, feed, mode, onLocation: (id) => selection.moved(id) });
+  const fences = new Fences({ api, map, devices: layer, open: config.auth === 'none' });
+  const { handle, stats } = createMessageHandler({
+    store, feed, mode, onLocation: (id) => selection.moved(id), onEvent: (ev) => fences.noticeEvent(ev),
+  });
   const live = new Live({ api, token, mode, map, store, feed, selected: () => selection.id, onMessage: handle });
   const details = new Details(() => select(null));
   const selection = new Selection({ store, map, layer, list, details, onChange: (had, id) => live.selectionChanged(had, id) });
@@ -45,8 +50,11 @@ export async function boot() {
   await loadRecentEvents(api, feed, false).catch((e) => console.warn('event history', e));
   store.changed();
   live.open();
+  fences.start();
   loadBasemapAfterFirstPaint(basemap);
-  return { mode, store, map, basemap, layer, list, feed, tracks, conn: live.conn, select, handle, stats, marker: (id) => layer.marker(id) };
+  return {
+    mode, store, map, basemap, layer, list, feed, tracks, fences, conn: live.conn, select, handle, stats, marker: (id) => layer.marker(id),
+  };
 }
 
 /**

@@ -13,9 +13,10 @@
  * @param {{add(ev: object, live: boolean): unknown}} ctx.feed  the event feed
  * @param {'fleet'|'bbox'} ctx.mode  in fleet mode a snapshot is the whole visible world
  * @param {(id: string) => void} [ctx.onLocation]  after a device moved (the selection follows it)
+ * @param {(ev: object) => void} [ctx.onEvent]  after an event went to the feed (the fences reload for one naming an unknown fence)
  * @returns {{handle(msg: object): void, stats: {messages: number}}}
  */
-export function createMessageHandler({ store, feed, mode, onLocation = () => {} }) {
+export function createMessageHandler({ store, feed, mode, onLocation = () => {}, onEvent = () => {} }) {
   const stats = { messages: 0 };
   const snapshot = new SnapshotParts();
   const handle = (msg) => {
@@ -42,6 +43,7 @@ export function createMessageHandler({ store, feed, mode, onLocation = () => {} 
         store.seen(store.ensure(msg.device), msg.ts);
         feed.add(msg, true);
         store.changed(!had);
+        onEvent(msg);
         break;
       }
       case 'error':

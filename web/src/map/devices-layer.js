@@ -14,6 +14,8 @@ export const DevicesLayer = L.Layer.extend({
     this.store = store;
     this.onClickDevice = onClickDevice;
     this.selected = null;
+    /** false while the fence editor takes the map's clicks */
+    this.clickable = true;
     this.drawn = []; // what the last frame showed: {x, y, r, id?, count?, states?}
     this.drawnVersion = -1;
     this.frame = 0;
@@ -211,6 +213,7 @@ export const DevicesLayer = L.Layer.extend({
   },
 
   click(e) {
+    if (!this.clickable) return;
     const it = this.hit(e.containerPoint);
     if (!it) return;
     if (it.id) this.onClickDevice(it.id);
@@ -218,6 +221,7 @@ export const DevicesLayer = L.Layer.extend({
   },
 
   hover(e) {
+    if (!this.clickable) return;
     const it = this.hit(e.containerPoint);
     this.map.getContainer().style.cursor = it ? 'pointer' : '';
   },

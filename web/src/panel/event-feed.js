@@ -1,7 +1,10 @@
 // Event feed: newest first, critical events pinned on top until acknowledged,
 // a banner (and, if enabled, a beep) for each new critical event. Events are
 // deduplicated by (device, id), so a replay after a reconnect never doubles one.
+// Fence transitions and alerts (`geofence_*`, `alert.*`) read as words
+// (event-text.js): "entered Depot", "⚠ overspeed rule #3, speed 31".
 import { clock, el } from './format.js';
+import { eventText } from './event-text.js';
 
 const KEEP = 200;
 /** Pinned critical events kept before the oldest unacknowledged ones drop off. */
@@ -42,8 +45,14 @@ export class EventFeed {
     li.dataset.id = ev.id;
     li.dataset.key = key;
     li.dataset.severity = sev;
-    li.append(el('time', null, clock(ev.ts)), el('span', 'dev', ev.device), el('span', 'kind', ev.kind), el('span', 'sev', sev));
-    li.title = JSON.stringify(ev.data || {});
+    li.dataset.kind = ev.kind;
+    const { label, detail } = eventText(ev);
+    if (ev.kind?.startsWith('alert.')) li.classList.add('alert-ev');
+    else if (ev.kind?.startsWith('geofence_')) li.classList.add('fence-ev');
+    li.append(el('time', null, clock(ev.ts)), el('span', 'dev', ev.device), el('span', 'kind', label));
+    if (detail) li.append(el('span', 'detail', detail));
+    li.append(el('span', 'sev', sev));
+    li.title = `${ev.kind} ${JSON.stringify(ev.data || {})}`;
     this.insert(this.list, li.cloneNode(true), ev.ts);
     if (sev === 'critical') {
       li.appendChild(el('button', 'ack', '✓')).title = 'acknowledge';
@@ -72,7 +81,10 @@ export class EventFeed {
       this.alert.hidden = true;
       return;
     }
-    if (ev) this.alertText.textContent = `CRITICAL ${ev.kind} — ${ev.device} at ${clock(ev.ts)}${this.unacked.length > 1 ? ` (+${this.unacked.length - 1} more)` : ''}`;
+    if (ev) {
+      const { label, detail } = eventText(ev);
+      this.alertText.textContent = `CRITICAL ${label}${detail ? ` ${detail}` : ''} — ${ev.device} at ${clock(ev.ts)}${this.unacked.length > 1 ? ` (+${this.unacked.length - 1} more)` : ''}`;
+    }
     this.alert.hidden = false;
   }
 
