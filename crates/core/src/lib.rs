@@ -16,16 +16,24 @@
 //! - [`backoff`]: exponential backoff with jitter, and a log limiter, for
 //!   every retry.
 //! - [`time`]: epoch-millisecond helpers.
+//! - [`glob`]: the `*`/`?` device patterns of tokens and rules.
+//! - [`rule`]: alert rules ([`rule::Rule`]) as the API takes them and the
+//!   bridge evaluates them.
+//! - [`webhook`]: the endpoint fences and rules may name, its secret kept
+//!   out of answers and logs.
 
 pub mod backoff;
 pub mod geo;
+pub mod glob;
 pub mod id;
 pub mod keys;
 pub mod live;
 pub mod partition;
 pub mod payload;
+pub mod rule;
 pub mod time;
 pub mod topic;
+pub mod webhook;
 
 pub use backoff::{Backoff, LogLimiter};
 pub use id::{DeviceId, DeviceIdError};

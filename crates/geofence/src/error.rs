@@ -75,6 +75,8 @@ pub enum Problem {
     EmptyWindow,
     #[error("from and to go together: give both or neither")]
     HalfWindow,
+    #[error("{0}")]
+    Webhook(fieldcast_core::webhook::WebhookProblem),
 }
 
 impl FenceError {

@@ -13,18 +13,22 @@
 //! `geometry` is a `Polygon` (holes allowed), a `Point` with `radius`
 //! (metres) or a `LineString` with `width` (metres, the corridor's whole
 //! width). `name` is required; `groups` (absent = every device),
-//! `schedule` (see [`crate::schedule`]) and `severity` (`info` default) are
-//! optional. Any other member of `properties`, the Feature or its geometry
+//! `schedule` (see [`crate::schedule`]), `severity` (`info` default) and
+//! `webhook` (`{"url", "secret"}`, see [`fieldcast_core::webhook`]: where
+//! the bridge POSTs this fence's transitions) are optional. Any other member of `properties`, the Feature or its geometry
 //! is refused (`bbox` is accepted and recomputed). An `id` in the input is
 //! ignored: the store assigns it (`POST`) or the path names it (`PUT`).
 //!
 //! Out: the same Feature with `id`, in canonical form (severity always
-//! written, schedule days in week order, altitudes dropped).
+//! written, schedule days in week order, altitudes dropped). The webhook is
+//! written whole, secret included: this is what the store keeps for the
+//! bridge. An API answer must drop `properties.webhook.secret`.
 
 use crate::error::{FenceError, Problem};
 use crate::geometry::{Position, Shape};
 use crate::json::Obj;
 use crate::schedule::Schedule;
+use fieldcast_core::webhook::Webhook;
 use fieldcast_core::Severity;
 use serde_json::{json, Map, Value};
 use std::fmt;
@@ -60,6 +64,8 @@ pub struct Fence {
     groups: Vec<Box<str>>,
     schedule: Option<Schedule>,
     severity: Severity,
+    /// Where the bridge POSTs this fence's transitions.
+    webhook: Option<Webhook>,
 }
 
 impl Fence {
@@ -79,7 +85,9 @@ impl Fence {
         let props = Obj::new(
             feature.require("properties")?,
             "properties",
-            &["name", "groups", "schedule", "severity", "radius", "width"],
+            &[
+                "name", "groups", "schedule", "severity", "radius", "width", "webhook",
+            ],
         )?;
         let name = props
             .require("name")?
@@ -110,6 +118,20 @@ impl Fence {
                 .and_then(Severity::parse)
                 .ok_or_else(|| props.err("severity", Problem::Severity))?,
         };
+        let webhook = props
+            .get("webhook")
+            .map(|w| {
+                Webhook::from_json(w).map_err(|e| {
+                    let path = props.path("webhook");
+                    let field = if e.member.is_empty() {
+                        path
+                    } else {
+                        format!("{path}.{}", e.member)
+                    };
+                    FenceError::new(field, Problem::Webhook(e.problem))
+                })
+            })
+            .transpose()?;
         let metres = |key: &str| -> Result<Option<(f64, String)>, FenceError> {
             match props.get(key) {
                 None => Ok(None),
@@ -133,6 +155,7 @@ impl Fence {
             groups,
             schedule,
             severity,
+            webhook,
         })
     }
 
@@ -151,6 +174,9 @@ impl Fence {
             props.insert("schedule".into(), s.to_json());
         }
         props.insert("severity".into(), json!(self.severity.as_str()));
+        if let Some(w) = &self.webhook {
+            props.insert("webhook".into(), w.to_json());
+        }
         json!({
             "type": "Feature",
             "id": self.id,
@@ -183,6 +209,11 @@ impl Fence {
     /// The severity of its enter/exit events.
     pub fn severity(&self) -> Severity {
         self.severity
+    }
+
+    /// Where the bridge POSTs this fence's transitions, if anywhere.
+    pub fn webhook(&self) -> Option<&Webhook> {
+        self.webhook.as_ref()
     }
 
     /// Whether the schedule (if any) is on at `at_ms`.

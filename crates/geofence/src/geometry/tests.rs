@@ -658,3 +658,61 @@ fn features_round_trip_canonically() {
     assert_eq!(yard.name(), "Yard");
     assert_eq!(yard.to_feature()["properties"]["groups"], json!(["a", "b"]));
 }
+
+/// Pins the webhook member: kept whole (the bridge signs with the secret),
+/// written back by `to_feature`, and each bad member named by its path.
+#[test]
+fn a_webhook_is_kept_whole_and_validated() {
+    use fieldcast_core::webhook::WebhookProblem;
+    let hooked = |webhook: Value| {
+        feature(
+            json!({"type": "Point", "coordinates": [2.0, 3.0]}),
+            json!({"name": "c", "radius": 10, "webhook": webhook}),
+        )
+    };
+    let f = fence(hooked(
+        json!({"url": "https://hooks.example/fence", "secret": "s3cret"}),
+    ));
+    let w = f.webhook().unwrap();
+    assert_eq!(
+        (w.url(), w.secret()),
+        ("https://hooks.example/fence", "s3cret")
+    );
+    let out = f.to_feature();
+    assert_eq!(
+        out["properties"]["webhook"],
+        json!({"url": "https://hooks.example/fence", "secret": "s3cret"})
+    );
+    assert_eq!(Fence::from_feature(FenceId(1), &out).unwrap(), f);
+    assert!(fence(circle(2.0, 3.0, 10.0)).webhook().is_none());
+    assert!(!format!("{f:?}").contains("s3cret"));
+    for (webhook, field, problem) in [
+        (
+            json!("https://x"),
+            "properties.webhook",
+            WebhookProblem::NotObject,
+        ),
+        (
+            json!({"url": "https://x"}),
+            "properties.webhook.secret",
+            WebhookProblem::Missing,
+        ),
+        (
+            json!({"url": "https://x", "secret": ""}),
+            "properties.webhook.secret",
+            WebhookProblem::Secret,
+        ),
+        (
+            json!({"url": "mailto:a@b", "secret": "s"}),
+            "properties.webhook.url",
+            WebhookProblem::Url,
+        ),
+        (
+            json!({"url": "https://x", "secret": "s", "method": "PUT"}),
+            "properties.webhook.method",
+            WebhookProblem::Unknown,
+        ),
+    ] {
+        assert_rejects(hooked(webhook), field, Problem::Webhook(problem));
+    }
+}
