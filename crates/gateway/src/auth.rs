@@ -93,11 +93,6 @@ impl Scope {
         self.channels.iter().any(|g| g.matches(channel))
     }
 
-    /// Whether the token names no device restriction.
-    pub fn all_devices(&self) -> bool {
-        self.devices.is_none()
-    }
-
     /// `None` when every device is in scope, else the `LIKE` patterns that
     /// select exactly the scope in SQL.
     pub fn device_like_patterns(&self) -> Option<Vec<String>> {
