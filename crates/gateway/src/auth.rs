@@ -1,8 +1,9 @@
 //! Who may see what: HS256 JWTs (PROTOCOL.md §4) turned into a [`Scope`].
 //!
 //! In: the token from `?token=` or `Authorization: Bearer`. Out: a `Scope`
-//! (device globs, channel patterns, the `publish` right, the expiry) that
-//! `/ws` and `/api/*` consult before anything leaves the gateway.
+//! (device globs, channel patterns, the `publish` and `admin` rights, the
+//! expiry) that `/ws` and `/api/*` consult before anything leaves the
+//! gateway.
 
 use std::sync::Arc;
 
@@ -43,6 +44,10 @@ struct Claims {
     channels: Option<Vec<String>>,
     #[serde(default)]
     publish: bool,
+    /// Our own claim (README, "Geofences and alert rules"): may write
+    /// fences and rules, and read rules.
+    #[serde(default)]
+    admin: bool,
 }
 
 /// What one token allows.
@@ -56,18 +61,24 @@ pub struct Scope {
     channels: Vec<Glob>,
     /// May `POST /api/publish`.
     pub publish: bool,
+    /// May create, replace and delete geofences and alert rules, read
+    /// rules, and see every fence with its webhook URL (`admin: true`).
+    pub admin: bool,
     /// When the token stops being valid (leeway included), epoch ms.
     pub expires_at_ms: Option<i64>,
 }
 
 impl Scope {
-    /// Everything, for `--auth none`.
+    /// Everything, for `--auth none` (admin included: with no tokens there
+    /// is no one else to manage fences, and the open mode is for a trusted
+    /// loopback).
     pub fn unrestricted() -> Self {
         Scope {
             subject: "anonymous".into(),
             devices: None,
             channels: vec![Glob::new("*")],
             publish: true,
+            admin: true,
             expires_at_ms: None,
         }
     }
@@ -162,6 +173,7 @@ impl Authenticator {
                         .map(|p| Glob::new(p))
                         .collect(),
                     publish: c.publish,
+                    admin: c.admin,
                     expires_at_ms: Some(exp_ms),
                 })
             }

@@ -768,7 +768,7 @@ pub async fn publish(
 }
 
 /// `Content-Type: application/json`, parameters (`; charset=utf-8`) allowed.
-fn is_json(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -778,7 +778,11 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// The whole body, at most `max` bytes: a declared `Content-Length` over it
 /// is refused before reading, a body that grows past it while read too.
-async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::PayloadTooLarge(format!("the body is larger than {max} bytes"));
     let declared = headers
         .get(header::CONTENT_LENGTH)

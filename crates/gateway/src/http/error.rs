@@ -33,6 +33,11 @@ pub enum ApiError {
     /// windows or smaller pages will do.
     #[error("{0}")]
     Timeout(String),
+    /// PostgreSQL answers but lacks the tables an endpoint needs (no bridge
+    /// has applied `migrations/` to this database yet): 503 with a message
+    /// that says what to do, rather than a 500.
+    #[error("{0}")]
+    SchemaMissing(String),
     /// A dependency (Redis, PostgreSQL) failed; the cause goes to the log.
     #[error("{what} unavailable: {cause}")]
     Unavailable { what: &'static str, cause: String },
@@ -49,7 +54,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Timeout(_) => "timeout",
-            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::SchemaMissing(_) | ApiError::Unavailable { .. } => "unavailable",
         }
     }
 
@@ -62,7 +67,9 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Timeout(_) | ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) | ApiError::SchemaMissing(_) | ApiError::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 

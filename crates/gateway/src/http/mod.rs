@@ -1,11 +1,12 @@
 //! The HTTP surface: `/ws` (upgrade, in [`crate::ws`]), `/api/*`
-//! ([`api`]), the unauthenticated `/healthz`, `/readyz`, `/metrics`
+//! ([`api`]; geofences and alert rules in [`config`]), the unauthenticated `/healthz`, `/readyz`, `/metrics`
 //! ([`ops`]), the map page `/`, `/assets/*`, `/config.json` ([`assets`])
 //! and its map tiles `/tiles/{z}/{x}/{y}` ([`tiles`]); errors in one
 //! shape ([`error`]).
 
 pub mod api;
 pub mod assets;
+pub mod config;
 pub mod error;
 pub mod ops;
 pub mod tiles;
@@ -15,6 +16,8 @@ use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
+
+use self::config::{fences, rules};
 use axum::Router;
 
 use crate::http::error::ApiError;
@@ -30,6 +33,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices/{id}/track", get(api::track))
         .route("/api/events", get(api::events))
         .route("/api/publish", post(api::publish))
+        .route("/api/geofences", get(fences::list).post(fences::create))
+        .route(
+            "/api/geofences/{id}",
+            get(fences::get).put(fences::replace).delete(fences::delete),
+        )
+        .route("/api/rules", get(rules::list).post(rules::create))
+        .route("/api/rules/{id}", get(rules::get).delete(rules::delete))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             check_origin,

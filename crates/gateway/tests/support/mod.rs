@@ -64,6 +64,16 @@ impl Env {
         }
     }
 
+    /// Applies every migration through the bridge's own `schema::prepare`
+    /// (0002 included: geofences, rules, device groups), as a bridge at
+    /// start would.
+    pub async fn migrate(&self) {
+        let mut c = self.db.client().await.unwrap();
+        fieldcast_bridge::store::schema::prepare(&mut c, Duration::from_secs(90 * 86_400))
+            .await
+            .unwrap();
+    }
+
     pub fn config(&self) -> Config {
         let mut c = Config::for_tests(&self.redis_url, &self.prefix, &self.db.url);
         c.auth = AuthMode::Jwt;
@@ -367,6 +377,48 @@ pub async fn http(
         .to_owned();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, next, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// Any request with these headers and body: `(status, headers, body)`.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, hyper::HeaderMap, String) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_owned(),
+        )))
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = tokio::time::timeout(WAIT, resp.into_body().collect())
+        .await
+        .expect("body not complete in time")
+        .unwrap()
+        .to_bytes();
+    (status, headers, String::from_utf8(body.to_vec()).unwrap())
 }
 
 pub async fn get_json(addr: SocketAddr, path: &str, token: &str) -> (u16, Value) {
