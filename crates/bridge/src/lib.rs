@@ -27,6 +27,8 @@
 //!   [`store::spool`] (fsync'd, while PostgreSQL is down),
 //!   [`store::schema`] (migrations, partitions).
 //! - [`upkeep`]: schema upkeep, store probes, the event log's trim.
+//! - [`webhook`]: alerts owed to HTTP endpoints, sent from the PostgreSQL
+//!   outbox, signed, at least once (docs/webhooks.md).
 //! - [`config`], [`admin`], [`metrics`], [`health`]: what operators set and see.
 //! - [`fences`]: the geofences every bridge holds, kept current from
 //!   PostgreSQL; the membership each location carries into `location.lua`
@@ -53,6 +55,7 @@ pub mod sink;
 pub mod source;
 pub mod store;
 pub mod upkeep;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
