@@ -129,6 +129,8 @@ struct Opened {
     redis_client: fred::prelude::Client,
     queue: Arc<Queue>,
     broker: Broker,
+    /// Webhook delivery; `webhooks.wake()` is for whoever enqueues.
+    webhooks: webhook::Sender,
 }
 
 /// The broker connection the source reads from.
@@ -161,6 +163,8 @@ impl Opened {
         );
         tracing::info!(spool = %std::path::absolute(&config.spool_dir).unwrap_or_else(|_| config.spool_dir.clone()).display(), "spool directory");
         let pg = Arc::new(Pg::new(store::postgres::pool(&config.store.database_url)?));
+        let webhooks =
+            webhook::Sender::new(pg.clone(), config.webhook.settings(), metrics.clone())?;
         let redis_client = fieldcast_service::redis::builder(
             &config.store.redis_url,
             fieldcast_service::redis::WhileDown::Fail,
@@ -205,6 +209,7 @@ impl Opened {
             redis_client,
             queue,
             broker,
+            webhooks,
         })
     }
 }
@@ -297,6 +302,7 @@ fn spawn_background(
         config.sink_batch,
         bg.clone(),
     ));
+    tracker.spawn(o.webhooks.clone().run(bg.clone()));
 }
 
 impl Stops {

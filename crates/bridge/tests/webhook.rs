@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -370,4 +372,43 @@ async fn shutdown_mid_post_keeps_the_row() {
     assert!(!metrics
         .encode()
         .contains("fieldcast_bridge_webhook_sent_total 1"));
+}
+
+/// Pins the wiring: a whole bridge (`fieldcast_bridge::start`) runs a
+/// sender with its `--webhook-*` settings on its own database, finds a row
+/// owed by another bridge at its poll, and shows the counts on `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_bridge_delivers_what_is_owed() {
+    let mut h = support::Harness::private().await;
+    h.extra
+        .extend(["--webhook-retry-min", "20ms", "--webhook-retry-max", "50ms"].map(String::from));
+    let bridge = h.start().await;
+    let (ep, url) = Endpoint::start(|n| {
+        let status = if n == 0 {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::ACCEPTED
+        };
+        (status, Duration::ZERO)
+    })
+    .await;
+    let pg = Pg::new(pool(&h.db.url).unwrap());
+    enqueue(&pg, &[alert("truck-7", "ev-1", &url, "k")]).await;
+    let addr = bridge.handles.admin_addr;
+    wait_until(WAIT, "delivered by the bridge", || async {
+        let page = support::metrics_page(addr).await;
+        support::metric(&page, "fieldcast_bridge_webhook_sent_total") == 1.0
+    })
+    .await
+    .unwrap();
+    let page = support::metrics_page(addr).await;
+    assert_eq!(
+        support::metric(&page, "fieldcast_bridge_webhook_retried_total"),
+        1.0
+    );
+    assert_eq!(ep.seen().len(), 2);
+    wait_until(WAIT, "the row deleted", || async { rows(&pg).await == 0 })
+        .await
+        .unwrap();
+    bridge.stop().await;
 }
