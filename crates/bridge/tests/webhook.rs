@@ -166,8 +166,8 @@ impl Running {
     }
 }
 
-fn alert(device: &str, id: &str, url: &str, secret: &str) -> Owed {
-    let event = Event {
+fn alert_event(id: &str) -> Event {
+    Event {
         id: id.to_owned(),
         ts: 1_763_800_000_000,
         kind: "alert.overspeed".to_owned(),
@@ -175,8 +175,11 @@ fn alert(device: &str, id: &str, url: &str, secret: &str) -> Owed {
         data: Some(
             serde_json::value::RawValue::from_string(r#"{"rule":7,"speed":41.5}"#.into()).unwrap(),
         ),
-    };
-    Owed::event(device, &event, url, secret)
+    }
+}
+
+fn alert(device: &str, id: &str, url: &str, secret: &str) -> Owed {
+    Owed::event(device, &alert_event(id), url, secret)
 }
 
 /// Enqueues in a transaction, as the bridge does with the alert's event.
@@ -213,7 +216,16 @@ async fn fails_three_times_then_delivers_once_signed() {
     })
     .await;
     let run = Running::start(&pg, quick(Duration::from_secs(3600)));
-    let owed = alert("truck-7", "alert.overspeed-7-1763800000000", &url, "s3cret");
+    // As the bridge makes it: from the endpoint a rule names.
+    let hook = fieldcast_core::webhook::Webhook::from_json(
+        &serde_json::json!({"url": url, "secret": "s3cret"}),
+    )
+    .unwrap();
+    let owed = Owed::for_webhook(
+        "truck-7",
+        &alert_event("alert.overspeed-7-1763800000000"),
+        &hook,
+    );
     assert_eq!(enqueue(&pg, std::slice::from_ref(&owed)).await, 1);
     run.sender.wake().owed();
 

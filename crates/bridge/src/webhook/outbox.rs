@@ -46,6 +46,17 @@ impl Owed {
     }
 }
 
+impl Owed {
+    /// [`Owed::event`] to the endpoint a fence or rule names.
+    pub fn for_webhook(
+        device: &str,
+        event: &fieldcast_core::Event,
+        hook: &fieldcast_core::webhook::Webhook,
+    ) -> Owed {
+        Owed::event(device, event, hook.url(), hook.secret())
+    }
+}
+
 /// Writes the rows of `owed` that are not owed already (same device, event
 /// id and url) and returns how many were new. Meant for the transaction
 /// that stores the alerts' events, so an alert stored is an alert owed;

@@ -222,7 +222,7 @@ impl Sender {
                             // this loop, has not made the table yet.
                             tracing::debug!(retry_in = ?delay, "webhook outbox not created yet");
                         } else if let Some(suppressed) = pg_log.allow() {
-                            tracing::warn!(error = %e, retry_in = ?delay, suppressed, "webhook outbox unreachable");
+                            tracing::warn!(error = %pg_text(&e), retry_in = ?delay, suppressed, "webhook outbox unreachable");
                         }
                     }
                 }
@@ -287,6 +287,14 @@ impl Sender {
         if let Ok(n) = n.await {
             self.inner.metrics.webhook_pending.set(n);
         }
+    }
+}
+
+/// `e` with the server's message (`PgError`'s own text says "db error").
+fn pg_text(e: &PgError) -> String {
+    match e {
+        PgError::Db(db) => crate::store::postgres::describe(db),
+        other => other.to_string(),
     }
 }
 
@@ -379,7 +387,7 @@ impl Inner {
                 Ok(()) => return,
                 Err(e) if attempt == SETTLE_TRIES => {
                     self.warn_limited(|suppressed| {
-                        tracing::warn!(device = %row.device, event = %row.event_id, error = %e, suppressed,
+                        tracing::warn!(device = %row.device, event = %row.event_id, error = %pg_text(&e), suppressed,
                             "cannot record a webhook attempt; the row is sent again after its lease");
                     });
                 }
