@@ -53,6 +53,9 @@ pub struct Config {
     #[command(flatten)]
     pub store: StoreArgs,
 
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+
     /// Location history batch interval (a full batch is written sooner).
     #[arg(long, env = "FIELDCAST_FLUSH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub flush_interval: Duration,
@@ -150,6 +153,42 @@ pub struct NatsArgs {
     /// Messages asked for in one pull request.
     #[arg(id = "nats_batch", long = "nats-batch", env = "FIELDCAST_NATS_BATCH", default_value_t = 256, value_parser = parse_nonzero)]
     pub batch: usize,
+}
+
+/// Webhook delivery from the outbox in PostgreSQL (docs/webhooks.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct WebhookArgs {
+    /// A webhook still undelivered this long after its alert is given up
+    /// (deleted, counted in fieldcast_bridge_webhook_failed_total).
+    #[arg(id = "webhook_give_up", long = "webhook-give-up", env = "FIELDCAST_WEBHOOK_GIVE_UP", default_value = "24h", value_parser = parse_positive_duration)]
+    pub give_up: Duration,
+
+    /// One webhook POST, connecting included, fails after this.
+    #[arg(id = "webhook_timeout", long = "webhook-timeout", env = "FIELDCAST_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub timeout: Duration,
+
+    /// Delay after a webhook's first failed attempt; it doubles with each
+    /// further one up to --webhook-retry-max (each drawn from its upper half).
+    #[arg(id = "webhook_retry_min", long = "webhook-retry-min", env = "FIELDCAST_WEBHOOK_RETRY_MIN", default_value = "5s", value_parser = parse_positive_duration)]
+    pub retry_min: Duration,
+
+    /// Longest delay between two attempts of one webhook.
+    #[arg(id = "webhook_retry_max", long = "webhook-retry-max", env = "FIELDCAST_WEBHOOK_RETRY_MAX", default_value = "30m", value_parser = parse_positive_duration)]
+    pub retry_max: Duration,
+}
+
+impl WebhookArgs {
+    /// The sender's settings (a --webhook-retry-max below the min is the min).
+    pub fn settings(&self) -> crate::webhook::Settings {
+        crate::webhook::Settings::new(self.timeout, self.give_up, self.retry_min, self.retry_max)
+    }
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?} must be longer than zero")),
+        d => Ok(d),
+    }
 }
 
 /// One-shot jobs the bridge's binary runs instead of the bridge.
@@ -374,5 +413,26 @@ mod tests {
         let c = Config::try_parse_from(["b", "--nats-url", "nats://h:1", "--nats-stream", "a.b"])
             .unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::NatsName(..))));
+    }
+
+    #[test]
+    fn webhook_settings() {
+        let c = Config::try_parse_from(["b"]).unwrap();
+        assert_eq!(c.webhook.give_up, Duration::from_secs(24 * 3600));
+        assert_eq!(c.webhook.timeout, Duration::from_secs(10));
+        assert_eq!(c.webhook.retry_min, Duration::from_secs(5));
+        assert_eq!(c.webhook.retry_max, Duration::from_secs(1800));
+        let c = Config::try_parse_from([
+            "b",
+            "--webhook-give-up",
+            "90m",
+            "--webhook-timeout",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(c.webhook.settings().give_up, Duration::from_secs(5400));
+        assert_eq!(c.webhook.settings().timeout, Duration::from_millis(500));
+        assert!(Config::try_parse_from(["b", "--webhook-timeout", "0s"]).is_err());
+        assert!(Config::try_parse_from(["b", "--webhook-give-up", "soon"]).is_err());
     }
 }

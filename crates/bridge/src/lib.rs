@@ -27,6 +27,8 @@
 //!   [`store::spool`] (fsync'd, while PostgreSQL is down),
 //!   [`store::schema`] (migrations, partitions).
 //! - [`upkeep`]: schema upkeep, store probes, the event log's trim.
+//! - [`webhook`]: alerts owed to HTTP endpoints, sent from the PostgreSQL
+//!   outbox, signed, at least once (docs/webhooks.md).
 //! - [`config`], [`admin`], [`metrics`], [`health`]: what operators set and see.
 //! - [`fences`]: the geofences every bridge holds, kept current from
 //!   PostgreSQL; the membership each location carries into `location.lua`
@@ -53,6 +55,7 @@ pub mod sink;
 pub mod source;
 pub mod store;
 pub mod upkeep;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,6 +129,8 @@ struct Opened {
     redis_client: fred::prelude::Client,
     queue: Arc<Queue>,
     broker: Broker,
+    /// Webhook delivery; `webhooks.wake()` is for whoever enqueues.
+    webhooks: webhook::Sender,
 }
 
 /// The broker connection the source reads from.
@@ -158,6 +163,8 @@ impl Opened {
         );
         tracing::info!(spool = %std::path::absolute(&config.spool_dir).unwrap_or_else(|_| config.spool_dir.clone()).display(), "spool directory");
         let pg = Arc::new(Pg::new(store::postgres::pool(&config.store.database_url)?));
+        let webhooks =
+            webhook::Sender::new(pg.clone(), config.webhook.settings(), metrics.clone())?;
         let redis_client = fieldcast_service::redis::builder(
             &config.store.redis_url,
             fieldcast_service::redis::WhileDown::Fail,
@@ -202,6 +209,7 @@ impl Opened {
             redis_client,
             queue,
             broker,
+            webhooks,
         })
     }
 }
@@ -294,6 +302,7 @@ fn spawn_background(
         config.sink_batch,
         bg.clone(),
     ));
+    tracker.spawn(o.webhooks.clone().run(bg.clone()));
 }
 
 impl Stops {

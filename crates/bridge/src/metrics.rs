@@ -116,6 +116,15 @@ fieldcast_service::metric_set! {
         pub geofence_changes: Counter = Counter::default(),
         /// Geofence events written by kind (the stores keep each id once)
         pub geofence_events: Family<KindLabel, Counter> = Family::default(),
+        // Webhooks (webhook/sender.rs).
+        /// Webhook POSTs answered with a 2xx (the row is then deleted)
+        pub webhook_sent: Counter = Counter::default(),
+        /// Webhook attempts that failed (no answer, timeout, non-2xx) and will be retried
+        pub webhook_retried: Counter = Counter::default(),
+        /// Webhook rows given up unsent: older than FIELDCAST_WEBHOOK_GIVE_UP, or a url that is not http(s)
+        pub webhook_failed: Counter = Counter::default(),
+        /// Rows owed in the shared webhook outbox (every bridge reports the whole table)
+        pub webhook_pending: Gauge = Gauge::default(),
     }
 }
 
