@@ -25,7 +25,8 @@
 # nats-cluster: three such nodes in a cluster, every stream R3, MQTT on
 # PORT..PORT+2 with the fleet spread over them, client ports
 # NATS_PORT..+2, routes NATS_PORT+100..+102, monitoring NATS_PORT+200..,
-# every node's CPU watched). Each Redis node's
+# every node's CPU watched), FENCES (0; N: N polygon geofences loaded
+# into the bridges before the run, see below). Each Redis node's
 # `INFO commandstats` over the gateway run goes to $base-redis-<port>.txt
 # (where its CPU went, command by command). The table goes
 # to stdout; each run's JSON line is appended to $OUT/results.jsonl.
@@ -163,6 +164,37 @@ for i in $(seq 0 $((BRIDGES - 1))); do
   watch+=(--watch-pid "$p")
 done
 bridge=${bridge_pids[0]}
+# FENCES=N: N star-shaped polygon geofences of 50 vertices, 60 m to 600 m
+# across (log-uniform), centred at random within 50 km of the fleet's
+# default centre (London): ~1 % of them where the fleet drives. Written as
+# the API writes them; the run starts once every bridge holds them.
+if [ "${FENCES:-0}" -gt 0 ]; then
+  psql -X -w -q -v ON_ERROR_STOP=1 -d "$FIELDCAST_DATABASE_URL" <<SQL
+INSERT INTO geofences (feature)
+SELECT jsonb_build_object('type', 'Feature',
+         'properties', jsonb_build_object('name', 'bench-' || f.i),
+         'geometry', jsonb_build_object('type', 'Polygon', 'coordinates', jsonb_build_array(
+           (SELECT jsonb_agg(jsonb_build_array(
+                     round((f.lon + f.r * (CASE WHEN k % 2 = 0 THEN 1 ELSE 0.6 END)
+                            * cos(2 * pi() * (k % 50) / 50) / cos(radians(f.lat)))::numeric, 7),
+                     round((f.lat + f.r * (CASE WHEN k % 2 = 0 THEN 1 ELSE 0.6 END)
+                            * sin(2 * pi() * (k % 50) / 50))::numeric, 7)) ORDER BY k)
+              FROM generate_series(0, 50) AS k))))
+  FROM (SELECT i,
+               51.5074 + (random() - 0.5) * 0.9 AS lat,
+               -0.1278 + (random() - 0.5) * 1.44 AS lon,
+               exp(ln(30) + random() * ln(10)) / 111320 AS r
+          FROM generate_series(1, ${FENCES}) AS i) AS f;
+SQL
+  for i in $(seq 0 $((BRIDGES - 1))); do
+    admin=127.0.0.1:$((ADMIN_PORT + i))
+    for _ in $(seq 1 300); do
+      n=$(curl -sf "http://$admin/metrics" | awk '/^fieldcast_bridge_geofences / { print $2 }')
+      [ "${n:-0}" = "$FENCES" ] && break; sleep 0.2
+    done
+    echo "bridge $admin holds ${n:-0} geofences" >&2
+  done
+fi
 # Redis's own CPU beside the services' (the shared Redis of the machine,
 # which nothing else should use during a bench, or the cluster's nodes).
 if [ ${#cluster_pids[@]} -gt 0 ]; then

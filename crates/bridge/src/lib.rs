@@ -253,12 +253,24 @@ fn spawn_background(
         bg.clone(),
     ));
     tracker.spawn(
+        fences::alerts::Sweep {
+            redis: redis.clone(),
+            pg: o.pg.clone(),
+            fences: fences.clone(),
+            metrics: o.metrics.clone(),
+            consumer: fences::drain::Drain::consumer_name(),
+            webhooks: o.webhooks.wake(),
+        }
+        .run(bg.clone()),
+    );
+    tracker.spawn(
         fences::drain::Drain {
             redis: redis.clone(),
             pg: o.pg.clone(),
             fences: fences.clone(),
             metrics: o.metrics.clone(),
             consumer: fences::drain::Drain::consumer_name(),
+            webhooks: o.webhooks.wake(),
         }
         .run(bg.clone()),
     );

@@ -112,10 +112,12 @@ fieldcast_service::metric_set! {
         pub config_version: Gauge = Gauge::default(),
         /// Failed loads of the geofence configuration (retried with backoff)
         pub config_reload_errors: Counter = Counter::default(),
-        /// Device membership changes turned into events (a replay after a crash counts again)
+        /// Transitions-stream entries (membership changes, tripped alerts) turned into events (a replay after a crash counts again)
         pub geofence_changes: Counter = Counter::default(),
-        /// Geofence events written by kind (the stores keep each id once)
-        pub geofence_events: Family<KindLabel, Counter> = Family::default(),
+        /// Events the bridge derives (geofence_enter/exit, alert.*) by kind; the stores keep each id once
+        pub derived_events: Family<KindLabel, Counter> = Family::default(),
+        /// Sweeps for inactive devices this bridge made (holding the sweep lease)
+        pub inactive_sweeps: Counter = Counter::default(),
         // Webhooks (webhook/sender.rs).
         /// Webhook POSTs answered with a 2xx (the row is then deleted)
         pub webhook_sent: Counter = Counter::default(),

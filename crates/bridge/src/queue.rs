@@ -40,6 +40,9 @@ pub struct Batch {
     pub reliable: Vec<Reliable>,
     pub locations: Vec<LiveLocation>,
     pub deadletters: Vec<DeadLetter>,
+    /// The events are the bridge's own (geofence transitions, alerts), not
+    /// heard from the devices: they do not move `last_seen`.
+    pub derived: bool,
 }
 
 impl Batch {
@@ -54,7 +57,10 @@ impl Batch {
     /// Two halves, each keeping its items' order (to find the item a store
     /// refuses by bisection).
     pub fn split(mut self) -> (Batch, Batch) {
-        let mut other = Batch::default();
+        let mut other = Batch {
+            derived: self.derived,
+            ..Batch::default()
+        };
         let n = self.len() / 2;
         // Take from the back of the batch: dead letters, then locations,
         // then reliable items, so the first half keeps the front.

@@ -25,8 +25,10 @@ use super::{parse_membership, Fences};
 use crate::metrics::{KindLabel, Metrics};
 use crate::queue::Batch;
 use crate::record::{EventRow, Reliable};
-use crate::store::postgres::Pg;
+use crate::store::postgres::{Pg, PgError};
 use crate::store::redis::RedisSink;
+use crate::webhook::{enqueue, Owed, Wake};
+use fieldcast_geofence::FenceId;
 
 /// The consumer group on every partition's stream.
 pub const GROUP: &str = "fieldcast";
@@ -52,10 +54,11 @@ pub struct Drain {
     pub metrics: Arc<Metrics>,
     /// This process's consumer name, unique per run.
     pub consumer: String,
+    pub webhooks: Wake,
 }
 
 /// One stream entry: a device's membership moving from `prev` to `next`
-/// with the location at `ts`.
+/// with the location at `ts`, or (`a` set) alert rules tripped by it.
 #[derive(Debug, Clone, PartialEq)]
 struct Change {
     stream: usize,
@@ -64,10 +67,16 @@ struct Change {
     ts: i64,
     prev: String,
     next: String,
+    /// The rule kind (`overspeed`, `low_battery`, `offline`) of an alert.
+    alert: Option<String>,
+    /// The rules that tripped, comma-separated.
+    rules: String,
+    /// What tripped them, by name (`since`, `speed`, `battery`).
+    facts: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
-enum DrainError {
+pub enum DrainError {
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
     #[error("redis: {0}")]
@@ -248,6 +257,16 @@ impl Drain {
                 // Cannot happen: the id came through the edge's check.
                 continue;
             };
+            if let Some(kind) = &c.alert {
+                for event in super::alerts::tripped(&snapshot, kind, c.ts, &c.rules, &c.facts) {
+                    rows.push(EventRow {
+                        device: device.clone(),
+                        event,
+                        received_at: now,
+                    });
+                }
+                continue;
+            }
             let (prev, next) = (parse_membership(&c.prev), parse_membership(&c.next));
             for t in transitions(&prev, &next) {
                 let (name, severity) = match snapshot.info(t.fence) {
@@ -269,32 +288,15 @@ impl Drain {
                 });
             }
         }
-        self.pg.write_durable(&[], &rows, &self.metrics).await?;
-        let batch = Batch {
-            reliable: rows
-                .iter()
-                .map(|r| Reliable::Event {
-                    device: r.device.clone(),
-                    event: r.event.clone(),
-                    rx: r.received_at,
-                    ack: None,
-                })
-                .collect(),
-            ..Batch::default()
-        };
-        self.redis.apply(&batch, &self.metrics).await?;
-        for r in &rows {
-            self.metrics
-                .geofence_events
-                .get_or_create(&KindLabel {
-                    kind: if r.event.kind == "geofence_enter" {
-                        "geofence_enter"
-                    } else {
-                        "geofence_exit"
-                    },
-                })
-                .inc();
-        }
+        emit(
+            &self.redis,
+            &self.pg,
+            &self.metrics,
+            &snapshot,
+            &self.webhooks,
+            &rows,
+        )
+        .await?;
         let pipe = self.redis.client().pipeline();
         for (i, s) in streams.iter().enumerate() {
             let ids: Vec<&str> = changes
@@ -314,6 +316,70 @@ impl Drain {
     }
 }
 
+/// Stores derived events (transitions, alerts) as device events are:
+/// PostgreSQL first, then `event.lua` (dedup, log, live push). Idempotent.
+///
+/// Alerts of rules, and transitions of fences, that name a webhook are
+/// owed to it first (`webhook_outbox`, idempotent): an owed alert is one
+/// whose event will be stored, since a failure here or below retries the
+/// whole step with the same ids.
+pub async fn emit(
+    redis: &RedisSink,
+    pg: &Pg,
+    metrics: &Metrics,
+    snapshot: &super::Snapshot,
+    webhooks: &Wake,
+    rows: &[EventRow],
+) -> Result<(), DrainError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let owed: Vec<Owed> = rows
+        .iter()
+        .filter_map(|r| {
+            let data: serde_json::Value =
+                serde_json::from_str(r.event.data.as_deref()?.get()).ok()?;
+            let hook = if r.event.kind.starts_with("alert.") {
+                snapshot.rule(data.get("rule")?.as_u64()?)?.webhook()?
+            } else {
+                snapshot.fence_webhook(FenceId(data.get("geofence")?.as_u64()?))?
+            };
+            Some(Owed::for_webhook(r.device.as_str(), &r.event, hook))
+        })
+        .collect();
+    if !owed.is_empty() {
+        let client = pg.pool().get().await.map_err(PgError::from)?;
+        enqueue(&**client, &owed).await.map_err(PgError::from)?;
+    }
+    pg.write_durable(&[], rows, metrics).await?;
+    let batch = Batch {
+        reliable: rows
+            .iter()
+            .map(|r| Reliable::Event {
+                device: r.device.clone(),
+                event: r.event.clone(),
+                rx: r.received_at,
+                ack: None,
+            })
+            .collect(),
+        derived: true,
+        ..Batch::default()
+    };
+    redis.apply(&batch, metrics).await?;
+    if !owed.is_empty() {
+        webhooks.owed();
+    }
+    for r in rows {
+        metrics
+            .derived_events
+            .get_or_create(&KindLabel {
+                kind: super::alerts::kind_label(&r.event.kind),
+            })
+            .inc();
+    }
+    Ok(())
+}
+
 impl Change {
     fn from_fields(stream: usize, id: String, fields: &[(String, String)]) -> Option<Change> {
         let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
@@ -324,6 +390,13 @@ impl Change {
             ts: get("ts")?.parse().ok()?,
             prev: get("prev").unwrap_or_default(),
             next: get("next").unwrap_or_default(),
+            alert: get("a"),
+            rules: get("r").unwrap_or_default(),
+            facts: fields
+                .iter()
+                .filter(|(k, _)| matches!(k.as_str(), "since" | "speed" | "battery" | "e"))
+                .cloned()
+                .collect(),
         })
     }
 }

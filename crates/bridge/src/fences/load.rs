@@ -12,6 +12,7 @@ use futures::StreamExt;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
+use fieldcast_core::rule::Rule;
 use fieldcast_core::{Backoff, LogLimiter, Severity};
 use fieldcast_geofence::{Fence, FenceId};
 
@@ -94,8 +95,28 @@ pub async fn read(client: &mut tokio_postgres::Client) -> Result<Snapshot, LoadE
         let g: String = row.get(1);
         groups.entry(d.into()).or_default().push(g.into());
     }
+    let mut rules = Vec::new();
+    for row in tx
+        .query(
+            "SELECT id, rule::text FROM alert_rules WHERE deleted_at IS NULL",
+            &[],
+        )
+        .await?
+    {
+        let id = u64::try_from(row.get::<_, i64>(0)).unwrap_or_default();
+        let text: String = row.get(1);
+        let parsed = serde_json::from_str(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|v| Rule::from_json(id, &v).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(r) => rules.push(r),
+            Err(e) => {
+                tracing::error!(rule = id, error = %e, "a stored alert rule does not validate; left out")
+            }
+        }
+    }
     tx.commit().await?;
-    Ok(Snapshot::new(version, live, deleted, groups))
+    Ok(Snapshot::new(version, live, deleted, groups).with_rules(rules))
 }
 
 /// Runs until `stop`: connects, LISTENs, loads, and reloads on each
@@ -213,7 +234,12 @@ async fn reload(
     let s = read(client).await?;
     let version = s.version;
     if version != fences.current().version {
-        tracing::info!(version, fences = s.fences(), "geofences loaded");
+        tracing::info!(
+            version,
+            fences = s.fences(),
+            rules = s.rule_count(),
+            "geofences and alert rules loaded"
+        );
     }
     metrics.config_version.set(version);
     metrics.geofences.set(s.fences() as i64);

@@ -5,6 +5,7 @@
 //! that turns each decided change into `geofence_enter`/`geofence_exit`
 //! events on the existing event path.
 
+pub mod alerts;
 pub mod drain;
 pub mod load;
 
@@ -12,6 +13,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
 
+use fieldcast_core::rule::{Condition, Rule};
 use fieldcast_core::{Location, Severity};
 use fieldcast_geofence::{FenceId, FenceIndex};
 use tokio::sync::Notify;
@@ -37,6 +39,10 @@ pub struct Snapshot {
     /// Whether some live fence is limited to groups: if none is, the
     /// lookup needs no device groups.
     grouped: bool,
+    /// Live alert rules, by id.
+    rules: Vec<Rule>,
+    /// Webhooks of fences (live and deleted), by fence id.
+    hooks: HashMap<FenceId, fieldcast_core::webhook::Webhook>,
 }
 
 impl Snapshot {
@@ -48,6 +54,8 @@ impl Snapshot {
             info: HashMap::new(),
             groups: HashMap::new(),
             grouped: false,
+            rules: Vec::new(),
+            hooks: HashMap::new(),
         }
     }
 
@@ -59,8 +67,12 @@ impl Snapshot {
     ) -> Snapshot {
         let mut info: HashMap<FenceId, FenceInfo> = deleted.into_iter().collect();
         let mut grouped = false;
+        let mut hooks = HashMap::new();
         for f in &live {
             grouped |= !f.groups().is_empty();
+            if let Some(w) = f.webhook() {
+                hooks.insert(f.id(), w.clone());
+            }
             info.insert(
                 f.id(),
                 FenceInfo {
@@ -75,7 +87,127 @@ impl Snapshot {
             info,
             groups,
             grouped,
+            rules: Vec::new(),
+            hooks,
         }
+    }
+
+    /// The snapshot with these live alert rules.
+    pub fn with_rules(mut self, mut rules: Vec<Rule>) -> Snapshot {
+        rules.sort_by_key(Rule::id);
+        self.rules = rules;
+        self
+    }
+
+    pub fn rule(&self, id: u64) -> Option<&Rule> {
+        self.rules
+            .binary_search_by_key(&id, Rule::id)
+            .ok()
+            .map(|i| &self.rules[i])
+    }
+
+    pub fn fence_webhook(&self, id: FenceId) -> Option<&fieldcast_core::webhook::Webhook> {
+        self.hooks.get(&id)
+    }
+
+    fn device_groups(&self, device: &str) -> &[Box<str>] {
+        self.groups.get(device).map_or(&[], Vec::as_slice)
+    }
+
+    /// The live rules of `device`, in id order.
+    pub fn rules_of<'a>(&'a self, device: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
+        let groups = if self.rules.is_empty() {
+            &[][..]
+        } else {
+            self.device_groups(device)
+        };
+        self.rules
+            .iter()
+            .filter(move |r| r.applies_to(device, groups))
+    }
+
+    /// `location.lua`'s overspeed argument for `device` at `loc` into `out`
+    /// (cleared first): `<rule>:<for ms>` for each overspeed rule of the
+    /// device whose speed limit the location is above, comma-separated.
+    pub fn overspeed_into(&self, device: &str, loc: &Location, out: &mut String) {
+        out.clear();
+        let Some(speed) = loc.speed else { return };
+        if self.rules.is_empty() {
+            return;
+        }
+        for r in self.rules_of(device) {
+            if let Condition::Overspeed {
+                speed: limit,
+                for_ms,
+            } = r.condition()
+            {
+                if speed > *limit {
+                    if !out.is_empty() {
+                        out.push(',');
+                    }
+                    let _ = write!(out, "{}:{for_ms}", r.id());
+                }
+            }
+        }
+    }
+
+    /// `status.lua`'s rule arguments for `device`: the low-battery rules as
+    /// `<rule>:<level>` and the offline rules' ids, each comma-separated.
+    pub fn status_rules(&self, device: &str) -> (String, String) {
+        let (mut low, mut offline) = (String::new(), String::new());
+        for r in self.rules_of(device) {
+            match r.condition() {
+                Condition::LowBattery { battery } => {
+                    if !low.is_empty() {
+                        low.push(',');
+                    }
+                    let _ = write!(
+                        low,
+                        "{}:{}",
+                        r.id(),
+                        fieldcast_core::live::fmt_f64(*battery)
+                    );
+                }
+                Condition::Offline => {
+                    if !offline.is_empty() {
+                        offline.push(',');
+                    }
+                    let _ = write!(offline, "{}", r.id());
+                }
+                _ => {}
+            }
+        }
+        (low, offline)
+    }
+
+    /// `event.lua`'s rule argument: the ids of `device`'s `event` rules
+    /// naming `kind`, comma-separated.
+    pub fn event_rules(&self, device: &str, kind: &str) -> String {
+        let mut out = String::new();
+        if self.rules.is_empty() {
+            return out;
+        }
+        for r in self.rules_of(device) {
+            if matches!(r.condition(), Condition::Event { event_kind } if event_kind == kind) {
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                let _ = write!(out, "{}", r.id());
+            }
+        }
+        out
+    }
+
+    /// The inactive rules: (rule, silence in ms).
+    pub fn inactive_rules(&self) -> impl Iterator<Item = (&Rule, u64)> {
+        self.rules.iter().filter_map(|r| match r.condition() {
+            Condition::Inactive { after_ms } => Some((r, *after_ms)),
+            _ => None,
+        })
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
     }
 
     pub fn fences(&self) -> usize {
@@ -101,7 +233,7 @@ impl Snapshot {
             return;
         }
         let groups: &[Box<str>] = if self.grouped {
-            self.groups.get(device).map_or(&[], Vec::as_slice)
+            self.device_groups(device)
         } else {
             &[]
         };

@@ -390,6 +390,7 @@ fn device_batch(state: &DeviceState) -> Batch {
             })
             .collect(),
         deadletters: Vec::new(),
+        derived: false,
     }
 }
 

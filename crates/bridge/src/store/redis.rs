@@ -81,8 +81,9 @@ pub struct RedisSink {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     pub published: usize,
-    /// Applied locations whose geofence membership changed (recorded in
-    /// their partition's `transitions` stream).
+    /// Applied locations and statuses whose geofence membership changed or
+    /// that tripped an alert (recorded in their partition's `transitions`
+    /// stream).
     pub membership_changes: usize,
     pub stale_locations: usize,
     pub stale_statuses: usize,
@@ -94,7 +95,8 @@ enum Work<'a> {
     /// Up to [`LOCATIONS_PER_SCRIPT`] fixes, published on the channel.
     Locations(&'a str, Vec<(Partition, &'a LiveLocation)>),
     Status(&'a str, &'a Status, i64),
-    Event(&'a str, &'a Event, i64),
+    /// An event, and whether the bridge derived it (`Batch::derived`).
+    Event(&'a str, &'a Event, i64, bool),
 }
 
 impl Work<'_> {
@@ -133,6 +135,10 @@ impl Applied {
                 }
             }
             (_, Value::Integer(1)) => self.published += 1,
+            (Call::Status | Call::Event, Value::Integer(2)) => {
+                self.published += 1;
+                self.membership_changes += 1;
+            }
             (Call::Event, _) => self.duplicate_events += 1,
             (Call::Status, _) => self.stale_statuses += 1,
             (Call::Location, _) => {}
@@ -273,7 +279,7 @@ impl RedisSink {
                 } => work.push(Work::Status(device.as_str(), status, *rx)),
                 Reliable::Event {
                     device, event, rx, ..
-                } => work.push(Work::Event(device.as_str(), event, *rx)),
+                } => work.push(Work::Event(device.as_str(), event, *rx, batch.derived)),
                 Reliable::AckOnly(_) => {}
             }
         }
@@ -296,8 +302,9 @@ impl RedisSink {
                 Work::Status(device, status, rx) => {
                     self.queue_status(&pipe, device, status, *rx).await?
                 }
-                Work::Event(device, event, rx) => {
-                    self.queue_event(&pipe, device, event, *rx).await?
+                Work::Event(device, event, rx, derived) => {
+                    self.queue_event(&pipe, device, event, *rx, *derived)
+                        .await?
                 }
             }
         }
@@ -370,7 +377,7 @@ impl RedisSink {
         let snapshot = self.fences.as_ref().map(|f| f.current());
         let snapshot: Option<&Snapshot> = snapshot.as_deref();
         let version = snapshot.map_or(0, |s| s.version);
-        let (mut fence_ids, mut membership) = (Vec::new(), String::new());
+        let (mut fence_ids, mut membership, mut over) = (Vec::new(), String::new(), String::new());
         let mut shared = Vec::with_capacity(3);
         let mut counts: Vec<usize> = Vec::with_capacity(1);
         let mut hashes = Vec::with_capacity(chunk.len());
@@ -418,6 +425,7 @@ impl RedisSink {
             lens.push_str(&envelope.len().to_string());
             if let Some(s) = snapshot {
                 s.membership_into(id, loc, &mut fence_ids, &mut membership);
+                s.overspeed_into(id, loc, &mut over);
             }
             fixes.extend([
                 id.to_owned(),
@@ -426,6 +434,7 @@ impl RedisSink {
                 fmt_f64(loc.lon),
                 format!("{sent}{pole}"),
                 membership.clone(),
+                over.clone(),
             ]);
             if sent == optional.len() {
                 // The usual case: the values alone, in order.
@@ -487,7 +496,13 @@ impl RedisSink {
             untimed.to_owned(),
             after_ts,
         ];
-        let keys = vec![k.device(id), k.devices.clone()];
+        let (low, offline) = match self.fences.as_ref().map(|f| f.current()) {
+            Some(s) if s.version > 0 => s.status_rules(id),
+            _ => Default::default(),
+        };
+        let mut args = args;
+        args.extend([low, offline]);
+        let keys = vec![k.device(id), k.devices.clone(), k.transitions.clone()];
         evalsha(pipe, &self.status, keys, args).await
     }
 
@@ -500,6 +515,7 @@ impl RedisSink {
         id: &str,
         event: &Event,
         rx: i64,
+        derived: bool,
     ) -> Result<(), fred::error::Error> {
         let (_, k) = self.keys.of(id);
         let args: Vec<String> = vec![
@@ -511,6 +527,13 @@ impl RedisSink {
             EVENT_WINDOW.as_secs().to_string(),
             new_epoch(),
             event.ts.to_string(),
+            match self.fences.as_ref().map(|f| f.current()) {
+                Some(s) if s.version > 0 => s.event_rules(id, &event.kind),
+                _ => String::new(),
+            },
+            event.id.clone(),
+            event.kind.clone(),
+            if derived { "1" } else { "0" }.to_owned(),
         ];
         let keys = vec![
             k.device(id),
@@ -518,6 +541,7 @@ impl RedisSink {
             k.event_seen(id, &event.id),
             k.events.clone(),
             k.epoch.clone(),
+            k.transitions.clone(),
         ];
         evalsha(pipe, &self.event, keys, args).await
     }

@@ -13,6 +13,8 @@
 --       per-location table:
 --         device id, ts, lat, lon, shape, membership (the ids of the
 --         geofences holding the location, ascending, comma-separated),
+--         overspeed (`<rule>:<for ms>` for each overspeed rule whose
+--         limit the location's speed is above, comma-separated),
 --         then, when all 4 optional fields are sent (k = 4), their
 --         values: alt, speed, heading, accuracy; else a name and a value
 --         for each of the k sent (in that order), then the names of the
@@ -34,7 +36,13 @@
 -- undo what a reloaded one decided. A change is stored in `gf` and
 -- appended to the partition's transitions stream, for the bridges' drain
 -- to turn into events.
--- Returns one integer per location: 2 applied and its membership changed,
+-- Overspeed episodes likewise: `os` holds `<rule>:<since ts>:<tripped>`
+-- for each rule the device's newest location is above the limit of; an
+-- episode trips once, at the first newest location at least `for` after
+-- its start, appending `{d, ts, a=overspeed, r, since, speed}` to the
+-- transitions stream. A location under the limit ends the episode.
+-- Returns one integer per location: 2 applied and its membership changed
+-- or an alert tripped,
 -- 1 applied, 0 not newer than the stored one. The applied envelopes go out
 -- as one JSON array on the live channel.
 -- Hot path: per update HMGET, HSET; per partition GEOADD; one SPUBLISH
@@ -64,15 +72,15 @@ for p = 1, m do
     local id, tsa, lat, lon, shape = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
     local sent = SENT[shape]
     -- Every field sent (the usual case): their 4 values follow, in order.
-    -- Else a + 6 .. j: the fields sent, j + 1 .. d: the names of those not.
-    local j = a + 5 + 2 * sent
+    -- Else a + 7 .. j: the fields sent, j + 1 .. d: the names of those not.
+    local j = a + 6 + 2 * sent
     local d = j + 4 - sent
     local cur
     if sent == 4 then
-      d = a + 9
-      cur = call('HMGET', k, 'ts', 'last_seen', 'gf', 'gv')
+      d = a + 10
+      cur = call('HMGET', k, 'ts', 'last_seen', 'gf', 'gv', 'os')
     else
-      cur = call('HMGET', k, 'ts', 'last_seen', 'gf', 'gv', unpack(ARGV, j + 1, d))
+      cur = call('HMGET', k, 'ts', 'last_seen', 'gf', 'gv', 'os', unpack(ARGV, j + 1, d))
     end
     local old, seen = cur[1], cur[2]
     if not seen then
@@ -88,21 +96,21 @@ for p = 1, m do
       local moves_seen = not seen or seen == old or ts > tonumber(seen)
       if sent == 4 then
         if moves_seen then
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, 'alt', ARGV[a + 6],
-            'speed', ARGV[a + 7], 'heading', ARGV[a + 8], 'accuracy', ARGV[a + 9])
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, 'alt', ARGV[a + 7],
+            'speed', ARGV[a + 8], 'heading', ARGV[a + 9], 'accuracy', ARGV[a + 10])
         else
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'alt', ARGV[a + 6],
-            'speed', ARGV[a + 7], 'heading', ARGV[a + 8], 'accuracy', ARGV[a + 9])
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'alt', ARGV[a + 7],
+            'speed', ARGV[a + 8], 'heading', ARGV[a + 9], 'accuracy', ARGV[a + 10])
         end
       else
         if moves_seen then
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, unpack(ARGV, a + 6, j))
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, unpack(ARGV, a + 7, j))
         else
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, unpack(ARGV, a + 6, j))
+          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, unpack(ARGV, a + 7, j))
         end
         -- Only the absent fields the hash holds: most devices send the
         -- same fields every time.
-        for x = 5, 8 - sent do
+        for x = 6, 9 - sent do
           if cur[x] then
             call('HDEL', k, unpack(ARGV, j + 1, d))
             break
@@ -132,6 +140,45 @@ for p = 1, m do
           out[n - m2] = 2
         elseif gv ~= vera then
           call('HSET', k, 'gv', vera)
+        end
+        local over, ep = ARGV[a + 6], cur[5]
+        if over ~= '' or ep then
+          local prev = {}
+          if ep then
+            for r, since, tripped in string.gmatch(ep, '(%d+):(%d+):(%d)') do
+              prev[r] = { since, tripped }
+            end
+          end
+          local now = {}
+          for r, hold in string.gmatch(over, '(%d+):(%d+)') do
+            local e = prev[r]
+            local since, tripped = tsa, '0'
+            if e then
+              since, tripped = e[1], e[2]
+            end
+            if tripped == '0' and ts - tonumber(since) >= tonumber(hold) then
+              tripped = '1'
+              local speed = ARGV[a + 8]
+              if sent < 4 then
+                speed = ''
+                for x = a + 7, j - 1, 2 do
+                  if ARGV[x] == 'speed' then
+                    speed = ARGV[x + 1]
+                  end
+                end
+              end
+              call('XADD', KEYS[3 * p], 'MAXLEN', '~', TRANSITIONS_MAX, '*',
+                'd', id, 'ts', tsa, 'a', 'overspeed', 'r', r, 'since', since, 'speed', speed)
+              out[n - m2] = 2
+            end
+            now[#now + 1] = r .. ':' .. since .. ':' .. tripped
+          end
+          local state = table.concat(now, ',')
+          if state == '' then
+            call('HDEL', k, 'os')
+          elseif state ~= ep then
+            call('HSET', k, 'os', state)
+          end
         end
       end
     end
