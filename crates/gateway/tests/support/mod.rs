@@ -170,6 +170,7 @@ impl Env {
                     k.event_seen(device, id),
                     k.events.clone(),
                     k.epoch.clone(),
+                    k.transitions.clone(),
                 ],
                 vec![
                     device.to_owned(),
@@ -180,6 +181,11 @@ impl Env {
                     "86400".to_owned(),
                     format!("{:016x}", rand::random::<u64>()),
                     ts.to_string(),
+                    // No alert rules, the event's id and kind, not derived.
+                    String::new(),
+                    id.to_owned(),
+                    "panic".to_owned(),
+                    "0".to_owned(),
                 ],
             )
             .await
