@@ -13,13 +13,20 @@
 //! 4. After the window, `--drain` lets messages in flight arrive.
 //! 5. Everything stops; each client's [`Tally`] is accounted against the
 //!    send log ([`tally`]) and the totals become the report ([`report`]).
+//!
+//! Alerts: with `--alert-rule` the run first creates that rule on the
+//! gateway ([`rule`]) and deletes it at the end; `--overspeed-every` makes
+//! the load trip it a known number of times ([`overspeed`]). Clients time
+//! every alert and geofence event they receive, like locations.
 
 pub mod args;
 pub mod load;
 pub mod log;
+pub mod overspeed;
 pub mod procstat;
 pub mod receiver;
 pub mod report;
+pub mod rule;
 pub mod tally;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -38,8 +45,9 @@ pub use report::Report;
 use fieldcast_core::time::now_ms;
 use log::{SendLog, Window};
 use receiver::Common;
-use report::{Latency, ProcessUse};
-use tally::{latency_histogram, Accounting, Tally};
+use report::{Events, Latency, ProcessUse};
+use rule::RuleError;
+use tally::{latency_histogram, Accounting, Derived, Tally};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -51,10 +59,43 @@ pub enum BenchError {
     },
     #[error("interrupted")]
     Interrupted,
+    #[error(transparent)]
+    Rule(#[from] RuleError),
 }
 
-/// Runs one benchmark; `shutdown` (Ctrl-C) interrupts it.
+/// Runs one benchmark; `shutdown` (Ctrl-C) interrupts it. A rule it
+/// created (`--alert-rule`) is deleted however the run ends.
 pub async fn run(config: BenchConfig, shutdown: CancellationToken) -> Result<Report, BenchError> {
+    let Some(alert_rule) = config.alert_rule else {
+        return measure(config, shutdown, None).await;
+    };
+    let base = rule::api_base(config.gateway_of(0))
+        .ok_or_else(|| BenchError::Rule(RuleError::NoGateway(config.gateway_of(0).into())))?;
+    let created = rule::create(
+        &base,
+        config.admin_token.as_deref(),
+        alert_rule,
+        &config.fleet.prefix,
+    )
+    .await?;
+    info!(id = created.id, rule = %alert_rule.body(&config.fleet.prefix), "alert rule created");
+    let loaded = tokio::time::Instant::now() + rule::LOAD_TIME;
+    let outcome = measure(config, shutdown, Some(loaded)).await;
+    let id = created.id;
+    match created.delete().await {
+        Ok(()) => info!(id, "alert rule deleted"),
+        Err(error) => warn!(id, %error, "the alert rule could not be deleted"),
+    }
+    outcome
+}
+
+/// The run itself; the load starts no earlier than `load_from` (a new
+/// rule's loading time).
+async fn measure(
+    config: BenchConfig,
+    shutdown: CancellationToken,
+    load_from: Option<tokio::time::Instant>,
+) -> Result<Report, BenchError> {
     let stop = shutdown.child_token();
     let log = Arc::new(SendLog::new(&config.fleet.prefix, config.fleet.devices));
     let tracker = TaskTracker::new();
@@ -88,6 +129,12 @@ pub async fn run(config: BenchConfig, shutdown: CancellationToken) -> Result<Rep
         tracker.wait().await;
         return Err(e);
     }
+    if let Some(at) = load_from {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep_until(at) => {}
+        }
+    }
 
     let start_ms = now_ms() + millis(config.warmup);
     let window = Window {
@@ -96,7 +143,7 @@ pub async fn run(config: BenchConfig, shutdown: CancellationToken) -> Result<Rep
     };
     log.set_window(window);
     let stats = Arc::new(load::LoadStats::default());
-    load::spawn(&tracker, &config.fleet, &log, &stats, &stop);
+    load::spawn(&tracker, &config.fleet, config.bursts, &log, &stats, &stop);
     tracker.close();
     info!(warmup = ?config.warmup, duration = ?config.duration, "load started");
 
@@ -253,10 +300,13 @@ fn build_report(
     let (mut out_of_order, mut unmatched, mut outside) = (0, 0, 0);
     let mut client_errors = Vec::new();
     let mut clients_failed = 0;
+    let (mut alerts, mut fences) = (Derived::default(), Derived::default());
     for t in tallies {
         accounting += t.account(log);
         // Same bounds everywhere, so adding cannot fail.
         let _ = latency.add(&t.latency);
+        alerts.absorb(&t.alerts);
+        fences.absorb(&t.fences);
         out_of_order += t.out_of_order;
         unmatched += t.unmatched;
         outside += t.outside;
@@ -268,6 +318,9 @@ fn build_report(
         }
     }
     clients_failed += config.clients.saturating_sub(tallies.len());
+    let seen = |d: &Derived| d.count + d.unmatched + d.repeated > 0;
+    let bursts = config.bursts.map(|_| stats.bursts.load(Relaxed));
+    let measures_alerts = !config.floor && (config.alert_rule.is_some() || bursts.is_some());
     let secs = config.duration.as_secs_f64().max(1e-9);
     Report {
         label: config.label.clone(),
@@ -306,6 +359,8 @@ fn build_report(
         clients_failed,
         client_errors,
         latency_ms: Latency::from_us(&latency),
+        alerts: (measures_alerts || seen(&alerts)).then(|| Events::from_derived(&alerts, bursts)),
+        fence_events: seen(&fences).then(|| Events::from_derived(&fences, None)),
         processes,
     }
 }

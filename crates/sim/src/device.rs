@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::payload;
-use crate::route::{Area, Route};
+use crate::route::{Area, Fix, Route};
 
 /// Event kinds a device reports, with severity and relative frequency.
 /// `panic` is rare and critical.
@@ -95,6 +95,20 @@ impl Device {
     pub fn location(&mut self, dt: f64, ts: i64) -> Vec<u8> {
         self.route.advance(dt, &mut self.rng);
         payload::location(&self.route.fix(), ts)
+    }
+
+    /// [`Device::location`], reporting `speed` (m/s) instead of the
+    /// route's: the bench's overspeed bursts. The position moves as the
+    /// route drives.
+    pub fn location_reporting(&mut self, dt: f64, ts: i64, speed: f64) -> Vec<u8> {
+        self.route.advance(dt, &mut self.rng);
+        payload::location(
+            &Fix {
+                speed,
+                ..self.route.fix()
+            },
+            ts,
+        )
     }
 
     /// Drains the battery for `dt` seconds, lets the signal wander, and
@@ -213,6 +227,20 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_reported_speed_replaces_only_the_speed() {
+        let (mut a, mut b) = (device(4), device(4));
+        let plain: serde_json::Value =
+            serde_json::from_slice(&a.location(1.0, NOW)).unwrap_or_default();
+        let fast: serde_json::Value =
+            serde_json::from_slice(&b.location_reporting(1.0, NOW, 35.0)).unwrap_or_default();
+        assert_eq!(fast["speed"], 35.0);
+        assert_ne!(plain["speed"], 35.0);
+        for same in ["lat", "lon", "ts", "heading", "alt"] {
+            assert_eq!(plain[same], fast[same], "{same}");
         }
     }
 

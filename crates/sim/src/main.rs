@@ -29,7 +29,8 @@ enum Command {
     /// Measure throughput, delivery and latency from simulated devices to
     /// WebSocket clients of the gateway (or, with --floor, to plain MQTT
     /// subscribers); print a table and one JSON line.
-    Bench(BenchArgs),
+    // Boxed: the largest arguments by far, parsed once.
+    Bench(Box<BenchArgs>),
     /// Run as a service: publish as a synthetic device every --interval,
     /// watch it arrive through the gateway, export the outcome on /metrics.
     Probe(ProbeArgs),

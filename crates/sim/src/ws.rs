@@ -72,6 +72,9 @@ pub struct Frame<'a> {
     /// An event's id.
     #[serde(default, borrow)]
     pub id: Option<Cow<'a, str>>,
+    /// An event's `kind` (`door_open`, `alert.overspeed`, `geofence_enter`, ...).
+    #[serde(default, borrow, rename = "kind")]
+    pub event_kind: Option<Cow<'a, str>>,
     #[serde(default)]
     pub lat: Option<f64>,
     #[serde(default)]
@@ -170,6 +173,28 @@ mod tests {
             Frame::parse(r#"{"type":"snapshot","ref":"1","devices":[{"device":"a","ts":null}]}"#);
         assert_eq!(s.and_then(|f| f.reference).as_deref(), Some("1"));
         assert!(Frame::parse("not json").is_none());
+    }
+
+    #[test]
+    fn event_frames_parse_their_kind_id_and_ts() {
+        // As the gateway sends an alert (crates/core/src/live.rs `event_json`
+        // plus the cursor); `data` has fields of its own that must not leak.
+        let text = r#"{"type":"event","device":"bench-3","id":"alert-overspeed-7-1763800000000","ts":1763800000500,"kind":"alert.overspeed","severity":"warning","data":{"rule":7,"speed":35,"limit":30,"since":1763800000000,"kind":"x","ts":1},"cursor":"0:1-0"}"#;
+        let f = Frame::parse(text);
+        let f = f.as_ref();
+        assert_eq!(f.map(|f| f.kind.as_ref()), Some("event"));
+        assert_eq!(
+            f.and_then(|f| f.event_kind.as_deref()),
+            Some("alert.overspeed")
+        );
+        assert_eq!(
+            f.and_then(|f| f.id.as_deref()),
+            Some("alert-overspeed-7-1763800000000")
+        );
+        assert_eq!(f.and_then(|f| f.device.as_deref()), Some("bench-3"));
+        assert_eq!(f.and_then(|f| f.ts), Some(1_763_800_000_500));
+        let loc = Frame::parse(r#"{"type":"location","device":"a","ts":1}"#);
+        assert_eq!(loc.and_then(|f| f.event_kind), None);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! bridge and gateway (in this process) to two WebSocket clients, and the
 //! same load to plain MQTT subscribers (the floor). Pins that every sent
 //! location is matched to its delivery (ratio exactly 1 on an idle
-//! machine), that the token is minted from the secret, and that the JSON
-//! line parses. No timing is asserted: benchmarks are not tests.
+//! machine), that the token is minted from the secret, that the JSON
+//! line parses, and that overspeed bursts come back as alerts, each timed.
+//! No timing is asserted: benchmarks are not tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,7 +16,7 @@ use fieldcast_testkit::unique;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use support::{World, SECRET};
+use support::{http_get, World, SECRET};
 
 #[derive(Parser)]
 struct Cli {
@@ -84,6 +85,55 @@ fn check(report: &Report) -> Value {
     json
 }
 
+/// Pins the alert measurement end to end: `--alert-rule overspeed:30`
+/// creates the rule through the gateway's API with a minted admin token,
+/// the bridge loads it, every burst trips it exactly once (the routes never
+/// reach 30 m/s), each client receives one alert per burst of the devices
+/// it watches, timed from its tripping location's send, none twice; the
+/// rule is deleted when the run ends. A run without alerts has no
+/// `alerts` in its JSON line (pinned above by `check` callers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overspeed_bursts_reach_every_client_as_alerts() {
+    let world = World::start().await;
+    let admin =
+        fieldcast_sim::token::mint_admin(SECRET, "test", std::time::Duration::from_secs(600))
+            .unwrap();
+    let rules = format!("/api/rules?token={admin}");
+
+    // 5 locations/s: a burst of 3 then 2 of the route's own every second.
+    let report = bench(
+        &world,
+        &["--alert-rule", "overspeed:30", "--overspeed-every", "1s"],
+    )
+    .await;
+    let json = check(&report);
+    let alerts = report.alerts.expect("alerts measured");
+    let bursts = alerts.bursts.expect("bursts counted");
+    // 6 devices x 3 s window / 1 s.
+    assert!((12..=24).contains(&bursts), "{report}");
+    assert_eq!(
+        alerts.count,
+        2 * bursts,
+        "every burst to both clients: {report}"
+    );
+    assert_eq!((alerts.unmatched, alerts.repeated), (0, 0), "{report}");
+    assert_eq!(alerts.latency_ms.count, alerts.count);
+    assert!(alerts.latency_ms.max > 0.0);
+    assert_eq!(json["alerts"]["count"], alerts.count);
+    assert!(json["alerts"]["latency_ms"]["p99"].as_f64().is_some());
+    assert!(json.get("fence_events").is_none());
+    assert!(report.to_string().contains("alerts: n="), "{report}");
+    assert_eq!(http_get(world.gateway, &rules).await, (200, "[]".into()));
+
+    // Without the rule the bursts trip nothing: measured, n=0.
+    let quiet = bench(&world, &["--overspeed-every", "1s"]).await;
+    let alerts = quiet.alerts.expect("bursts given: alerts measured");
+    assert_eq!((alerts.count, alerts.unmatched), (0, 0), "{quiet}");
+    assert!(alerts.bursts.is_some_and(|b| b > 0));
+
+    world.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_location_reaches_every_client_through_the_gateway() {
     let world = World::start().await;
@@ -91,6 +141,10 @@ async fn every_location_reaches_every_client_through_the_gateway() {
     // Whole fleet: each client expects every window send of every device.
     let fleet = bench(&world, &["--watch-pid", &std::process::id().to_string()]).await;
     let json = check(&fleet);
+    assert!(
+        json.get("alerts").is_none(),
+        "no alerts measured, none in the line"
+    );
     assert_eq!(json["mode"], "gateway");
     assert_eq!(json["selection"], "fleet");
     assert_eq!(fleet.accounting.expected, 2 * fleet.sent);

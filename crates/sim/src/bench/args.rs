@@ -1,10 +1,13 @@
 //! The `bench` command line: the fleet's flags (devices, rate, connections,
-//! area, seed, broker) plus receivers, timing, token and watched processes,
-//! checked into a [`BenchConfig`].
+//! area, seed, broker) plus receivers, timing, token, watched processes and
+//! the alert measurement (a rule, overspeed bursts), checked into a
+//! [`BenchConfig`].
 
 use fieldcast_core::geo::BBox;
 use std::time::Duration;
 
+use super::overspeed::{Bursts, BurstsError};
+use super::rule::AlertRule;
 use crate::fleet::{FleetArgs, FleetConfig};
 use crate::token;
 use crate::ws::Selector;
@@ -80,6 +83,19 @@ pub struct BenchArgs {
     /// Name of the scenario, copied into the report.
     #[arg(long, env = "FIELDCAST_BENCH_LABEL")]
     pub label: Option<String>,
+
+    /// Create this alert rule before the load and delete it after: overspeed:<m/s> (for 1 ms,
+    /// devices <prefix>-*), through the first gateway's POST /api/rules with an admin token
+    /// minted from --jwt-secret (else --token, else none). Ignored with --floor. Alerts
+    /// (alert.*) and geofence events received are measured whether or not it is given.
+    #[arg(long, env = "FIELDCAST_BENCH_ALERT_RULE", value_parser = AlertRule::parse)]
+    pub alert_rule: Option<AlertRule>,
+
+    /// Every device reports speed 35 m/s on 3 consecutive locations once per this period (e.g.
+    /// 10s), its route's 5-25 m/s otherwise: with --alert-rule overspeed:30, one alert per
+    /// burst [default: off]
+    #[arg(long, env = "FIELDCAST_BENCH_OVERSPEED_EVERY", value_parser = humantime::parse_duration)]
+    pub overspeed_every: Option<Duration>,
 }
 
 /// Who receives, and what each subscribes to.
@@ -107,6 +123,11 @@ pub struct BenchConfig {
     pub token: Option<String>,
     pub watch_pids: Vec<u32>,
     pub label: Option<String>,
+    /// The rule to create (not with `floor`).
+    pub alert_rule: Option<AlertRule>,
+    /// The token that creates it: an admin's.
+    pub admin_token: Option<String>,
+    pub bursts: Option<Bursts>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,15 +142,21 @@ pub enum BenchConfigError {
     WatchTooMany { watch: usize, devices: usize },
     #[error("--gateway {0:?}: expected ws://host:port/path")]
     Gateway(String),
+    #[error(transparent)]
+    Bursts(#[from] BurstsError),
 }
 
 impl BenchArgs {
     pub fn into_config(self) -> Result<BenchConfig, BenchConfigError> {
         let duration = self.fleet.duration.unwrap_or(Duration::from_secs(30));
         let fleet = self.fleet.into_config()?;
-        if fleet.location_every().is_none() {
+        let Some(period) = fleet.location_every() else {
             return Err(BenchConfigError::NoLoad);
-        }
+        };
+        let bursts = self
+            .overspeed_every
+            .map(|every| Bursts::new(every, period))
+            .transpose()?;
         let watch = match (self.bbox, self.watch) {
             (Some(b), _) => Watch::Bbox(b),
             (None, 0) => Watch::Fleet,
@@ -152,6 +179,14 @@ impl BenchArgs {
         }
         // Valid for the whole run, with an hour to spare for slow starts.
         let valid_for = self.warmup + duration + self.drain + Duration::from_secs(3_600);
+        let alert_rule = self.alert_rule.filter(|_| !self.floor);
+        let admin_token = match (&alert_rule, self.jwt_secret.as_deref()) {
+            (None, _) => None,
+            (Some(_), Some(s)) if !s.is_empty() => {
+                Some(token::mint_admin(s, "fieldcast-bench", valid_for)?)
+            }
+            (Some(_), _) => self.token.clone().filter(|t| !t.is_empty()),
+        };
         let token = token::resolve(
             self.token,
             self.jwt_secret.as_deref(),
@@ -171,6 +206,9 @@ impl BenchArgs {
             token,
             watch_pids: self.watch_pids,
             label: self.label,
+            alert_rule,
+            admin_token,
+            bursts,
         })
     }
 }
@@ -277,6 +315,40 @@ mod tests {
         );
         assert_eq!(c.gateways, ["ws://127.0.0.1:8080/ws"]);
         assert_eq!(c.token, None);
+        assert_eq!((c.alert_rule, c.admin_token, c.bursts), (None, None, None));
+        Ok(())
+    }
+
+    #[test]
+    fn the_alert_measurement_takes_a_rule_an_admin_token_and_bursts() -> Result<(), String> {
+        let c = parse(&[
+            "--alert-rule",
+            "overspeed:30",
+            "--overspeed-every",
+            "10s",
+            "--jwt-secret",
+            "s",
+        ])?;
+        assert_eq!(c.alert_rule, Some(AlertRule::Overspeed { speed: 30.0 }));
+        let (admin, reader) = (
+            c.admin_token.unwrap_or_default(),
+            c.token.unwrap_or_default(),
+        );
+        assert!(admin.split('.').count() == 3 && admin != reader);
+        assert!(c.bursts.is_some());
+        // The floor has no gateway to create it on; the bursts stay, so
+        // both runs of bench-e2e.sh send the same load.
+        let floor = parse(&[
+            "--floor",
+            "--alert-rule",
+            "overspeed:30",
+            "--overspeed-every",
+            "10s",
+        ])?;
+        assert_eq!((floor.alert_rule, floor.bursts.is_some()), (None, true));
+        // Without a secret the given token is the one used.
+        let given = parse(&["--alert-rule", "overspeed:30", "--token", "t"])?;
+        assert_eq!(given.admin_token.as_deref(), Some("t"));
         Ok(())
     }
 
@@ -340,6 +412,10 @@ mod tests {
             &["--gateway", "http://x/ws"],
             &["--clients", "0"],
             &["--warmup", "soon"],
+            &["--alert-rule", "overspeed"],
+            &["--alert-rule", "inactive:5"],
+            // 2 locations/s: 3 locations per 1.5 s, no room after a burst.
+            &["--rate", "2", "--overspeed-every", "1500ms"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }

@@ -8,7 +8,8 @@
 //! statuses, events or retained messages that would blur the numbers).
 //! Pacing follows the fleet: a random phase per device, sends on a fixed
 //! grid, and a device that falls more than a period behind skips the missed
-//! fixes (counted) rather than bursting.
+//! fixes (counted) rather than bursting. With `--overspeed-every`, the
+//! devices report overspeed bursts ([`Bursts`]).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -27,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::log::{SendLog, Sent};
+use super::overspeed::Bursts;
 use crate::device::Device;
 use crate::fleet::FleetConfig;
 use fieldcast_core::Backoff;
@@ -40,6 +42,9 @@ pub struct LoadStats {
     pub skipped: AtomicU64,
     pub publish_errors: AtomicU64,
     pub connection_errors: AtomicU64,
+    /// Overspeed bursts whose tripping location (the second) was sent in
+    /// the window: with a matching rule, one alert each.
+    pub bursts: AtomicU64,
 }
 
 /// Starts one driver and one publisher per MQTT connection on `tracker`;
@@ -47,6 +52,7 @@ pub struct LoadStats {
 pub fn spawn(
     tracker: &TaskTracker,
     config: &FleetConfig,
+    bursts: Option<Bursts>,
     log: &Arc<SendLog>,
     stats: &Arc<LoadStats>,
     stop: &CancellationToken,
@@ -96,6 +102,7 @@ pub fn spawn(
             link: link_rx,
             qos: config.location_qos,
             period,
+            bursts,
             log: Arc::clone(log),
             stats: Arc::clone(stats),
             stop: stop.clone(),
@@ -155,6 +162,7 @@ struct Publisher {
     link: watch::Receiver<bool>,
     qos: QoS,
     period: Duration,
+    bursts: Option<Bursts>,
     log: Arc<SendLog>,
     stats: Arc<LoadStats>,
     stop: CancellationToken,
@@ -184,6 +192,8 @@ impl Publisher {
         }
         let mut moved_at = vec![t0; self.devices.len()];
         let mut last_ts = vec![i64::MIN; self.devices.len()];
+        // Locations sent per device: where it is in its burst period.
+        let mut published = vec![0_u64; self.devices.len()];
         let topics: Vec<String> = self
             .devices
             .iter()
@@ -220,7 +230,12 @@ impl Publisher {
             moved_at[slot] = now;
             let (d, device) = &mut self.devices[slot];
             let d = *d;
-            let payload = device.location(dt.min(600.0), ts);
+            let k = published[slot];
+            let payload = match self.bursts.and_then(|b| b.speed(d, k)) {
+                Some(speed) => device.location_reporting(dt.min(600.0), ts, speed),
+                None => device.location(dt.min(600.0), ts),
+            };
+            let trips = self.bursts.is_some_and(|b| b.trips(d, k));
             // The position as sent (rounded), for bbox expectations.
             let (lat, lon) = serde_json::from_slice::<Position>(&payload)
                 .map_or((f64::NAN, f64::NAN), |p| (p.lat, p.lon));
@@ -250,6 +265,10 @@ impl Publisher {
                         return;
                     }
                     self.stats.sent.fetch_add(1, Relaxed);
+                    published[slot] += 1;
+                    if trips && self.log.window().contains(ts) {
+                        self.stats.bursts.fetch_add(1, Relaxed);
+                    }
                 }
             }
         }

@@ -2,7 +2,8 @@
 //! client (what a dispatcher's browser does) or, with `--floor`, a plain
 //! MQTT subscriber on the broker. Each connects, subscribes, says so on
 //! `ready`, then feeds every location it receives into its [`Tally`] until
-//! stopped, and returns the tally.
+//! stopped, and returns the tally. A gateway client also feeds it the
+//! derived events it receives (alerts, geofence transitions).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::log::SendLog;
-use super::tally::Tally;
+use super::tally::{Family, Tally};
 use crate::ws::{self, Frame, Selector};
 
 /// Topic filters per SUBSCRIBE packet of a floor client (keeps packets small).
@@ -76,6 +77,12 @@ pub async fn gateway(
                     match (f.kind.as_ref(), f.device, f.ts) {
                         ("location", Some(device), Some(ts)) => {
                             tally.location(&common.log, &device, ts, recv_us);
+                        }
+                        ("event", Some(device), Some(ts)) => {
+                            let family = f.event_kind.as_deref().and_then(Family::of);
+                            if let (Some(family), Some(id)) = (family, f.id.as_deref()) {
+                                tally.event(&common.log, family, &device, id, ts, recv_us);
+                            }
                         }
                         ("error", _, _) => {
                             tally.error = Some(format!(

@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::procstat::Sample;
-use super::tally::Accounting;
+use super::tally::{Accounting, Derived};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -44,7 +44,46 @@ pub struct Report {
     /// The first few client errors.
     pub client_errors: Vec<String>,
     pub latency_ms: Latency,
+    /// `alert.*` events: present when the run measures alerts (a rule or
+    /// bursts given) or any arrived; absent otherwise, so the JSON line of
+    /// a run without alerts is what it always was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Events>,
+    /// `geofence_enter` / `geofence_exit` events: present when any arrived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fence_events: Option<Events>,
     pub processes: Vec<ProcessUse>,
+}
+
+/// Derived events of one family, summed over the clients: each counted
+/// once per client that received it, timed from the send of the location
+/// that caused it.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Events {
+    /// Window events received and matched to their location's send.
+    pub count: u64,
+    pub latency_ms: Latency,
+    /// Window events whose `ts` is no send of the run (not timed).
+    pub unmatched: u64,
+    /// Received again by the same client.
+    pub repeated: u64,
+    /// `--overspeed-every`: bursts whose tripping location was sent in the
+    /// window. A client receives one alert per burst of each device it
+    /// watches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bursts: Option<u64>,
+}
+
+impl Events {
+    pub fn from_derived(d: &Derived, bursts: Option<u64>) -> Events {
+        Events {
+            count: d.count,
+            latency_ms: d.latency.as_ref().map(Latency::from_us).unwrap_or_default(),
+            unmatched: d.unmatched,
+            repeated: d.repeated,
+            bursts,
+        }
+    }
 }
 
 /// Device-to-client latency of delivered window messages, milliseconds.
@@ -188,6 +227,22 @@ impl fmt::Display for Report {
             "  latency ms  p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (mean {:.2}, n={})",
             l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
         )?;
+        for (name, events) in [
+            ("alerts", &self.alerts),
+            ("fence events", &self.fence_events),
+        ] {
+            let Some(e) = events else { continue };
+            let l = &e.latency_ms;
+            write!(
+                f,
+                "  {name}: n={}, latency ms p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (mean {:.2}; unmatched {}, repeated {}",
+                e.count, l.p50, l.p90, l.p99, l.p999, l.max, l.mean, e.unmatched, e.repeated
+            )?;
+            if let Some(b) = e.bursts {
+                write!(f, ", overspeed bursts {b}")?;
+            }
+            writeln!(f, ")")?;
+        }
         for p in &self.processes {
             writeln!(
                 f,
@@ -199,5 +254,90 @@ impl fmt::Display for Report {
             writeln!(f, "  client error: {e}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::tally::latency_histogram;
+
+    fn report(alerts: Option<Events>) -> Report {
+        Report {
+            label: Some("b".into()),
+            mode: "gateway",
+            devices: 2,
+            rate: 2.0,
+            connections: 2,
+            clients: 1,
+            selection: "fleet".into(),
+            gateways: vec![],
+            warmup_s: 1.0,
+            duration_s: 1.0,
+            sent: 4,
+            sent_per_s: 4.0,
+            load_skipped: 0,
+            load_connection_errors: 0,
+            accounting: Accounting::default(),
+            delivery_ratio: None,
+            delivered_per_s: 0.0,
+            expected_per_s: 0.0,
+            out_of_order: 0,
+            unmatched: 0,
+            outside: 0,
+            clients_failed: 0,
+            client_errors: vec![],
+            latency_ms: Latency::default(),
+            alerts,
+            fence_events: None,
+            processes: vec![],
+        }
+    }
+
+    /// Pins that a run without alerts prints and serialises exactly the
+    /// fields it did before alerts were measured, and that a run with them
+    /// adds one line and one `alerts` object.
+    #[test]
+    fn alerts_appear_only_when_measured() {
+        let plain = report(None);
+        assert!(!plain.to_string().contains("alerts"));
+        let json: serde_json::Value = serde_json::from_str(&plain.json_line()).unwrap();
+        assert!(json.get("alerts").is_none() && json.get("fence_events").is_none());
+
+        let mut d = Derived::default();
+        let mut h = latency_histogram();
+        for us in [1_000, 1_500, 40_000] {
+            h.record(us).unwrap();
+        }
+        d.count = 3;
+        d.latency = Some(h);
+        d.repeated = 1;
+        let with = report(Some(Events::from_derived(&d, Some(3))));
+        let text = with.to_string();
+        let line = text
+            .lines()
+            .find(|l| l.contains("alerts: n=3, latency ms p50 1.50"));
+        assert!(
+            line.is_some_and(|l| l.contains("max 40.0") && l.contains("overspeed bursts 3")),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&with.json_line()).unwrap();
+        assert_eq!(json["alerts"]["count"], 3);
+        assert_eq!(json["alerts"]["latency_ms"]["count"], 3);
+        assert_eq!(json["alerts"]["latency_ms"]["p50"], 1.5);
+        assert_eq!(
+            (
+                json["alerts"]["repeated"].as_u64(),
+                json["alerts"]["bursts"].as_u64()
+            ),
+            (Some(1), Some(3))
+        );
+        assert_eq!(json["latency_ms"]["count"], 0, "locations apart");
+
+        // Measured but nothing arrived: said, with n=0.
+        let none = report(Some(Events::from_derived(&Derived::default(), None)));
+        assert!(none.to_string().contains("alerts: n=0,"));
+        let json: serde_json::Value = serde_json::from_str(&none.json_line()).unwrap();
+        assert!(json["alerts"].get("bursts").is_none());
     }
 }
