@@ -89,6 +89,28 @@ if [ "$ready" != 1 ]; then
   fc_die "the gateway did not answer on http://$LISTEN/readyz within 60 s${gone:+ ($gone exited)}"
 fi
 
+# A first database gets two geofences and an overspeed rule where the
+# simulated fleet drives (central London), so the map shows fences and
+# the feed their transitions and alerts; FIELDCAST_DEMO_FENCES=0 skips it.
+# The bridge has made the tables once it is ready.
+if [ "${FIELDCAST_DEMO_FENCES:-1}" = 1 ]; then
+  for _ in $(seq 1 150); do
+    curl -fsS -o /dev/null "http://$ADMIN/readyz" 2>/dev/null && break
+    sleep 0.2
+  done
+  psql -X -w -q -v ON_ERROR_STOP=1 -d "$FIELDCAST_DATABASE_URL" <<'SQL' || echo "demo fences not added" >&2
+INSERT INTO geofences (feature)
+SELECT f::jsonb FROM (VALUES
+  ('{"type":"Feature","properties":{"name":"City","severity":"info"},"geometry":{"type":"Polygon","coordinates":[[[-0.115,51.505],[-0.07,51.505],[-0.07,51.525],[-0.115,51.525],[-0.115,51.505]]]}}'),
+  ('{"type":"Feature","properties":{"name":"Depot","radius":1500,"severity":"warning"},"geometry":{"type":"Point","coordinates":[-0.1278,51.5074]}}')
+) AS v(f)
+WHERE NOT EXISTS (SELECT 1 FROM geofences);
+INSERT INTO alert_rules (rule)
+SELECT '{"kind":"overspeed","speed":22,"for":"10s","severity":"warning"}'::jsonb
+WHERE NOT EXISTS (SELECT 1 FROM alert_rules);
+SQL
+fi
+
 cat <<EOF
 
 live map:       http://$LISTEN/
