@@ -173,6 +173,8 @@ test('polygon feature: closed, no repeated neighbours, shifted whole into -180..
 test('fence transitions and alerts in words; other kinds as they are', () => {
   assert.deepEqual(eventText({ kind: 'geofence_enter', data: { geofence: 4, name: 'Depot' } }), { label: 'entered', detail: 'Depot' });
   assert.deepEqual(eventText({ kind: 'geofence_exit', data: { geofence: 4 } }), { label: 'left', detail: 'fence #4' });
+  // A device that reports its own zone crossings (the simulator).
+  assert.deepEqual(eventText({ kind: 'geofence_exit', data: { zone: 'zone-12', lat: 51.5 } }), { label: 'left', detail: 'zone-12' });
   assert.deepEqual(
     eventText({ kind: 'alert.overspeed', data: { rule: 3, speed: 31.234, limit: 25, for_ms: 30000, extra: 1 } }),
     { label: '⚠ overspeed', detail: 'rule #3, speed 31.23, limit 25, for ms 30000' },

@@ -15,7 +15,11 @@ export function eventText(ev) {
   const kind = String(ev.kind ?? '');
   const data = ev.data && typeof ev.data === 'object' ? ev.data : {};
   if (kind === 'geofence_enter' || kind === 'geofence_exit') {
-    const fence = data.name != null ? String(data.name) : data.geofence != null ? `fence #${data.geofence}` : 'a fence';
+    // The bridge's transitions name the fence; devices that report their
+    // own zone crossings (the simulator does) say `zone`.
+    const fence = data.name != null ? String(data.name)
+      : data.geofence != null ? `fence #${data.geofence}`
+        : data.zone != null ? String(data.zone) : 'a fence';
     return { label: kind === 'geofence_enter' ? 'entered' : 'left', detail: fence };
   }
   if (kind.startsWith('alert.')) {
