@@ -52,31 +52,6 @@ async fn send(dev: &Device, topic: String, payload: serde_json::Value) {
         .await;
 }
 
-/// Waits until the device's hot state is at location `ts`.
-async fn wait_state(h: &Harness, id: &str, field: &str, ts: i64) {
-    let r = wait_until(WAIT, "hot state moves", || async {
-        h.state(id).await.get(field).map(String::as_str) == Some(ts.to_string().as_str())
-    })
-    .await;
-    assert!(r.is_ok(), "state of {id}: {:?}", h.state(id).await);
-}
-
-/// Waits until the transitions streams are empty (every tripped alert
-/// made into events).
-async fn wait_drained(h: &Harness) {
-    let keys = h.keys();
-    let r = wait_until(WAIT, "transitions drained", || async {
-        for p in keys.all() {
-            if h.redis.xlen::<i64, _>(&p.transitions).await.unwrap_or(0) > 0 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
-    assert!(r.is_ok(), "entries left in the transitions streams");
-}
-
 /// The device's alerts in PostgreSQL, oldest first: (kind, id, severity, data).
 async fn alerts(h: &Harness, id: &str) -> Vec<(String, String, String, serde_json::Value)> {
     let c = h.db.client().await.unwrap();
@@ -91,22 +66,6 @@ async fn alerts(h: &Harness, id: &str) -> Vec<(String, String, String, serde_jso
     .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
     .collect()
 }
-
-/// The device's alerts in its partition's Redis event log.
-async fn logged(h: &Harness, id: &str) -> usize {
-    use fred::prelude::*;
-    let keys = h.keys();
-    let (_, part) = keys.of(id);
-    let entries: Vec<(String, std::collections::HashMap<String, String>)> =
-        h.redis.xrange(&part.events, "-", "+", None).await.unwrap();
-    entries
-        .into_iter()
-        .flat_map(|(_, f)| f.into_values())
-        .filter(|v| v.contains("\"alert.") && v.contains(id))
-        .count()
-}
-
-use fred::interfaces::StreamsInterface as _;
 
 /// Overspeed: above the limit for at least `for`, once per episode (a fix
 /// under the limit ends one), every fix sent twice; the rule's webhook
@@ -166,14 +125,14 @@ async fn overspeed_trips_once_per_episode_and_its_webhook_gets_it_once() {
             )
             .await;
         }
-        wait_state(&h, &id, "ts", ts).await;
+        h.wait_field(&id, "ts", ts).await;
     }
     h.wait_count(
         &format!("SELECT count(*) FROM events WHERE device_id = '{id}'"),
         2,
     )
     .await;
-    wait_drained(&h).await;
+    h.wait_transitions_drained().await;
     let got = alerts(&h, &id).await;
     assert_eq!(
         got,
@@ -192,7 +151,11 @@ async fn overspeed_trips_once_per_episode_and_its_webhook_gets_it_once() {
             ),
         ]
     );
-    assert_eq!(logged(&h, &id).await, 2, "each logged once in Redis");
+    assert_eq!(
+        h.logged_events(&id, "\"alert.").await.len(),
+        2,
+        "each logged once in Redis"
+    );
 
     // The webhook: 3 failures, then each alert once with a 2xx.
     let e = &ep;
@@ -261,7 +224,7 @@ async fn low_battery_offline_and_event_rules_trip_once() {
             )
             .await;
         }
-        wait_state(&h, &id, "sts", ts).await;
+        h.wait_field(&id, "sts", ts).await;
     }
     for _ in 0..2 {
         send(
@@ -289,7 +252,7 @@ async fn low_battery_offline_and_event_rules_trip_once() {
         4,
     )
     .await;
-    wait_drained(&h).await;
+    h.wait_transitions_drained().await;
     let got = alerts(&h, &id).await;
     let c = h.db.client().await.unwrap();
     let will_ts: i64 = c
@@ -341,7 +304,11 @@ async fn low_battery_offline_and_event_rules_trip_once() {
     got.sort_by(|a, b| a.1.cmp(&b.1));
     want.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(got, want);
-    assert_eq!(logged(&h, &id).await, 4, "each logged once in Redis");
+    assert_eq!(
+        h.logged_events(&id, "\"alert.").await.len(),
+        4,
+        "each logged once in Redis"
+    );
     b.stop().await;
 }
 
@@ -372,7 +339,7 @@ async fn an_inactive_device_is_reported_once_per_silence() {
         json!({"ts": t, "lat": 51.5, "lon": -0.1}),
     )
     .await;
-    wait_state(&h, &id, "ts", t).await;
+    h.wait_field(&id, "ts", t).await;
     let sql = format!("SELECT count(*) FROM events WHERE device_id = '{id}'");
     h.wait_count(&sql, 1).await;
     // Several more sweeps (every second with a 2 s rule) by either bridge:
@@ -403,9 +370,9 @@ async fn an_inactive_device_is_reported_once_per_silence() {
         json!({"ts": t2, "lat": 51.5, "lon": -0.1}),
     )
     .await;
-    wait_state(&h, &id, "ts", t2).await;
+    h.wait_field(&id, "ts", t2).await;
     h.wait_count(&sql, 2).await;
-    assert_eq!(logged(&h, &id).await, 2);
+    assert_eq!(h.logged_events(&id, "\"alert.").await.len(), 2);
     a.stop().await;
     b.stop().await;
 }

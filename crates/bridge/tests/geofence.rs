@@ -70,31 +70,6 @@ async fn locate(dev: &Device, id: &str, ts: i64, (lat, lon): (f64, f64)) {
     .await;
 }
 
-/// Waits until the device's hot state is at `ts`.
-async fn wait_state(h: &Harness, id: &str, ts: i64) {
-    let r = wait_until(WAIT, "hot state moves", || async {
-        h.state(id).await.get("ts").map(String::as_str) == Some(ts.to_string().as_str())
-    })
-    .await;
-    assert!(r.is_ok(), "state of {id}: {:?}", h.state(id).await);
-}
-
-/// Waits until every transitions stream is empty and nothing is pending in
-/// its group: every decided change has become its events.
-async fn wait_drained(h: &Harness) {
-    let keys = h.keys();
-    let r = wait_until(WAIT, "transitions drained", || async {
-        for p in keys.all() {
-            if h.redis.xlen::<i64, _>(&p.transitions).await.unwrap_or(0) > 0 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
-    assert!(r.is_ok(), "transitions left in the streams");
-}
-
 /// The device's geofence events in PostgreSQL, oldest first: (kind, id, data).
 async fn stored(h: &Harness, id: &str) -> Vec<(String, String, serde_json::Value)> {
     let c = h.db.client().await.unwrap();
@@ -107,19 +82,6 @@ async fn stored(h: &Harness, id: &str) -> Vec<(String, String, serde_json::Value
     .iter()
     .map(|r| (r.get(0), r.get(1), r.get(2)))
     .collect()
-}
-
-/// The device's geofence events in its partition's Redis event log.
-async fn logged(h: &Harness, id: &str) -> Vec<String> {
-    let keys = h.keys();
-    let (_, part) = keys.of(id);
-    let entries: Vec<(String, std::collections::HashMap<String, String>)> =
-        h.redis.xrange(&part.events, "-", "+", None).await.unwrap();
-    entries
-        .into_iter()
-        .flat_map(|(_, f)| f.into_values())
-        .filter(|v| v.contains("geofence_") && v.contains(id))
-        .collect()
 }
 
 /// A device drives through a polygon: one enter, one exit, with two
@@ -146,14 +108,14 @@ async fn a_drive_through_a_polygon_gives_one_enter_and_one_exit() {
         for _ in 0..2 {
             locate(&dev, &id, ts, at).await;
         }
-        wait_state(&h, &id, ts).await;
+        h.wait_field(&id, "ts", ts).await;
     }
     h.wait_count(
         &format!("SELECT count(*) FROM events WHERE device_id = '{id}'"),
         2,
     )
     .await;
-    wait_drained(&h).await;
+    h.wait_transitions_drained().await;
     let events = stored(&h, &id).await;
     assert_eq!(
         events,
@@ -180,7 +142,11 @@ async fn a_drive_through_a_polygon_gives_one_enter_and_one_exit() {
         .unwrap()
         .get(0);
     assert_eq!(sev, "warning", "the fence's severity");
-    assert_eq!(logged(&h, &id).await.len(), 2, "each logged once in Redis");
+    assert_eq!(
+        h.logged_events(&id, "geofence_").await.len(),
+        2,
+        "each logged once in Redis"
+    );
     assert_eq!(h.state(&id).await.get("gf"), None, "outside: no membership");
     a.stop().await;
     b.stop().await;
@@ -201,7 +167,7 @@ async fn out_of_order_locations_around_a_boundary_give_no_spurious_transition() 
     let t = now_ms() - 60_000;
     // Newest first (inside), then older fixes from both sides of the edge.
     locate(&dev, &id, t + 10_000, INSIDE).await;
-    wait_state(&h, &id, t + 10_000).await;
+    h.wait_field(&id, "ts", t + 10_000).await;
     for (dt, at) in [
         (8_000, OUTSIDE),
         (9_000, INSIDE),
@@ -212,7 +178,7 @@ async fn out_of_order_locations_around_a_boundary_give_no_spurious_transition() 
     }
     // A newer one inside: still inside, nothing to say.
     locate(&dev, &id, t + 11_000, INSIDE).await;
-    wait_state(&h, &id, t + 11_000).await;
+    h.wait_field(&id, "ts", t + 11_000).await;
     // Wait for the older ones to be judged stale or coalesced away in the
     // queue (they were sent before the newest).
     let m = &a.handles.metrics;
@@ -224,7 +190,7 @@ async fn out_of_order_locations_around_a_boundary_give_no_spurious_transition() 
     })
     .await;
     assert!(r.is_ok(), "{}", m.encode());
-    wait_drained(&h).await;
+    h.wait_transitions_drained().await;
     h.wait_count(
         &format!("SELECT count(*) FROM events WHERE device_id = '{id}'"),
         1,
@@ -256,7 +222,7 @@ async fn fence_changes_are_loaded_without_a_restart() {
     let id = unique("bus");
     let t = now_ms() - 60_000;
     locate(&dev, &id, t, INSIDE).await;
-    wait_state(&h, &id, t).await;
+    h.wait_field(&id, "ts", t).await;
     let fence = add_fence(&h, "school").await;
     wait_loaded(&m, 1).await;
     locate(&dev, &id, t + 1000, INSIDE).await;
@@ -281,7 +247,7 @@ async fn fence_changes_are_loaded_without_a_restart() {
         1,
     )
     .await;
-    wait_drained(&h).await;
+    h.wait_transitions_drained().await;
     let events = stored(&h, &id).await;
     assert_eq!(
         events.iter().map(|e| e.1.clone()).collect::<Vec<_>>(),

@@ -276,6 +276,54 @@ impl Harness {
             .unwrap()
     }
 
+    /// Waits until the device's hash has `field` = `ts` (`ts` for its
+    /// location, `sts` for its status).
+    pub async fn wait_field(&self, device: &str, field: &str, ts: i64) {
+        let want = ts.to_string();
+        let r = wait_until(WAIT, "hot state moves", || async {
+            self.state(device).await.get(field) == Some(&want)
+        })
+        .await;
+        assert!(
+            r.is_ok(),
+            "state of {device}: {:?}",
+            self.state(device).await
+        );
+    }
+
+    /// Waits until every partition's transitions stream is empty: every
+    /// membership change and tripped alert has become its events.
+    pub async fn wait_transitions_drained(&self) {
+        let keys = self.keys();
+        let r = wait_until(WAIT, "transitions drained", || async {
+            for p in keys.all() {
+                if self.redis.xlen::<i64, _>(&p.transitions).await.unwrap_or(0) > 0 {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        assert!(r.is_ok(), "entries left in the transitions streams");
+    }
+
+    /// The entries of `device`'s partition event log that are its events
+    /// and contain `needle`.
+    pub async fn logged_events(&self, device: &str, needle: &str) -> Vec<String> {
+        let keys = self.keys();
+        let (_, part) = keys.of(device);
+        let entries: Vec<(String, std::collections::HashMap<String, String>)> = self
+            .redis
+            .xrange(&part.events, "-", "+", None)
+            .await
+            .unwrap();
+        entries
+            .into_iter()
+            .flat_map(|(_, f)| f.into_values())
+            .filter(|v| v.contains(needle) && v.contains(device))
+            .collect()
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         let c = self.db.client().await.unwrap();
         c.query_one(sql, &[]).await.unwrap().get(0)
