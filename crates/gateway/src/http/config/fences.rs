@@ -9,7 +9,7 @@
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use fieldcast_geofence::{Fence, FenceId};
 use serde_json::Value;
 
@@ -125,17 +125,7 @@ pub async fn delete(
     Authed(scope): Authed,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_admin(&scope, "deleting a geofence")?;
-    let id = path_id(&raw, WHAT)?;
-    let mut client = connection(&s).await?;
-    let txn = begin(&s, &mut client).await?;
-    config::lock(&txn, Table::Geofences, id)
-        .await?
-        .ok_or_else(|| not_found(WHAT, &raw))?;
-    config::soft_delete(&txn, Table::Geofences, id).await?;
-    commit(txn).await?;
-    tracing::info!(fence = id, by = %scope.subject, "geofence deleted");
-    Ok(StatusCode::NO_CONTENT.into_response())
+    super::soft_delete(&s, &scope, Table::Geofences, &raw, WHAT).await
 }
 
 /// Answers never carry a webhook's secret, so a client that PUTs back what

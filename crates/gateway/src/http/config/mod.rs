@@ -137,6 +137,29 @@ fn created(content_type: &'static str, collection: &str, id: i64, body: String) 
 }
 
 /// `[a,b,...]` from encoded elements.
+/// `DELETE` of a fence or a rule (`what`, in `table`): admin only, 404 for
+/// an unknown or deleted id (nothing written), else the row is marked
+/// deleted and kept; 204.
+async fn soft_delete(
+    s: &AppState,
+    scope: &Scope,
+    table: config::Table,
+    raw: &str,
+    what: &str,
+) -> Result<Response, ApiError> {
+    require_admin(scope, &format!("deleting a {what}"))?;
+    let id = path_id(raw, what)?;
+    let mut client = connection(s).await?;
+    let txn = begin(s, &mut client).await?;
+    config::lock(&txn, table, id)
+        .await?
+        .ok_or_else(|| not_found(what, raw))?;
+    config::soft_delete(&txn, table, id).await?;
+    commit(txn).await?;
+    tracing::info!(id, by = %scope.subject, "{what} deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 fn json_array(items: &[String]) -> String {
     let mut out = String::with_capacity(items.iter().map(|i| i.len() + 1).sum::<usize>() + 2);
     out.push('[');

@@ -9,7 +9,7 @@
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use fieldcast_core::rule::Rule;
 
 use super::{
@@ -75,15 +75,5 @@ pub async fn delete(
     Authed(scope): Authed,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_admin(&scope, "deleting a rule")?;
-    let id = path_id(&raw, WHAT)?;
-    let mut client = connection(&s).await?;
-    let txn = begin(&s, &mut client).await?;
-    config::lock(&txn, Table::Rules, id)
-        .await?
-        .ok_or_else(|| not_found(WHAT, &raw))?;
-    config::soft_delete(&txn, Table::Rules, id).await?;
-    commit(txn).await?;
-    tracing::info!(rule = id, by = %scope.subject, "rule deleted");
-    Ok(StatusCode::NO_CONTENT.into_response())
+    super::soft_delete(&s, &scope, Table::Rules, &raw, WHAT).await
 }
