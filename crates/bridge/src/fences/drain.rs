@@ -111,12 +111,17 @@ impl Drain {
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_claim = tokio::time::Instant::now();
+        let every: Vec<usize> = (0..streams.len()).collect();
         loop {
-            tokio::select! {
+            // A wake-up reads the streams it names; the poll reads all.
+            let which: Vec<usize> = tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = self.fences.changed() => {}
-                _ = tick.tick() => {}
-            }
+                parts = self.fences.changed() => parts.iter().map(|p| p.index()).filter(|i| *i < streams.len()).collect(),
+                _ = tick.tick() => every.clone(),
+            };
+            // After a failure, this consumer's pending entries may be in
+            // any stream.
+            let which = if own_pending { every.clone() } else { which };
             let claim = last_claim.elapsed() >= CLAIM_EVERY;
             let outcome = async {
                 if !grouped {
@@ -128,7 +133,7 @@ impl Drain {
                 }
                 // Until a pass finds less than a full read.
                 loop {
-                    let more = self.pass(&streams, own_pending, claim).await?;
+                    let more = self.pass(&streams, &which, own_pending, claim).await?;
                     own_pending = false;
                     if !more {
                         return Ok::<(), DrainError>(());
@@ -184,17 +189,22 @@ impl Drain {
         Ok(())
     }
 
-    /// Reads every stream once (and claims abandoned entries when `claim`),
-    /// handles what it found. True when some read came back full.
+    /// Reads the streams `which` once (and claims abandoned entries in
+    /// every stream when `claim`), handles what it found. True when some
+    /// read came back full.
     async fn pass(
         &self,
         streams: &[String],
+        which: &[usize],
         own_pending: bool,
         claim: bool,
     ) -> Result<bool, DrainError> {
+        if which.is_empty() && !claim {
+            return Ok(false);
+        }
         let pipe = self.redis.client().pipeline();
         let from = if own_pending { "0" } else { ">" };
-        for s in streams {
+        for s in which.iter().filter_map(|&i| streams.get(i)) {
             let _: () = pipe
                 .xreadgroup(
                     GROUP,
@@ -225,12 +235,12 @@ impl Drain {
         let answers: Vec<Value> = pipe.all().await?;
         let mut changes = Vec::new();
         let mut full = false;
+        // The answers: one read per stream of `which`, then one claim per
+        // stream.
         for (i, answer) in answers.into_iter().enumerate() {
-            let stream = i % streams.len();
-            let entries = if i < streams.len() {
-                read_entries(answer)
-            } else {
-                claimed_entries(answer)
+            let (stream, entries) = match which.get(i) {
+                Some(&s) => (s, read_entries(answer)),
+                None => (i - which.len(), claimed_entries(answer)),
             };
             full |= entries.len() as u64 >= COUNT;
             changes.extend(

@@ -11,10 +11,10 @@ pub mod load;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use fieldcast_core::rule::{Condition, Rule};
-use fieldcast_core::{Location, Severity};
+use fieldcast_core::{Location, Partition, Severity};
 use fieldcast_geofence::{FenceId, FenceIndex};
 use tokio::sync::Notify;
 
@@ -265,6 +265,9 @@ pub fn parse_membership(s: &str) -> Vec<FenceId> {
 pub struct Fences {
     current: RwLock<Arc<Snapshot>>,
     changed: Notify,
+    /// Partitions whose transitions stream has new entries, for the drain
+    /// to read those alone (at most one entry per partition).
+    dirty: Mutex<Vec<Partition>>,
 }
 
 impl Default for Fences {
@@ -272,6 +275,7 @@ impl Default for Fences {
         Fences {
             current: RwLock::new(Arc::new(Snapshot::empty())),
             changed: Notify::new(),
+            dirty: Mutex::new(Vec::new()),
         }
     }
 }
@@ -294,14 +298,31 @@ impl Fences {
         }
     }
 
-    /// Called after a location step reported membership changes: the
-    /// drain turns them into events now rather than at its next poll.
-    pub fn wake_drain(&self) {
+    /// Called after a Redis step recorded changes in the streams of
+    /// `partitions`: the drain reads those now rather than at its poll.
+    pub fn wake_drain(&self, partitions: &[Partition]) {
+        {
+            let mut dirty = match self.dirty.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            for p in partitions {
+                if !dirty.contains(p) {
+                    dirty.push(*p);
+                }
+            }
+        }
         self.changed.notify_one();
     }
 
-    pub(crate) async fn changed(&self) {
-        self.changed.notified().await
+    /// Waits for a wake-up and takes the partitions it named.
+    pub(crate) async fn changed(&self) -> Vec<Partition> {
+        self.changed.notified().await;
+        let mut dirty = match self.dirty.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        std::mem::take(&mut *dirty)
     }
 }
 

@@ -85,6 +85,8 @@ pub struct Applied {
     /// that tripped an alert (recorded in their partition's `transitions`
     /// stream).
     pub membership_changes: usize,
+    /// The partitions of those: the streams the drain reads at once.
+    pub changed: Vec<Partition>,
     pub stale_locations: usize,
     pub stale_statuses: usize,
     pub duplicate_events: usize,
@@ -120,15 +122,22 @@ enum Call {
 impl Applied {
     /// Adds one script call's answer: `location.lua` answers a flag per
     /// fix, the others 1 when applied (else stale or duplicate).
-    fn count(&mut self, call: Call, answer: Value) {
-        match (call, answer) {
+    fn count(&mut self, work: &Work, keys: &Keys, answer: Value) {
+        match (work.call(), answer) {
             (Call::Location, Value::Array(flags)) => {
-                for f in flags {
+                let parts: &[(Partition, &LiveLocation)] = match work {
+                    Work::Locations(_, chunk) => chunk,
+                    _ => &[],
+                };
+                for (i, f) in flags.into_iter().enumerate() {
                     if matches!(f, Value::Integer(1)) {
                         self.published += 1;
                     } else if matches!(f, Value::Integer(2)) {
                         self.published += 1;
                         self.membership_changes += 1;
+                        if let Some((p, _)) = parts.get(i) {
+                            self.changed.push(*p);
+                        }
                     } else {
                         self.stale_locations += 1;
                     }
@@ -138,6 +147,9 @@ impl Applied {
             (Call::Status | Call::Event, Value::Integer(2)) => {
                 self.published += 1;
                 self.membership_changes += 1;
+                if let Work::Status(device, ..) | Work::Event(device, ..) = work {
+                    self.changed.push(keys.partitions().of(device));
+                }
             }
             (Call::Event, _) => self.duplicate_events += 1,
             (Call::Status, _) => self.stale_statuses += 1,
@@ -222,7 +234,7 @@ impl RedisSink {
                 a.record(metrics);
                 if a.membership_changes > 0 {
                     if let Some(f) = &self.fences {
-                        f.wake_drain();
+                        f.wake_drain(&a.changed);
                     }
                 }
             }
@@ -249,7 +261,7 @@ impl RedisSink {
         let mut again = Vec::new();
         for (w, answer) in all.into_iter().zip(answers) {
             match answer {
-                Ok(v) => applied.count(w.call(), v),
+                Ok(v) => applied.count(w, &self.keys, v),
                 Err(e) if ReplyCode::of(&e) == ReplyCode::NoScript => again.push(w),
                 Err(e) => return Err(e.into()),
             }
@@ -258,7 +270,7 @@ impl RedisSink {
             self.load_scripts().await?;
             let answers = self.send(&again, &[]).await?;
             for (w, answer) in again.into_iter().zip(answers) {
-                applied.count(w.call(), answer?);
+                applied.count(w, &self.keys, answer?);
             }
         }
         Ok(applied)
