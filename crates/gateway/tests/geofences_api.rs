@@ -38,31 +38,6 @@ fn circle(name: &str, groups: Option<Value>) -> Value {
            "properties": props})
 }
 
-/// A private database with every migration, and a gateway on it.
-async fn world() -> (Env, Gateway) {
-    let env = Env::new().await;
-    env.migrate().await;
-    let gw = env.gateway().await;
-    (env, gw)
-}
-
-async fn version(env: &Env) -> i64 {
-    env.pg
-        .query_one("SELECT version FROM config_version", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// Rows, deleted ones included.
-async fn rows(env: &Env) -> i64 {
-    env.pg
-        .query_one("SELECT count(*) FROM geofences", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 async fn stored(env: &Env, id: i64) -> Value {
     env.pg
         .query_one("SELECT feature FROM geofences WHERE id = $1", &[&id])
@@ -90,9 +65,9 @@ fn assert_error(status: u16, v: &Value, want: u16, code: &str) {
 /// unknown or deleted fence (404) bumps nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crud_with_admin_and_reader_tokens() {
-    let (env, gw) = world().await;
+    let (env, gw) = Env::migrated_with_gateway().await;
     let (admin, reader) = (admin(), reader());
-    let v0 = version(&env).await;
+    let v0 = env.config_version().await;
 
     let (s, v) = send(&gw, "POST", "/api/geofences", &reader, &square("Depot")).await;
     assert_error(s, &v, 403, "forbidden");
@@ -106,7 +81,10 @@ async fn crud_with_admin_and_reader_tokens() {
     )
     .await;
     assert_eq!(s, 401);
-    assert_eq!((rows(&env).await, version(&env).await), (0, v0));
+    assert_eq!(
+        (env.rows("geofences").await, env.config_version().await),
+        (0, v0)
+    );
 
     let (s, headers, body) = request(
         gw.addr,
@@ -130,7 +108,10 @@ async fn crud_with_admin_and_reader_tokens() {
         created,
         "the answer is what is stored"
     );
-    assert_eq!((rows(&env).await, version(&env).await), (1, v0 + 1));
+    assert_eq!(
+        (env.rows("geofences").await, env.config_version().await),
+        (1, v0 + 1)
+    );
 
     let (s, all) = get_json(gw.addr, "/api/geofences", &reader).await;
     assert_eq!(s, 200);
@@ -147,7 +128,7 @@ async fn crud_with_admin_and_reader_tokens() {
     let (s, _, body) = request(gw.addr, "DELETE", &path, Some(&reader), &[], "").await;
     assert_error(s, &serde_json::from_str(&body).unwrap(), 403, "forbidden");
     assert_eq!(stored(&env, id).await, created);
-    assert_eq!(version(&env).await, v0 + 1);
+    assert_eq!(env.config_version().await, v0 + 1);
 
     // The id in a PUT body is the path's, whatever the body says.
     let mut yard = circle("Yard", Some(json!(["vans"])));
@@ -158,11 +139,17 @@ async fn crud_with_admin_and_reader_tokens() {
     assert_eq!(replaced["geometry"]["type"], "Point");
     assert_eq!(replaced["properties"]["radius"], 250.0);
     assert_eq!(stored(&env, id).await, replaced);
-    assert_eq!((rows(&env).await, version(&env).await), (1, v0 + 2));
+    assert_eq!(
+        (env.rows("geofences").await, env.config_version().await),
+        (1, v0 + 2)
+    );
 
     let (s, _, body) = request(gw.addr, "DELETE", &path, Some(&admin), &[], "").await;
     assert_eq!((s, body.as_str()), (204, ""));
-    assert_eq!((rows(&env).await, version(&env).await), (1, v0 + 3));
+    assert_eq!(
+        (env.rows("geofences").await, env.config_version().await),
+        (1, v0 + 3)
+    );
     let deleted: bool = env
         .pg
         .query_one(
@@ -187,7 +174,7 @@ async fn crud_with_admin_and_reader_tokens() {
     }
     let (s, v) = get_json(gw.addr, "/api/geofences/abc", &reader).await;
     assert_error(s, &v, 404, "not_found");
-    assert_eq!(version(&env).await, v0 + 3);
+    assert_eq!(env.config_version().await, v0 + 3);
     gw.stop().await;
 }
 
@@ -216,12 +203,12 @@ fn polygon(rings: Value) -> Value {
 /// vertices) is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_nothing_is_stored() {
-    let (env, gw) = world().await;
+    let (env, gw) = Env::migrated_with_gateway().await;
     let admin = admin();
     let (s, kept) = send(&gw, "POST", "/api/geofences", &admin, &square("kept")).await;
     assert_eq!(s, 201, "{kept}");
     let id = kept["id"].as_i64().unwrap();
-    let (n0, v0) = (rows(&env).await, version(&env).await);
+    let (n0, v0) = (env.rows("geofences").await, env.config_version().await);
 
     let bowtie = json!([[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]);
     let unclosed = json!([[[0, 0], [1, 0], [1, 1], [0, 1]]]);
@@ -305,7 +292,10 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
         415,
         "unsupported_media_type",
     );
-    assert_eq!((rows(&env).await, version(&env).await), (n0, v0));
+    assert_eq!(
+        (env.rows("geofences").await, env.config_version().await),
+        (n0, v0)
+    );
     assert_eq!(
         stored(&env, id).await,
         kept,
@@ -324,7 +314,10 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
     )
     .await;
     assert_eq!(s, 201, "{resp}");
-    assert_eq!((rows(&env).await, version(&env).await), (n0 + 1, v0 + 1));
+    assert_eq!(
+        (env.rows("geofences").await, env.config_version().await),
+        (n0 + 1, v0 + 1)
+    );
     gw.stop().await;
 }
 
@@ -334,7 +327,7 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
 /// URL) keeps the stored secret; a new URL without a secret is a 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_secret_is_never_answered() {
-    let (env, gw) = world().await;
+    let (env, gw) = Env::migrated_with_gateway().await;
     let (admin, reader) = (admin(), reader());
     const SECRET_TEXT: &str = "very-secret-hmac-key";
     let mut hooked = square("Hooked");
@@ -418,7 +411,7 @@ async fn the_webhook_secret_is_never_answered() {
 /// out of sight is a 404, like an unknown one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_follows_the_device_scope() {
-    let (env, gw) = world().await;
+    let (env, gw) = Env::migrated_with_gateway().await;
     env.pg
         .batch_execute(
             "INSERT INTO device_groups (device_id, group_name) VALUES \

@@ -13,29 +13,6 @@ use support::*;
 
 const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
 
-async fn world() -> (Env, Gateway) {
-    let env = Env::new().await;
-    env.migrate().await;
-    let gw = env.gateway().await;
-    (env, gw)
-}
-
-async fn version(env: &Env) -> i64 {
-    env.pg
-        .query_one("SELECT version FROM config_version", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn rows(env: &Env) -> i64 {
-    env.pg
-        .query_one("SELECT count(*) FROM alert_rules", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 async fn send(gw: &Gateway, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
     let (s, _, b) = request(gw.addr, method, path, Some(token), JSON, body).await;
     (s, serde_json::from_str(&b).unwrap_or(Value::Null))
@@ -48,10 +25,10 @@ async fn send(gw: &Gateway, method: &str, path: &str, token: &str, body: &str) -
 /// write bumps `config_version` once, a 404 write none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crud_is_for_admins_and_never_answers_the_secret() {
-    let (env, gw) = world().await;
+    let (env, gw) = Env::migrated_with_gateway().await;
     let admin = token(json!({"admin": true}));
     let reader = token(json!({"publish": true}));
-    let v0 = version(&env).await;
+    let v0 = env.config_version().await;
     let rule = json!({"kind": "overspeed", "devices": ["truck-*"], "speed": 27.5, "for": "30s",
                       "webhook": {"url": "https://hooks.example/r", "secret": "rule-secret"}});
 
@@ -68,7 +45,10 @@ async fn crud_is_for_admins_and_never_answers_the_secret() {
             "{method} {path}"
         );
     }
-    assert_eq!((rows(&env).await, version(&env).await), (0, v0));
+    assert_eq!(
+        (env.rows("alert_rules").await, env.config_version().await),
+        (0, v0)
+    );
 
     let (s, headers, body) = request(
         gw.addr,
@@ -97,7 +77,10 @@ async fn crud_is_for_admins_and_never_answers_the_secret() {
         .get(0);
     assert_eq!(stored["webhook"]["secret"], "rule-secret");
     assert_eq!(stored["id"], id);
-    assert_eq!((rows(&env).await, version(&env).await), (1, v0 + 1));
+    assert_eq!(
+        (env.rows("alert_rules").await, env.config_version().await),
+        (1, v0 + 1)
+    );
 
     let (s, _, body) = request(gw.addr, "GET", "/api/rules", Some(&admin), &[], "").await;
     assert_eq!(s, 200);
@@ -112,7 +95,10 @@ async fn crud_is_for_admins_and_never_answers_the_secret() {
 
     let (s, _, body) = request(gw.addr, "DELETE", &path, Some(&admin), &[], "").await;
     assert_eq!((s, body.as_str()), (204, ""));
-    assert_eq!((rows(&env).await, version(&env).await), (1, v0 + 2));
+    assert_eq!(
+        (env.rows("alert_rules").await, env.config_version().await),
+        (1, v0 + 2)
+    );
     let (s, _) = get_json(gw.addr, &path, &admin).await;
     assert_eq!(s, 404);
     let (_, all) = get_json(gw.addr, "/api/rules", &admin).await;
@@ -121,7 +107,7 @@ async fn crud_is_for_admins_and_never_answers_the_secret() {
         let (s, _, _) = request(gw.addr, "DELETE", p, Some(&admin), &[], "").await;
         assert_eq!(s, 404, "{p}");
     }
-    assert_eq!(version(&env).await, v0 + 2);
+    assert_eq!(env.config_version().await, v0 + 2);
     gw.stop().await;
 }
 
@@ -131,9 +117,9 @@ async fn crud_is_for_admins_and_never_answers_the_secret() {
 /// nothing stored and no version bump.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rules_are_400_and_store_nothing() {
-    let (env, gw) = world().await;
+    let (env, gw) = Env::migrated_with_gateway().await;
     let admin = token(json!({"admin": true}));
-    let (n0, v0) = (rows(&env).await, version(&env).await);
+    let (n0, v0) = (env.rows("alert_rules").await, env.config_version().await);
     for (body, names) in [
         (
             json!({"kind": "overspeed", "speed": 20, "for": "0s"}).to_string(),
@@ -195,6 +181,9 @@ async fn bad_rules_are_400_and_store_nothing() {
     )
     .await;
     assert_eq!(s, 415, "{body}");
-    assert_eq!((rows(&env).await, version(&env).await), (n0, v0));
+    assert_eq!(
+        (env.rows("alert_rules").await, env.config_version().await),
+        (n0, v0)
+    );
     gw.stop().await;
 }

@@ -74,6 +74,32 @@ impl Env {
             .unwrap();
     }
 
+    /// A private database with every migration, and a gateway on it.
+    pub async fn migrated_with_gateway() -> (Env, Gateway) {
+        let env = Env::new().await;
+        env.migrate().await;
+        let gw = env.gateway().await;
+        (env, gw)
+    }
+
+    /// `config_version`: bumped once by every configuration write.
+    pub async fn config_version(&self) -> i64 {
+        self.pg
+            .query_one("SELECT version FROM config_version", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Rows of `table`, deleted ones included.
+    pub async fn rows(&self, table: &str) -> i64 {
+        self.pg
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     pub fn config(&self) -> Config {
         let mut c = Config::for_tests(&self.redis_url, &self.prefix, &self.db.url);
         c.auth = AuthMode::Jwt;
