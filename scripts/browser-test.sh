@@ -37,26 +37,13 @@ PROFILE=debug
 BIN_DIR="$(realpath -m "${CARGO_TARGET_DIR:-target}")/$PROFILE"
 [ -n "${FC_SKIP_BUILD:-}" ] || cargo build --quiet ${FC_RELEASE:+--release} -p fieldcast-bridge -p fieldcast-gateway -p fieldcast-sim --bins
 
-free_port() { node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'; }
-
-RUN="fcbt_$$_$RANDOM"
-DB="$RUN"
-PREFIX="$RUN:"
-MQTT_PORT=$(free_port)
-ADMIN_PORT=$(free_port)
-GATEWAY_PORT=${FC_GATEWAY_PORT:-$(free_port)}
-pids=()
+FC_BIN_DIR="$BIN_DIR" FC_TMP="$TMP"
+GATEWAY_PORT=${FC_GATEWAY_PORT:-$(fc_free_port)}
 
 cleanup() {
   local rc=$?
   [ -f "$TMP/gateway.pid" ] && kill "$(cat "$TMP/gateway.pid")" 2>/dev/null || true
-  # Newest first: the bridge stops (and acks) while its broker is still up.
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    kill "${pids[$i]}" 2>/dev/null || true
-    wait "${pids[$i]}" 2>/dev/null || true
-  done
-  fc_psql -qAtc "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
-  redis-cli --scan --pattern "$PREFIX*" | xargs -r -n 500 redis-cli DEL >/dev/null 2>&1 || true
+  fc_stack_stop
   if [ "$rc" -ne 0 ]; then
     echo "--- browser tests failed; service logs:" >&2
     for log in "$TMP"/*.log; do
@@ -68,32 +55,10 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT INT TERM
+fc_stack_start browser
 
-sed -e "s/^listener 1883 127.0.0.1/listener $MQTT_PORT 127.0.0.1/" mosquitto/dev.conf > "$TMP/mosquitto.conf"
-/usr/sbin/mosquitto -c "$TMP/mosquitto.conf" > "$TMP/mosquitto.log" 2>&1 &
-pids+=($!)
-
-fc_psql -qAtc "CREATE DATABASE \"$DB\"" >/dev/null
-DATABASE_URL=$(fc_pg_url "$DB")
-
-FIELDCAST_MQTT_URL="mqtt://127.0.0.1:$MQTT_PORT" \
-FIELDCAST_MQTT_CLIENT_ID="$RUN-bridge" \
-FIELDCAST_REDIS_PREFIX="$PREFIX" \
-FIELDCAST_DATABASE_URL="$DATABASE_URL" \
-FIELDCAST_ADMIN_ADDR="127.0.0.1:$ADMIN_PORT" \
-FIELDCAST_FLUSH_INTERVAL=1s \
-FIELDCAST_SPOOL_DIR="$TMP/spool" \
-  "$BIN_DIR/fieldcast-bridge" > "$TMP/bridge.log" 2>&1 &
-pids+=($!)
-
-for _ in $(seq 1 150); do
-  curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
-curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null || { echo "bridge not ready" >&2; exit 1; }
-
-export FC_ROOT="$ROOT" FC_BIN_DIR="$BIN_DIR" FC_TMP="$TMP" FC_MQTT_PORT="$MQTT_PORT" FC_GATEWAY_PORT="$GATEWAY_PORT" \
-  FC_JWT_SECRET="browser-test-$RANDOM$RANDOM" FC_REDIS_PREFIX="$PREFIX" FC_DATABASE_URL="$DATABASE_URL"
+export FC_ROOT="$ROOT" FC_BIN_DIR FC_TMP FC_MQTT_PORT FC_GATEWAY_PORT="$GATEWAY_PORT" \
+  FC_JWT_SECRET="browser-test-$RANDOM$RANDOM" FC_REDIS_PREFIX="$FC_PREFIX" FC_DATABASE_URL
 cd tests/browser
 tests=("$@")
 if [ "${#tests[@]}" -eq 0 ]; then

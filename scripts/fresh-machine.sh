@@ -139,7 +139,8 @@ EOF
     export CARGO_HTTP_CAINFO=/tmp/host-ca.crt NODE_EXTRA_CA_CERTS=/tmp/host-ca.crt &&
     cargo fetch &&
     (cd web && npm ci --no-audit --no-fund --loglevel=error) &&
-    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)'
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error) &&
+    PIP_CERT=/tmp/host-ca.crt bash -c ". scripts/lib.sh && fc_schemathesis" >/dev/null'
 }
 
 phase_run() {

@@ -89,6 +89,8 @@ FC_PKGS_SERVICES=(
   haproxy:/usr/sbin/haproxy
 )
 FC_PKGS_BROWSER=(chromium:/usr/bin/chromium nodejs:node npm:npm)
+# scripts/api-test.sh: schemathesis, pinned, in a virtualenv of its own.
+FC_PKGS_API=(python3-venv:python3 'python3-venv:/usr/lib/python3*/ensurepip')
 # scripts/cluster.sh: its own NATS nodes, Redis Cluster and HAProxy.
 FC_PKGS_CLUSTER=(
   nats-server:/usr/sbin/nats-server redis-server:/usr/bin/redis-server redis-tools:redis-cli
@@ -134,7 +136,7 @@ fc_quiet_haproxy() {
   fi
 }
 
-# The packages of groups build, services, browser, cluster.
+# The packages of groups build, services, browser, api, cluster.
 fc_install_groups() {
   local pairs=() g
   for g in "$@"; do
@@ -142,8 +144,9 @@ fc_install_groups() {
       build) pairs+=("${FC_PKGS_BUILD[@]}") ;;
       services) pairs+=("${FC_PKGS_SERVICES[@]}") ;;
       browser) pairs+=("${FC_PKGS_BROWSER[@]}") ;;
+      api) pairs+=("${FC_PKGS_API[@]}") ;;
       cluster) pairs+=("${FC_PKGS_CLUSTER[@]}") ;;
-      *) fc_die "unknown package group '$g' (build, services, browser, cluster)" ;;
+      *) fc_die "unknown package group '$g' (build, services, browser, api, cluster)" ;;
     esac
   done
   fc_install "${pairs[@]}"
@@ -383,6 +386,85 @@ fc_pg_create_db() {
   if ! fc_psql -qAtc "SELECT 1 FROM pg_database WHERE datname = '$1'" | grep -q 1; then
     fc_psql -qc "CREATE DATABASE \"$1\""
   fi
+}
+
+# ---------------------------------------------------------------- a private stack
+
+# A free TCP port on 127.0.0.1 (the kernel's pick, released at once).
+fc_free_port() {
+  if command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  else
+    node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
+  fi
+}
+
+# For the scripts that drive the binaries from outside (browser-test.sh,
+# api-test.sh): a PRIVATE Mosquitto on a free port, a fresh database, a
+# unique Redis key prefix and a fieldcast-bridge on them, ready when this
+# returns. Needs FC_BIN_DIR (the binaries) and FC_TMP (a scratch folder:
+# config, spool, logs); sets FC_RUN, FC_DB, FC_PREFIX, FC_MQTT_PORT,
+# FC_ADMIN_PORT, FC_DATABASE_URL and FC_PIDS. fc_stack_stop undoes it all.
+fc_stack_start() {
+  FC_RUN="fc_$1_$$_$RANDOM"
+  FC_DB="$FC_RUN"
+  FC_PREFIX="$FC_RUN:"
+  FC_MQTT_PORT=$(fc_free_port)
+  FC_ADMIN_PORT=$(fc_free_port)
+  FC_PIDS=()
+  sed -e "s/^listener 1883 127.0.0.1/listener $FC_MQTT_PORT 127.0.0.1/" mosquitto/dev.conf > "$FC_TMP/mosquitto.conf"
+  /usr/sbin/mosquitto -c "$FC_TMP/mosquitto.conf" > "$FC_TMP/mosquitto.log" 2>&1 &
+  FC_PIDS+=($!)
+  fc_psql -qAtc "CREATE DATABASE \"$FC_DB\"" >/dev/null
+  FC_DATABASE_URL=$(fc_pg_url "$FC_DB")
+  FIELDCAST_MQTT_URL="mqtt://127.0.0.1:$FC_MQTT_PORT" \
+  FIELDCAST_MQTT_CLIENT_ID="$FC_RUN-bridge" \
+  FIELDCAST_REDIS_PREFIX="$FC_PREFIX" \
+  FIELDCAST_DATABASE_URL="$FC_DATABASE_URL" \
+  FIELDCAST_ADMIN_ADDR="127.0.0.1:$FC_ADMIN_PORT" \
+  FIELDCAST_FLUSH_INTERVAL=1s \
+  FIELDCAST_SPOOL_DIR="$FC_TMP/spool" \
+    "$FC_BIN_DIR/fieldcast-bridge" > "$FC_TMP/bridge.log" 2>&1 &
+  FC_PIDS+=($!)
+  fc_wait_ready "http://127.0.0.1:$FC_ADMIN_PORT/readyz" || fc_die "the bridge is not ready (log: $FC_TMP/bridge.log)"
+}
+
+# schemathesis for scripts/api-test.sh, pinned, in a virtualenv of its own
+# under ~/.cache/fieldcast (installed once, from PyPI); prints its path.
+FC_SCHEMATHESIS_VERSION=4.32.5
+fc_schemathesis() {
+  local venv="${XDG_CACHE_HOME:-$HOME/.cache}/fieldcast/schemathesis-$FC_SCHEMATHESIS_VERSION"
+  if [ ! -x "$venv/bin/schemathesis" ]; then
+    fc_log "installing schemathesis $FC_SCHEMATHESIS_VERSION into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$FC_SCHEMATHESIS_VERSION" >&2 ||
+      fc_die "cannot install schemathesis from PyPI"
+  fi
+  echo "$venv/bin/schemathesis"
+}
+
+# Waits up to 30 s for URL to answer 2xx.
+fc_wait_ready() {
+  local _
+  for _ in $(seq 1 150); do
+    curl -fsS "$1" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+# Stops what fc_stack_start started, newest first (the bridge stops, and
+# acks, while its broker is still up), and drops its database and keys.
+fc_stack_stop() {
+  local i
+  for ((i = ${#FC_PIDS[@]} - 1; i >= 0; i--)); do
+    kill "${FC_PIDS[$i]}" 2>/dev/null || true
+    wait "${FC_PIDS[$i]}" 2>/dev/null || true
+  done
+  FC_PIDS=()
+  [ -z "${FC_DB:-}" ] || fc_psql -qAtc "DROP DATABASE IF EXISTS \"$FC_DB\" WITH (FORCE)" >/dev/null 2>&1 || true
+  [ -z "${FC_PREFIX:-}" ] || redis-cli --scan --pattern "$FC_PREFIX*" | xargs -r -n 500 redis-cli DEL >/dev/null 2>&1 || true
 }
 
 # ---------------------------------------------------------------- all of it

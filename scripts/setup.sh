@@ -3,12 +3,12 @@
 # Ubuntu 24.04 machine, as root or as a user with sudo: checks the Rust
 # toolchain (rustup, at least the workspace's rust-version), installs the
 # missing packages (C toolchain, PostgreSQL, Redis, Mosquitto, Chromium,
-# Node.js), starts the services and finds or makes a PostgreSQL login
+# Node.js, Python's venv), starts the services and finds or makes a PostgreSQL login
 # (scripts/lib.sh says how). Both commands do this themselves; run it alone
 # to prepare a machine, or with --packages-only to install and nothing else
 # (e.g. while the machine still has a network).
 #
-#   scripts/setup.sh                      # all groups: build services browser
+#   scripts/setup.sh                      # all groups: build services browser api
 #   scripts/setup.sh build services       # what the demo needs
 #   scripts/setup.sh --packages-only      # no Rust check, no services
 set -euo pipefail
@@ -19,11 +19,11 @@ groups=()
 for a in "$@"; do
   case $a in
     --packages-only) packages_only=1 ;;
-    build | services | browser) groups+=("$a") ;;
-    *) fc_die "usage: scripts/setup.sh [--packages-only] [build] [services] [browser]" ;;
+    build | services | browser | api) groups+=("$a") ;;
+    *) fc_die "usage: scripts/setup.sh [--packages-only] [build] [services] [browser] [api]" ;;
   esac
 done
-[ "${#groups[@]}" -gt 0 ] || groups=(build services browser)
+[ "${#groups[@]}" -gt 0 ] || groups=(build services browser api)
 if [ "$packages_only" = 1 ]; then
   fc_install_groups "${groups[@]}"
   exit 0

@@ -2,12 +2,13 @@
 # Runs every test of the workspace against the real services: checks Rust,
 # installs what is missing and starts the services (scripts/lib.sh), then
 # `cargo test` with the resolved PostgreSQL login in FIELDCAST_TEST_PG_URL,
-# then the browser tests (scripts/browser-test.sh).
+# then the API check (scripts/api-test.sh) and the browser tests
+# (scripts/browser-test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
-fc_setup build services browser
+fc_setup build services browser api
 echo "PostgreSQL for the tests: $(fc_redact "$FC_PG_ADMIN_URL") ($FC_PG_SOURCE)"
 cargo test --workspace --all-targets --no-fail-fast
 # The bridge's broker-relevant tests again, with the bridge on a private
@@ -34,5 +35,8 @@ FIELDCAST_TEST_BROKER=nats cargo test -p fieldcast-bridge --no-fail-fast \
   the_outbox_is_replayed_by_the_next_bridge_after_a_restart \
   resubscribes_after_broker_loses_the_session \
   retained_status_storm_through_a_small_queue
+# The HTTP API against its OpenAPI description (schemathesis), on the
+# binaries just built.
+FC_SKIP_BUILD=1 scripts/api-test.sh
 # The map page in headless Chromium against private real services.
 scripts/browser-test.sh

@@ -8,7 +8,7 @@ mod support;
 use std::process::Command;
 
 use fieldcast_testkit::{wait_until, RedisServer};
-use serde_json::json;
+use serde_json::{json, Value};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldcast-gateway");
@@ -113,6 +113,12 @@ async fn ops_endpoints() {
     let (_, _, metrics) = http(gw.addr, "GET", "/metrics", None, None).await;
     assert!(metrics.contains("fieldcast_gateway_connections"));
     assert_eq!(http(gw.addr, "GET", "/nope", None, None).await.0, 404);
+    // The description needs no token either, and is the repo's own file.
+    let (s, _, spec) = http(gw.addr, "GET", "/api/openapi.json", None, None).await;
+    assert_eq!(s, 200);
+    let spec: Value = serde_json::from_str(&spec).unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(spec["paths"]["/api/devices/{id}/track"]["get"].is_object());
     gw.stop().await;
 }
 

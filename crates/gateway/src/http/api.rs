@@ -121,11 +121,22 @@ enum Format {
     Csv,
 }
 
+/// The instants that both RFC 3339 and PostgreSQL's `timestamptz` hold
+/// (years 1 to 9999, UTC): a time outside is the caller's mistake, a 400,
+/// where PostgreSQL would fail the statement.
+const MIN_MS: i64 = -62_135_596_800_000;
+const MAX_MS: i64 = 253_402_300_799_999;
+
 /// `[from, to)` with the defaults of §5 (the last 24 h).
 fn window(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64), ApiError> {
     let parse = |name: &str, v: &str| {
         fieldcast_core::time::parse_ms_or_rfc3339(v)
-            .ok_or_else(|| ApiError::BadRequest(format!("{name} must be epoch ms or RFC 3339")))
+            .filter(|ms| (MIN_MS..=MAX_MS).contains(ms))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{name} must be epoch ms or RFC 3339, within the years 1 to 9999"
+                ))
+            })
     };
     let to = match to {
         Some(v) => parse("to", v)?,
@@ -133,7 +144,7 @@ fn window(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64), ApiError> 
     };
     let from = match from {
         Some(v) => parse("from", v)?,
-        None => to - DAY_MS,
+        None => (to - DAY_MS).max(MIN_MS),
     };
     if from > to {
         return Err(ApiError::BadRequest("from must not be after to".into()));

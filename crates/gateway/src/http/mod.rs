@@ -1,8 +1,8 @@
 //! The HTTP surface: `/ws` (upgrade, in [`crate::ws`]), `/api/*`
-//! ([`api`]; geofences and alert rules in [`config`]), the unauthenticated `/healthz`, `/readyz`, `/metrics`
-//! ([`ops`]), the map page `/`, `/assets/*`, `/config.json` ([`assets`])
-//! and its map tiles `/tiles/{z}/{x}/{y}` ([`tiles`]); errors in one
-//! shape ([`error`]).
+//! ([`api`]; geofences and alert rules in [`config`]), the unauthenticated
+//! `/healthz`, `/readyz`, `/metrics` and `/api/openapi.json` ([`ops`]), the
+//! map page `/`, `/assets/*`, `/config.json` ([`assets`]) and its map tiles
+//! `/tiles/{z}/{x}/{y}` ([`tiles`]); errors in one shape ([`error`]).
 
 pub mod api;
 pub mod assets;
@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/api/openapi.json", get(ops::openapi))
         .merge(guarded)
         .fallback(ops::not_found)
         .with_state(state)

@@ -47,6 +47,26 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The OpenAPI 3.1 description of `/api/*` and these endpoints, embedded
+/// from `docs/openapi.json` so that a binary always serves the description
+/// of itself; `scripts/api-test.sh` checks it against a running gateway
+/// with schemathesis. Public like `/`: it describes the API, not the fleet.
+const OPENAPI: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../docs/openapi.json"
+));
+
+pub async fn openapi() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        OPENAPI,
+    )
+        .into_response()
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
