@@ -13,6 +13,7 @@
 # command that reproduces it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 fc_setup build services api
@@ -57,7 +58,10 @@ sleep 2 # the bridge's history flush (FIELDCAST_FLUSH_INTERVAL=1s)
 TOKEN=$(FIELDCAST_JWT_SECRET="$SECRET" "$FC_BIN_DIR/fieldcast-gateway" token \
   --sub api-test --admin --publish --channels '*' --ttl 1h)
 
-"$SCHEMATHESIS" --config-file tests/api/schemathesis.toml run "http://127.0.0.1:$PORT/api/openapi.json" \
+# From the scratch folder: schemathesis keeps a cache in its working
+# directory, which belongs to no checkout.
+cd "$FC_TMP"
+"$SCHEMATHESIS" --config-file "$ROOT/tests/api/schemathesis.toml" run "http://127.0.0.1:$PORT/api/openapi.json" \
   --header "Authorization: Bearer $TOKEN" \
   --seed 20261207 \
   --max-examples "${FC_API_EXAMPLES:-40}" \
