@@ -495,6 +495,39 @@ async fn jwks_keys_verify_by_kid_and_rotation_takes_effect_on_an_unknown_kid() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_kids_do_not_make_the_gateway_hammer_the_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let k1 = TestKey::ec(dir.path(), "k1");
+    let env = Env::new().await;
+    let idp = Idp::start(vec![]).await;
+    idp.publish(&[&k1]);
+    let mut config = jwks_config(&env, &idp);
+    config.jwt_jwks_min_interval = std::time::Duration::from_secs(3600);
+    let gw = Gateway::start(config).await;
+    assert_eq!(idp.fetches.load(Ordering::SeqCst), 1, "the fetch at start");
+
+    for i in 0..20 {
+        let t = k1.token_as(
+            Algorithm::ES256,
+            Some(&format!("made-up-{i}")),
+            json!({}),
+            3600,
+        );
+        assert_eq!(status_of(&gw, &t).await, 401);
+    }
+    // Without the rate limit the refresh would have fetched within
+    // milliseconds of the first request; give it ample time to (wrongly) do so.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        idp.fetches.load(Ordering::SeqCst),
+        1,
+        "no fetch within the min interval"
+    );
+    assert_eq!(status_of(&gw, &k1.token(json!({}))).await, 200);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_is_not_ready_until_its_jwks_is_fetched_and_keeps_keys_when_the_idp_fails() {
     let dir = tempfile::tempdir().unwrap();
     let k1 = TestKey::ec(dir.path(), "k1");
