@@ -1,9 +1,11 @@
-//! Who may see what: HS256 JWTs (PROTOCOL.md §4) turned into a [`Scope`].
+//! Who may see what: JWTs (PROTOCOL.md §4) turned into a [`Scope`].
 //!
 //! In: the token from `?token=` or `Authorization: Bearer`. Out: a `Scope`
 //! (device globs, channel patterns, the `publish` and `admin` rights, the
 //! expiry) that `/ws` and `/api/*` consult before anything leaves the
-//! gateway.
+//! gateway. Which key checks a token, HS256 with the secret or RS256/ES256
+//! with a public key or an identity provider's JWKS, is [`crate::keys`]'
+//! business; the claims mean the same whoever signed them.
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ pub use fieldcast_core::glob::Glob;
 
 use crate::config::{AuthMode, Config};
 use crate::http::error::ApiError;
+use crate::keys::{self, KeySet, VerifyingKey};
 
 /// Leeway on `exp` and `nbf`, seconds (PROTOCOL.md §4).
 pub const LEEWAY_SECS: u64 = 30;
@@ -28,6 +31,8 @@ pub enum AuthError {
     Missing,
     #[error("invalid token: {0}")]
     Invalid(#[from] jsonwebtoken::errors::Error),
+    #[error("invalid token: {0}")]
+    Key(#[from] keys::KeyError),
 }
 
 impl From<AuthError> for ApiError {
@@ -109,57 +114,128 @@ pub struct Authenticator(Arc<Mode>);
 enum Mode {
     None,
     Jwt {
-        /// `None` for an empty secret: every token is refused.
-        key: Option<DecodingKey>,
-        validation: Box<Validation>,
+        keys: KeySet,
+        /// HS256: PROTOCOL.md §4 as it stands, no `iss` or `aud` check.
+        hs256: Box<Validation>,
+        /// RS256 and ES256: `FIELDCAST_JWT_ISSUER`/`_AUDIENCE` when set.
+        rs256: Box<Validation>,
+        es256: Box<Validation>,
     },
 }
 
 impl Authenticator {
     /// From the configuration; `validate()` has made sure a `jwt` mode has
-    /// its secret.
-    pub fn from_config(config: &Config) -> Self {
-        match (config.auth, config.jwt_secret.as_deref()) {
-            // An empty or absent secret cannot get here through
-            // `Config::validate`; refusing every token is the safe reading.
-            (AuthMode::Jwt, secret) => match secret.filter(|s| !s.is_empty()) {
-                Some(secret) => Self::jwt(secret.as_bytes()),
-                None => Self::jwt(&rand::random::<[u8; 32]>()),
-            },
-            (AuthMode::None, _) => Authenticator(Arc::new(Mode::None)),
+    /// its secret and that the public key file reads.
+    pub fn from_config(config: &Config) -> Result<Self, crate::config::ConfigError> {
+        if config.auth == AuthMode::None {
+            return Ok(Authenticator(Arc::new(Mode::None)));
         }
+        // An empty or absent secret cannot get here through
+        // `Config::validate`; a random one (refusing every HS256 token)
+        // is the safe reading.
+        let secret = match config.jwt_secret.as_deref().filter(|s| !s.is_empty()) {
+            Some(secret) => secret.as_bytes().to_vec(),
+            None => rand::random::<[u8; 32]>().to_vec(),
+        };
+        let keys = KeySet {
+            secret: hs256_key(&secret),
+            file: config.public_key()?.map(Arc::new),
+            jwks: config
+                .jwt_jwks_url
+                .as_deref()
+                .filter(|u| !u.trim().is_empty())
+                .map(|u| Arc::new(keys::jwks::Jwks::new(u.trim().to_owned()))),
+        };
+        Ok(Self::with_keys(
+            keys,
+            config.jwt_issuer.as_deref(),
+            config.jwt_audience.as_deref(),
+        ))
     }
 
     /// HS256 with `secret`; an empty secret refuses every token.
     pub fn jwt(secret: &[u8]) -> Self {
+        Self::with_keys(
+            KeySet {
+                secret: hs256_key(secret),
+                ..KeySet::default()
+            },
+            None,
+            None,
+        )
+    }
+
+    fn with_keys(keys: KeySet, issuer: Option<&str>, audience: Option<&str>) -> Self {
         // Pin the crypto provider: if feature unification ever turns on a
         // second one, the crate would otherwise panic on first use.
         let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
             &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
         );
-        // `Validation::new(HS256)` accepts HS256 only: a header naming any
-        // other algorithm, `none` included, fails before the signature.
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let issuer = issuer.filter(|i| !i.is_empty());
+        let audience = audience.filter(|a| !a.is_empty());
+        let asymmetric = |alg| {
+            let mut v = validation(alg);
+            // jsonwebtoken checks `iss` and `aud` only when the token has
+            // them: a configured one is also a required claim.
+            let mut required = vec!["exp", "sub"];
+            if let Some(iss) = issuer {
+                v.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            if let Some(aud) = audience {
+                v.set_audience(&[aud]);
+                v.validate_aud = true;
+                required.push("aud");
+            }
+            v.set_required_spec_claims(&required);
+            Box::new(v)
+        };
         Authenticator(Arc::new(Mode::Jwt {
-            key: DecodingKey::from_secret(secret).ok(),
-            validation: Box::new(validation),
+            keys,
+            hs256: Box::new(validation(Algorithm::HS256)),
+            rs256: asymmetric(Algorithm::RS256),
+            es256: asymmetric(Algorithm::ES256),
         }))
+    }
+
+    /// The JWKS whose refresh task `serve` runs, when one is configured.
+    pub fn jwks(&self) -> Option<Arc<keys::jwks::Jwks>> {
+        match &*self.0 {
+            Mode::Jwt { keys, .. } => keys.jwks.clone(),
+            Mode::None => None,
+        }
     }
 
     /// The scope of `token`, or why it is refused.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Scope, AuthError> {
         match &*self.0 {
             Mode::None => Ok(Scope::unrestricted()),
-            Mode::Jwt { key, validation } => {
+            Mode::Jwt {
+                keys,
+                hs256,
+                rs256,
+                es256,
+            } => {
                 let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
-                let key = key.as_ref().ok_or(AuthError::Missing)?;
-                let data = jsonwebtoken::decode::<Claims>(token, key, validation)?;
-                let c = data.claims;
+                // The header is unauthenticated: it only picks among keys
+                // whose algorithm was fixed when they were loaded, and the
+                // validation below accepts that algorithm alone.
+                let header = jsonwebtoken::decode_header(token)?;
+                let candidates = keys.candidates(header.alg, header.kid.as_deref())?;
+                let mut data = Err(AuthError::Missing);
+                for key in candidates {
+                    let validation = match key.alg {
+                        Algorithm::RS256 => rs256,
+                        Algorithm::ES256 => es256,
+                        _ => hs256,
+                    };
+                    data = jsonwebtoken::decode::<Claims>(token, &key.key, validation)
+                        .map_err(AuthError::from);
+                    if data.is_ok() {
+                        break;
+                    }
+                }
+                let c = data?.claims;
                 let exp_ms = i64::try_from(c.exp.saturating_add(LEEWAY_SECS))
                     .unwrap_or(i64::MAX / 1000)
                     .saturating_mul(1000);
@@ -179,6 +255,26 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// `Validation::new(alg)` accepts `alg` only: a header naming any other
+/// algorithm, `none` included, fails before the signature.
+fn validation(alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.validate_aud = false;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation
+}
+
+/// `None` for an empty secret: every HS256 token is refused.
+fn hs256_key(secret: &[u8]) -> Option<Arc<VerifyingKey>> {
+    DecodingKey::from_secret(secret)
+        .ok()
+        .filter(|_| !secret.is_empty())
+        .map(|k| Arc::new(VerifyingKey::new(Algorithm::HS256, k)))
 }
 
 #[derive(Deserialize)]

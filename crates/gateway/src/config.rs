@@ -4,15 +4,17 @@
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use fieldcast_service::StoreArgs;
 
 /// How `/ws` and `/api/*` authenticate their callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
-    /// HS256 JWTs signed with `FIELDCAST_JWT_SECRET` (PROTOCOL.md §4).
+    /// HS256 JWTs signed with `FIELDCAST_JWT_SECRET` (PROTOCOL.md §4),
+    /// and RS256/ES256 ones when a public key or JWKS is configured.
     Jwt,
     /// No authentication: every caller sees everything and may publish.
     /// For local development only.
@@ -31,8 +33,48 @@ pub struct Config {
     pub store: StoreArgs,
 
     /// HS256 secret for client tokens. Required unless `--auth none`.
-    #[arg(long, env = "FIELDCAST_JWT_SECRET", hide_env_values = true)]
+    // Global, so `fieldcast-gateway token --jwt-secret ...` reads too.
+    #[arg(
+        long,
+        env = "FIELDCAST_JWT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA or EC P-256) that verifies RS256 or ES256
+    /// tokens, besides the HS256 secret.
+    #[arg(long, env = "FIELDCAST_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// An identity provider's JWKS URL: its RS256/ES256 keys verify
+    /// tokens, chosen by `kid`; fetched at start and refreshed in the
+    /// background.
+    #[arg(long, env = "FIELDCAST_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// How often the JWKS is fetched again.
+    #[arg(long, env = "FIELDCAST_JWT_JWKS_REFRESH", default_value = "10m", value_parser = parse_duration)]
+    pub jwt_jwks_refresh: Duration,
+
+    /// Least time between two JWKS fetches caused by tokens with an
+    /// unknown `kid` (a key rotation, or made-up kids).
+    #[arg(long, env = "FIELDCAST_JWT_JWKS_MIN_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_jwks_min_interval: Duration,
+
+    /// Required `iss` of RS256/ES256 tokens (HS256 ones are not checked).
+    #[arg(long, env = "FIELDCAST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of RS256/ES256 tokens (HS256 ones are not checked).
+    #[arg(long, env = "FIELDCAST_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Map page: where a viewer without a token is sent to get one (an
+    /// `http(s)://` URL or a path on this host); the login page sends the
+    /// viewer back with `#token=<JWT>`.
+    #[arg(long, env = "FIELDCAST_LOGIN_URL")]
+    pub login_url: Option<String>,
 
     /// Authentication mode: `jwt` (default) or `none` (development only).
     #[arg(long, env = "FIELDCAST_AUTH", value_enum, default_value = "jwt")]
@@ -148,6 +190,17 @@ pub struct Config {
     /// Largest `POST /api/publish` body, in bytes; larger gets 413.
     #[arg(long, env = "FIELDCAST_PUBLISH_MAX_BYTES", default_value = "65536")]
     pub publish_max_bytes: NonZeroUsize,
+
+    /// Without a command, the gateway runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `fieldcast-gateway <command>` does instead of serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Print an HS256 token signed with FIELDCAST_JWT_SECRET.
+    Token(crate::token::TokenArgs),
 }
 
 /// A configuration that parses but cannot run.
@@ -164,6 +217,14 @@ pub enum ConfigError {
     /// A local tile archive that cannot be opened or is not valid.
     #[error("FIELDCAST_MAP_TILES: {0}")]
     MapTiles(String),
+    #[error("FIELDCAST_JWT_PUBLIC_KEY {path}: {reason}")]
+    PublicKey { path: String, reason: String },
+    #[error("FIELDCAST_JWT_JWKS_URL must be an http:// or https:// URL")]
+    JwksUrl,
+    #[error("FIELDCAST_JWT_JWKS_REFRESH must be at least 1s")]
+    JwksRefresh,
+    #[error("FIELDCAST_LOGIN_URL must be an http:// or https:// URL or a path starting with /")]
+    LoginUrl,
 }
 
 impl Config {
@@ -179,6 +240,16 @@ impl Config {
         if self.ws_send_buffer > 64 << 20 {
             return Err(ConfigError::SendBuffer);
         }
+        self.validate_token_keys()?;
+        if let Some(url) = self.login_url.as_deref() {
+            // The page navigates to it: a `javascript:` or `data:` URL
+            // would run in the map's origin.
+            let url = url.trim();
+            let path = url.starts_with('/') && !url.starts_with("//");
+            if !(path || is_http_url(url)) {
+                return Err(ConfigError::LoginUrl);
+            }
+        }
         // Opened once here to check it (cheap: a header and a directory, or
         // SQLite's schema), so a bad archive fails before anything starts.
         if let Some(path) = self
@@ -190,6 +261,32 @@ impl Config {
                 .map_err(|e| ConfigError::MapTiles(format!("{e:#}")))?;
         }
         Ok(())
+    }
+
+    fn validate_token_keys(&self) -> Result<(), ConfigError> {
+        self.public_key()?;
+        if let Some(url) = self.jwt_jwks_url.as_deref() {
+            if !is_http_url(url.trim()) {
+                return Err(ConfigError::JwksUrl);
+            }
+        }
+        if self.jwt_jwks_refresh < Duration::from_secs(1) {
+            return Err(ConfigError::JwksRefresh);
+        }
+        Ok(())
+    }
+
+    /// `FIELDCAST_JWT_PUBLIC_KEY`, read and parsed; `None` when unset.
+    pub fn public_key(&self) -> Result<Option<crate::keys::VerifyingKey>, ConfigError> {
+        let Some(path) = &self.jwt_public_key else {
+            return Ok(None);
+        };
+        let bad = |reason: String| ConfigError::PublicKey {
+            path: path.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        crate::keys::pem::parse(&pem).map(Some).map_err(bad)
     }
 
     /// A configuration with every default, for tests and embedding; `auth`
@@ -205,8 +302,13 @@ impl Config {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
+}
+
+fn is_http_url(url: &str) -> bool {
+    reqwest::Url::parse(url)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
 }
 
 #[cfg(test)]
@@ -236,6 +338,34 @@ mod tests {
         let c = Config::try_parse_from(["g", "--auth", "none", "--ws-send-buffer", "1000000000"])
             .unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::SendBuffer)));
+    }
+
+    #[test]
+    fn token_key_sources_are_checked_at_start() {
+        let with = |args: &[&str]| {
+            let mut all = vec!["g", "--jwt-secret", "s"];
+            all.extend(args);
+            Config::try_parse_from(all).unwrap().validate()
+        };
+        assert!(with(&["--jwt-jwks-url", "https://idp.example/jwks.json"]).is_ok());
+        assert!(matches!(
+            with(&["--jwt-jwks-url", "file:///etc/passwd"]),
+            Err(ConfigError::JwksUrl)
+        ));
+        let e = with(&["--jwt-public-key", "/nonexistent.pem"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("FIELDCAST_JWT_PUBLIC_KEY /nonexistent.pem: "),
+            "{e}"
+        );
+        assert!(with(&["--login-url", "https://sso.example/login"]).is_ok());
+        assert!(with(&["--login-url", "/login"]).is_ok());
+        for bad in ["javascript:alert(1)", "//evil.example/x", "login"] {
+            assert!(
+                matches!(with(&["--login-url", bad]), Err(ConfigError::LoginUrl)),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

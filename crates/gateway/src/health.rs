@@ -9,7 +9,10 @@
 //! every pooled connection must not make a healthy database look down.
 //!
 //! A draining gateway ([`crate::drain`]) is not ready whatever the probe
-//! sees: the load balancer must stop sending it viewers.
+//! sees: the load balancer must stop sending it viewers. Nor is one with
+//! `FIELDCAST_JWT_JWKS_URL` before its first successful fetch of the
+//! provider's keys ([`crate::keys::jwks`]): it could verify none of their
+//! tokens. A later failed refresh keeps the keys held, and readiness.
 //!
 //! The live feed's state is also what a subscribe waits for: `subscribed`
 //! promises "live from here", which holds only once this instance's Redis
@@ -34,6 +37,9 @@ pub struct Health {
     feed: watch::Sender<bool>,
     /// Set once, when a stop was requested; never cleared.
     draining: AtomicBool,
+    /// The token keys are loaded: false only while a configured JWKS has
+    /// never been fetched.
+    token_keys: AtomicBool,
 }
 
 impl Default for Health {
@@ -44,6 +50,7 @@ impl Default for Health {
             postgres: AtomicBool::new(false),
             feed: watch::channel(false).0,
             draining: AtomicBool::new(false),
+            token_keys: AtomicBool::new(true),
         }
     }
 }
@@ -84,11 +91,20 @@ impl Health {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Ready for new viewers: the stores and the feed are up and the
-    /// instance is not draining.
+    pub fn set_token_keys(&self, loaded: bool) {
+        self.token_keys.store(loaded, Ordering::Relaxed);
+    }
+
+    /// Whether the token keys are loaded (see the module doc).
+    pub fn token_keys(&self) -> bool {
+        self.token_keys.load(Ordering::Relaxed)
+    }
+
+    /// Ready for new viewers: the stores and the feed are up, the token
+    /// keys are loaded and the instance is not draining.
     pub fn ready(&self) -> bool {
         let (r, p, f) = self.status();
-        r && p && f && !self.draining()
+        r && p && f && self.token_keys() && !self.draining()
     }
 }
 

@@ -17,8 +17,10 @@
 //! Around it: [`http`] (`/api/*` with [`store::history`] for SQL, the map
 //! page and its tiles, `/healthz`, `/readyz` from [`health`], `/metrics`
 //! from [`metrics`]),
-//! [`auth`] (JWT -> [`auth::Scope`]), [`state`] (what handlers and
-//! connections share), [`config`].
+//! [`auth`] (JWT -> [`auth::Scope`], with the keys of [`keys`]: the
+//! secret, a PEM public key, a refreshed JWKS), [`state`] (what handlers
+//! and connections share), [`config`], and [`token`] (the `token`
+//! command that mints HS256 tokens).
 //! [`serve`] wires them and owns shutdown, after a [`drain`].
 
 // Tests may unwrap: a panic there is the failure report.
@@ -30,10 +32,12 @@ pub mod cursor;
 pub mod drain;
 pub mod health;
 pub mod http;
+pub mod keys;
 pub mod live;
 pub mod metrics;
 pub mod state;
 pub mod store;
+pub mod token;
 pub mod ws;
 
 use std::sync::Arc;
@@ -140,6 +144,7 @@ pub async fn serve_draining(
     ));
     spawn_live_feed(&config, &state);
     spawn_probe(&config, &state)?;
+    spawn_jwks_refresh(&config, &state)?;
     let store = state.store.clone();
     let served = listen(&config, listener, state).await;
     // Ends what is left when the server failed; a no-op after a drain.
@@ -173,14 +178,19 @@ fn app_state(
     let pg = store::history::pool(&config.store.database_url, config.database_pool.get())
         .context("postgresql pool")?;
     let queue = config.ws_queue.get();
+    let auth = auth::Authenticator::from_config(config)?;
+    let health = Arc::new(health::Health::default());
+    if auth.jwks().is_some() {
+        health.set_token_keys(false);
+    }
     Ok(state::AppState {
         page_config: Arc::new(page_config(config, tiles.as_deref())),
         tiles,
-        auth: auth::Authenticator::from_config(config),
+        auth,
         store,
         pg,
         hub: live::hub::Hub::new((queue * 16).max(65_536), &metrics),
-        health: Arc::new(health::Health::default()),
+        health,
         sent: Arc::new(metrics.sent()),
         metrics,
         limits: ws::connection::Limits {
@@ -224,6 +234,25 @@ fn spawn_live_feed(config: &Config, s: &state::AppState) {
             tracing::error!(error = %e, "live feed stopped");
         }
     });
+}
+
+/// The JWKS refresh task, when `FIELDCAST_JWT_JWKS_URL` is set.
+fn spawn_jwks_refresh(config: &Config, s: &state::AppState) -> anyhow::Result<()> {
+    let Some(jwks) = s.auth.jwks() else {
+        return Ok(());
+    };
+    tracing::info!(url = jwks.url(), "verifying tokens with the JWKS");
+    s.tracker.spawn(keys::jwks::refresh(
+        jwks,
+        keys::jwks::client()?,
+        keys::jwks::Schedule {
+            every: config.jwt_jwks_refresh,
+            min_interval: config.jwt_jwks_min_interval,
+        },
+        s.health.clone(),
+        s.shutdown.clone(),
+    ));
+    Ok(())
 }
 
 /// The readiness probe, with a PostgreSQL connection of its own.

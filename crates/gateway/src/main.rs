@@ -1,11 +1,13 @@
 //! `fieldcast-gateway`: parses the configuration (exit 2 with one stderr
-//! line if it is bad), starts tracing, runs the gateway until SIGTERM or
+//! line if it is bad), runs `token` when asked (prints a token, exit 0),
+//! else starts tracing, runs the gateway until SIGTERM or
 //! SIGINT, drains ([`fieldcast_gateway::drain`]; a second signal ends the
 //! drain at once), and exits 0 after a graceful stop.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use fieldcast_gateway::config::Command;
 use fieldcast_gateway::Config;
 
 /// jemalloc returns memory freed by closed connections to the system, where
@@ -24,15 +26,35 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             // One line that names the problem, as PROTOCOL.md §1 asks.
+            // clap puts what is missing on the line after "...not provided:".
             let text = e.to_string();
-            let line = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid configuration");
-            eprintln!("fieldcast-gateway: {}", line.trim_start_matches("error: "));
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut line = lines
+                .next()
+                .unwrap_or("invalid configuration")
+                .trim_start_matches("error: ")
+                .to_owned();
+            if line.ends_with(':') {
+                if let Some(next) = lines.next() {
+                    line = format!("{line} {next}");
+                }
+            }
+            eprintln!("fieldcast-gateway: {line}");
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Token(args)) = &config.command {
+        return match fieldcast_gateway::token::mint_now(config.jwt_secret.as_deref(), args) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fieldcast-gateway: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Err(e) = config.validate() {
         eprintln!("fieldcast-gateway: {e}");
         return ExitCode::from(2);

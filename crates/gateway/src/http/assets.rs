@@ -88,8 +88,10 @@ pub async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
 
 /// `{"tiles": string|null, "tiles_format": "raster"|"vector"|null,
 /// "tiles_max_zoom": number|null, "attribution": string|null,
-/// "stale_after_ms": number, "auth": "jwt"|"none"}`, built once from the
-/// configuration (`auth` "none": the page asks for no token). A URL
+/// "stale_after_ms": number, "auth": "jwt"|"none", "login_url":
+/// string|null}`, built once from the configuration (`auth` "none": the
+/// page asks for no token; `login_url`: where the page sends a viewer
+/// without a token, who comes back with `#token=`). A URL
 /// template ending in `.pbf` or `.mvt` (before any query) is vector tiles,
 /// any other raster; its max zoom is unknown here (null: the page asks for
 /// every zoom). When the gateway serves a tile archive, `lib.rs` overwrites
@@ -107,6 +109,10 @@ pub fn page_config(config: &crate::Config) -> serde_json::Value {
         "auth": match config.auth {
             crate::config::AuthMode::Jwt => "jwt",
             crate::config::AuthMode::None => "none",
+        },
+        "login_url": match config.auth {
+            crate::config::AuthMode::Jwt => nonempty(&config.login_url).map(|u| u.trim().to_owned()),
+            crate::config::AuthMode::None => None,
         },
     })
 }
@@ -366,6 +372,19 @@ mod tests {
         let jwt =
             <crate::Config as clap::Parser>::try_parse_from(["g", "--jwt-secret", "s"]).unwrap();
         assert_eq!(page_config(&jwt)["auth"], "jwt");
+        assert_eq!(page_config(&jwt)["login_url"], serde_json::Value::Null);
+        let login = <crate::Config as clap::Parser>::try_parse_from([
+            "g",
+            "--jwt-secret",
+            "s",
+            "--login-url",
+            "https://sso.example/login?app=map",
+        ])
+        .unwrap();
+        assert_eq!(
+            page_config(&login)["login_url"],
+            "https://sso.example/login?app=map"
+        );
         let raster = config(Some("https://tiles.example/{z}/{x}/{y}.png"));
         assert_eq!(raster["tiles"], "https://tiles.example/{z}/{x}/{y}.png");
         assert_eq!(raster["tiles_format"], "raster");

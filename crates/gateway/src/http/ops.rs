@@ -15,7 +15,8 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(s): State<AppState>) -> Response {
     let (redis, postgres, feed) = s.health.status();
     let draining = s.health.draining();
-    let status = if redis && postgres && feed && !draining {
+    let token_keys = s.health.token_keys();
+    let status = if redis && postgres && feed && token_keys && !draining {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -27,6 +28,7 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
         "postgres": postgres,
         "live_feed": feed,
         "draining": draining,
+        "token_keys": token_keys,
     });
     (status, Json(body)).into_response()
 }
