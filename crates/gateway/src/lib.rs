@@ -14,7 +14,8 @@
 //!   frames per flush; its reader obeys [`ws::protocol`] commands, reading
 //!   snapshots and replays through [`store::redis`].
 //!
-//! Around it: [`http`] (`/api/*` with [`store::history`] for SQL, the map
+//! Around it: [`http`] (`/api/*` with [`store::history`] for SQL and
+//! [`track`] for trips, stops and simplification, the map
 //! page and its tiles, `/healthz`, `/readyz` from [`health`], `/metrics`
 //! from [`metrics`]),
 //! [`auth`] (JWT -> [`auth::Scope`], with the keys of [`keys`]: the
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod state;
 pub mod store;
 pub mod token;
+pub mod track;
 pub mod ws;
 
 use std::sync::Arc;

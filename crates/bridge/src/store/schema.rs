@@ -22,6 +22,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_geofences",
         include_str!("../../../../migrations/0002_geofences.sql"),
     ),
+    (
+        "0003_history_speed",
+        include_str!("../../../../migrations/0003_history_speed.sql"),
+    ),
 ];
 
 /// How many migrations there are (a fresh database gets each once).
@@ -142,6 +146,13 @@ async fn partitions(
             m.dropped += 1;
         }
     }
+    // The days of the partitions just dropped (the same rule: a day goes
+    // with its partition), so `?at=` never looks for a day that is gone.
+    tx.execute(
+        "DELETE FROM location_days WHERE day < $1",
+        &[&cutoff.date_naive()],
+    )
+    .await?;
     tx.execute("DELETE FROM events WHERE ts < $1", &[&cutoff])
         .await?;
     tx.execute("DELETE FROM device_status WHERE ts < $1", &[&cutoff])

@@ -25,10 +25,12 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use crate::auth::{Authed, Scope};
 use crate::http::error::ApiError;
+use crate::http::reports;
 use crate::state::AppState;
 use crate::store::history::{
     self, EventCursor, EventRow, EventsQuery, HistoryError, TrackQuery, CHUNK_ROWS,
 };
+use crate::track::simplify::Simplifier;
 use fieldcast_core::geo::BBox;
 
 /// Default and most rows of one track or events page.
@@ -36,7 +38,7 @@ pub const DEFAULT_LIMIT: i64 = 10_000;
 pub const MAX_LIMIT: i64 = 100_000;
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t)
         .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
@@ -44,15 +46,23 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 #[derive(Deserialize)]
 pub struct DevicesParams {
     bbox: Option<String>,
+    /// An instant: answer from history instead ([`reports::devices_at`]).
+    at: Option<String>,
 }
 
-/// `GET /api/devices[?bbox=]`: the hot state, scope-filtered.
+/// `GET /api/devices[?bbox=]`: the hot state, scope-filtered. With
+/// `?at=`, every device's last position at that instant, from history.
 pub async fn devices(
     State(s): State<AppState>,
     Authed(scope): Authed,
     q: Result<Query<DevicesParams>, QueryRejection>,
 ) -> Result<Json<Vec<DeviceState>>, ApiError> {
     let p = query(q)?;
+    if let Some(at) = p.at.as_deref() {
+        return reports::devices_at(&s, &scope, at, p.bbox.as_deref())
+            .await
+            .map(Json);
+    }
     let bbox = p
         .bbox
         .map(|b| BBox::parse_query(&b))
@@ -80,7 +90,7 @@ pub async fn devices(
 }
 
 /// A device id from the path that is in the caller's scope, else 404.
-fn scoped_device(id: &str, scope: &Scope) -> Result<DeviceId, ApiError> {
+pub(crate) fn scoped_device(id: &str, scope: &Scope) -> Result<DeviceId, ApiError> {
     match DeviceId::parse(id) {
         Ok(d) if scope.allows_device(d.as_str()) => Ok(d),
         _ => Err(ApiError::NotFound(format!("no device {id:?}"))),
@@ -112,10 +122,14 @@ pub struct TrackParams {
     to: Option<String>,
     limit: Option<String>,
     format: Option<String>,
+    /// Douglas–Peucker tolerance, metres.
+    simplify: Option<String>,
+    /// One fix per bucket: a humantime duration (`5m`) or milliseconds.
+    bucket: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Json,
     GeoJson,
     Csv,
@@ -128,7 +142,7 @@ const MIN_MS: i64 = -62_135_596_800_000;
 const MAX_MS: i64 = 253_402_300_799_999;
 
 /// `[from, to)` with the defaults of §5 (the last 24 h).
-fn window(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64), ApiError> {
+pub(crate) fn window(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64), ApiError> {
     let parse = |name: &str, v: &str| {
         fieldcast_core::time::parse_ms_or_rfc3339(v)
             .filter(|ms| (MIN_MS..=MAX_MS).contains(ms))
@@ -162,11 +176,61 @@ fn limit(v: Option<&str>) -> Result<i64, ApiError> {
     }
 }
 
+/// `format=` of the history endpoints.
+pub(crate) fn format(v: Option<&str>) -> Result<Format, ApiError> {
+    match v {
+        None | Some("json") => Ok(Format::Json),
+        Some("geojson") => Ok(Format::GeoJson),
+        Some("csv") => Ok(Format::Csv),
+        Some(_) => Err(ApiError::BadRequest(
+            "format must be json, geojson or csv".into(),
+        )),
+    }
+}
+
+/// Longest `bucket`: a year (`date_bin` takes no months, and a bigger
+/// bucket is one point).
+const MAX_BUCKET_MS: i64 = 366 * DAY_MS;
+
+/// `bucket=`: a humantime duration (`30s`, `5m`) or whole milliseconds.
+fn bucket(v: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let Some(v) = v else { return Ok(None) };
+    let ms = match v.parse::<i64>() {
+        Ok(n) => Some(n),
+        Err(_) => humantime::parse_duration(v)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_millis()).ok()),
+    };
+    match ms {
+        Some(n) if (1..=MAX_BUCKET_MS).contains(&n) => Ok(Some(n)),
+        _ => Err(ApiError::BadRequest(
+            "bucket must be a duration (30s, 5m) or milliseconds, 1 ms to 366 days".into(),
+        )),
+    }
+}
+
+/// `simplify=`: a tolerance in metres, above 0 and at most 100 km.
+fn simplify(v: Option<&str>) -> Result<Option<f64>, ApiError> {
+    let Some(v) = v else { return Ok(None) };
+    match v.parse::<f64>() {
+        Ok(m) if m > 0.0 && m <= 100_000.0 => Ok(Some(m)),
+        _ => Err(ApiError::BadRequest(
+            "simplify must be a tolerance in metres, above 0 and at most 100000".into(),
+        )),
+    }
+}
+
 /// `GET /api/devices/{id}/track`: streamed from PostgreSQL, never whole
 /// in memory (geojson keeps one timestamp per point until the end). A
 /// device never seen (no hot state, nothing in history) is 404, like one
 /// outside the token's scope; a known device without points in the window
 /// gets an empty track.
+///
+/// `bucket` picks the first fix of each bucket in SQL (a skip scan: one
+/// index probe per bucket, not a read of every row); `simplify` runs the
+/// rows through [`Simplifier`] as they stream. With either, `limit` counts
+/// the points answered, and `next` is the `from` that continues the same
+/// thinned track.
 pub async fn track(
     State(s): State<AppState>,
     Authed(scope): Authed,
@@ -177,16 +241,9 @@ pub async fn track(
     let d = scoped_device(&id, &scope)?;
     let (from, to) = window(p.from.as_deref(), p.to.as_deref())?;
     let limit = limit(p.limit.as_deref())?;
-    let format = match p.format.as_deref() {
-        None | Some("json") => Format::Json,
-        Some("geojson") => Format::GeoJson,
-        Some("csv") => Format::Csv,
-        Some(_) => {
-            return Err(ApiError::BadRequest(
-                "format must be json, geojson or csv".into(),
-            ))
-        }
-    };
+    let format = format(p.format.as_deref())?;
+    let bucket_ms = bucket(p.bucket.as_deref())?;
+    let simplify = simplify(p.simplify.as_deref())?;
     let permit = history_slot(&s)?;
     let enc = TrackEncoder {
         format,
@@ -201,9 +258,17 @@ pub async fn track(
             device: d,
             from,
             to,
-            limit,
+            // Simplified, the rows read are not the points answered: read
+            // on until the encoder has its `limit` (it stops the reading).
+            limit: if simplify.is_some() {
+                i64::MAX - 1
+            } else {
+                limit
+            },
+            bucket_ms,
         },
         enc,
+        simplify,
     };
     let (head, body) = stream(&s, permit, job).await?;
     let content_type = match format {
@@ -251,17 +316,20 @@ impl TrackEncoder {
         }
     }
 
-    fn points(&mut self, ps: &[Location], out: &mut String) {
+    /// Encodes `ps`; `false` once past `limit` (nothing more is needed).
+    fn points(&mut self, ps: &[Location], out: &mut String) -> bool {
         for p in ps {
             self.point(p, out);
         }
+        self.n <= self.limit
     }
 
     fn point(&mut self, p: &Location, out: &mut String) {
         use std::fmt::Write;
         self.n += 1;
         if self.n > self.limit {
-            self.next = Some(p.ts);
+            // The first point past the page starts the next one.
+            self.next.get_or_insert(p.ts);
             return;
         }
         let sep = if self.n > 1 { "," } else { "" };
@@ -414,8 +482,16 @@ impl EventsEncoder {
 
 /// One streamed history response: what to read and how to write it.
 enum Job {
-    Track { q: TrackQuery, enc: TrackEncoder },
-    Events { q: EventsQuery, enc: EventsEncoder },
+    Track {
+        q: TrackQuery,
+        enc: TrackEncoder,
+        /// Tolerance of `simplify=`, metres.
+        simplify: Option<f64>,
+    },
+    Events {
+        q: EventsQuery,
+        enc: EventsEncoder,
+    },
 }
 
 /// What the response head needs from the task before the body starts.
@@ -456,7 +532,7 @@ impl Cut {
 }
 
 /// A slot of the instance's history cap, or 429.
-fn history_slot(s: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+pub(crate) fn history_slot(s: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
     s.history_limits.try_acquire().ok_or_else(|| {
         s.metrics.history_rejected.inc();
         ApiError::TooManyRequests {
@@ -469,7 +545,7 @@ fn history_slot(s: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
     })
 }
 
-fn history_error(e: HistoryError) -> ApiError {
+pub(crate) fn history_error(e: HistoryError) -> ApiError {
     if e.is_timeout() {
         ApiError::Timeout(
             "the history query took too long; ask for a shorter window or a smaller limit".into(),
@@ -565,7 +641,9 @@ async fn write(
     body_tx: &mpsc::Sender<Frame>,
 ) -> Result<(), Cut> {
     match job {
-        Job::Track { q, enc } => write_track(s, txn, q, enc, head_tx, body_tx).await,
+        Job::Track { q, enc, simplify } => {
+            write_track(s, txn, q, enc, simplify, head_tx, body_tx).await
+        }
         Job::Events { q, enc } => write_events(s, txn, q, enc, head_tx, body_tx).await,
     }
 }
@@ -577,19 +655,27 @@ async fn write_track(
     txn: &Transaction<'_>,
     q: TrackQuery,
     mut enc: TrackEncoder,
+    simplify: Option<f64>,
     head_tx: oneshot::Sender<Result<Head, ApiError>>,
     body_tx: &mpsc::Sender<Frame>,
 ) -> Result<(), Cut> {
+    let chunk = if simplify.is_some() {
+        SIMPLIFY_CHUNK_ROWS
+    } else {
+        CHUNK_ROWS
+    };
     let first = async {
-        let next_header = if enc.format == Format::Csv {
-            history::track_next(txn, &q).await.map_err(history_error)?
-        } else {
-            None
+        let next_header = match (enc.format, simplify) {
+            (Format::Csv, None) => history::track_next(txn, &q).await.map_err(history_error)?,
+            (Format::Csv, Some(m)) => simplified_next(txn, &q, m, enc.limit)
+                .await
+                .map_err(history_error)?,
+            _ => None,
         };
         let portal = history::track_portal(txn, &q)
             .await
             .map_err(history_error)?;
-        let rows = history::fetch_points(txn, &portal, CHUNK_ROWS)
+        let rows = history::fetch_points(txn, &portal, chunk)
             .await
             .map_err(history_error)?;
         if rows.is_empty() && !seen(s, txn, q.device.as_str()).await? {
@@ -602,15 +688,32 @@ async fn write_track(
         return Ok(());
     };
     let out = enc.head();
+    let mut simp = simplify.map(Simplifier::new);
+    let mut kept = Vec::new();
     let mut out = stream_rows(
         s,
         body_tx,
         out,
         rows,
-        |r, out| enc.points(r, out),
-        || history::fetch_points(txn, &portal, CHUNK_ROWS),
+        chunk,
+        |r, out| match simp.as_mut() {
+            None => enc.points(r, out),
+            Some(simp) => {
+                for p in r {
+                    simp.push(p, &mut kept);
+                }
+                let more = enc.points(&kept, out);
+                kept.clear();
+                more
+            }
+        },
+        || history::fetch_points(txn, &portal, chunk),
     )
     .await?;
+    if let Some(simp) = simp {
+        simp.finish(&mut kept);
+        let _ = enc.points(&kept, &mut out);
+    }
     out.push_str(&enc.tail());
     send(s, body_tx, Frame::Last(Bytes::from(out))).await
 }
@@ -643,12 +746,58 @@ async fn write_events(
         body_tx,
         out,
         rows,
-        |r, out| enc.rows(r, out),
+        CHUNK_ROWS,
+        |r, out| {
+            enc.rows(r, out);
+            true
+        },
         || history::fetch_events(txn, &portal, CHUNK_ROWS),
     )
     .await?;
     out.push_str(&enc.tail());
     send(s, body_tx, Frame::Last(Bytes::from(out))).await
+}
+
+/// Rows per `Execute` when simplifying: the rows only pass through the
+/// simplifier, so bigger chunks save round trips (a month is millions).
+const SIMPLIFY_CHUNK_ROWS: usize = 8192;
+
+/// csv's `Fieldcast-Next` for a simplified track: its header goes out
+/// before the rows, so the track is simplified once ahead (in the same
+/// snapshot, so both passes agree) up to the first point past `limit`.
+async fn simplified_next(
+    txn: &Transaction<'_>,
+    q: &TrackQuery,
+    tolerance: f64,
+    limit: usize,
+) -> Result<Option<i64>, HistoryError> {
+    let portal = history::track_portal(txn, q).await?;
+    let mut simp = Some(Simplifier::new(tolerance));
+    // Points kept before this chunk's: always at most `limit`.
+    let mut n = 0usize;
+    let mut kept = Vec::new();
+    loop {
+        let rows = history::fetch_points(txn, &portal, SIMPLIFY_CHUNK_ROWS).await?;
+        let done = rows.len() < SIMPLIFY_CHUNK_ROWS;
+        if let Some(simp) = simp.as_mut() {
+            for p in &rows {
+                simp.push(p, &mut kept);
+            }
+        }
+        if done {
+            if let Some(simp) = simp.take() {
+                simp.finish(&mut kept);
+            }
+        }
+        if let Some(p) = kept.get(limit - n) {
+            return Ok(Some(p.ts));
+        }
+        n += kept.len();
+        kept.clear();
+        if done {
+            return Ok(None);
+        }
+    }
 }
 
 /// Hands the handler its head, or the error that came before it. `None`
@@ -671,21 +820,23 @@ fn answer<T>(
 
 /// Encodes `rows` and every further chunk `next` fetches after `out`,
 /// sending the text as each full chunk is encoded; returns what is left
-/// for the last frame. A chunk shorter than [`CHUNK_ROWS`] is the last.
+/// for the last frame. A chunk shorter than `chunk` rows is the last; so
+/// is one after which `encode` says it needs no more.
 async fn stream_rows<R, Fut>(
     s: &AppState,
     body_tx: &mpsc::Sender<Frame>,
     mut out: String,
     mut rows: Vec<R>,
-    mut encode: impl FnMut(&[R], &mut String),
+    chunk: usize,
+    mut encode: impl FnMut(&[R], &mut String) -> bool,
     mut next: impl FnMut() -> Fut,
 ) -> Result<String, Cut>
 where
     Fut: std::future::Future<Output = Result<Vec<R>, history::HistoryError>>,
 {
     loop {
-        encode(&rows, &mut out);
-        if rows.len() < CHUNK_ROWS {
+        let more = encode(&rows, &mut out);
+        if rows.len() < chunk || !more {
             return Ok(out);
         }
         send(
@@ -702,7 +853,11 @@ where
 /// state in Redis, or anything of it in history (a device whose hot state
 /// is gone still has its track). Redis unreachable and nothing in history
 /// is 503, not a 404 that may be wrong.
-async fn seen(s: &AppState, txn: &Transaction<'_>, device: &str) -> Result<bool, ApiError> {
+pub(crate) async fn seen(
+    s: &AppState,
+    txn: &Transaction<'_>,
+    device: &str,
+) -> Result<bool, ApiError> {
     let hot = s.store.has_state(device).await;
     if matches!(hot, Ok(true)) {
         return Ok(true);
@@ -853,8 +1008,8 @@ mod tests {
             times: Vec::new(),
         };
         let mut out = enc.head();
-        enc.points(&[fix(1_763_800_000_000, Some(31.2))], &mut out);
-        enc.points(
+        let _ = enc.points(&[fix(1_763_800_000_000, Some(31.2))], &mut out);
+        let _ = enc.points(
             &[fix(1_763_800_001_000, None), fix(1_763_800_002_000, None)],
             &mut out,
         );

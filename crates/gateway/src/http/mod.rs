@@ -1,5 +1,6 @@
 //! The HTTP surface: `/ws` (upgrade, in [`crate::ws`]), `/api/*`
-//! ([`api`]; geofences and alert rules in [`config`]), the unauthenticated
+//! ([`api`]; trips, stops, the summary and `?at=` in [`reports`];
+//! geofences and alert rules in [`config`]), the unauthenticated
 //! `/healthz`, `/readyz`, `/metrics` and `/api/openapi.json` ([`ops`]), the
 //! map page `/`, `/assets/*`, `/config.json` ([`assets`]) and its map tiles
 //! `/tiles/{z}/{x}/{y}` ([`tiles`]); errors in one shape ([`error`]).
@@ -9,6 +10,7 @@ pub mod assets;
 pub mod config;
 pub mod error;
 pub mod ops;
+pub mod reports;
 pub mod tiles;
 
 use axum::extract::{Request, State};
@@ -31,6 +33,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices", get(api::devices))
         .route("/api/devices/{id}", get(api::device))
         .route("/api/devices/{id}/track", get(api::track))
+        .route("/api/devices/{id}/trips", get(reports::trips))
+        .route("/api/devices/{id}/stops", get(reports::stops))
+        .route("/api/reports/summary", get(reports::summary))
         .route("/api/events", get(api::events))
         .route("/api/publish", post(api::publish))
         .route("/api/geofences", get(fences::list).post(fences::create))

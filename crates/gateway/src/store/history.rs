@@ -206,6 +206,10 @@ pub struct TrackQuery {
     pub from: i64,
     pub to: i64,
     pub limit: i64,
+    /// `bucket=`: the first fix of each bucket of this many ms (buckets
+    /// aligned on the epoch, so a page that starts at `next` cuts the
+    /// same buckets).
+    pub bucket_ms: Option<i64>,
 }
 
 const TRACK_SQL: &str = "SELECT ts, lat, lon, alt, speed, heading, accuracy FROM locations \
@@ -213,6 +217,34 @@ const TRACK_SQL: &str = "SELECT ts, lat, lon, alt, speed, heading, accuracy FROM
 
 const TRACK_NEXT_SQL: &str = "SELECT ts FROM locations \
      WHERE device_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts OFFSET $4 LIMIT 1";
+
+/// The first fix of each bucket, as a skip scan: each step is one probe of
+/// the primary key for the first fix at or after the next bucket's start,
+/// so a month in hourly buckets reads 720 rows, not millions. PostgreSQL
+/// evaluates the recursion lazily, so `LIMIT` (and a portal) stop it.
+const TRACK_BUCKET_SQL: &str = "WITH RECURSIVE b AS ( \
+       (SELECT ts, lat, lon, alt, speed, heading, accuracy FROM locations \
+         WHERE device_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT 1) \
+       UNION ALL \
+       SELECT n.* FROM b CROSS JOIN LATERAL ( \
+         SELECT ts, lat, lon, alt, speed, heading, accuracy FROM locations \
+          WHERE device_id = $1 AND ts < $3 \
+            AND ts >= date_bin($5::bigint * interval '1 millisecond', b.ts, timestamptz 'epoch') \
+                      + $5::bigint * interval '1 millisecond' \
+          ORDER BY ts LIMIT 1) n) \
+     SELECT ts, lat, lon, alt, speed, heading, accuracy FROM b LIMIT $4";
+
+const TRACK_BUCKET_NEXT_SQL: &str = "WITH RECURSIVE b AS ( \
+       (SELECT ts FROM locations \
+         WHERE device_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts LIMIT 1) \
+       UNION ALL \
+       SELECT n.* FROM b CROSS JOIN LATERAL ( \
+         SELECT ts FROM locations \
+          WHERE device_id = $1 AND ts < $3 \
+            AND ts >= date_bin($5::bigint * interval '1 millisecond', b.ts, timestamptz 'epoch') \
+                      + $5::bigint * interval '1 millisecond' \
+          ORDER BY ts LIMIT 1) n) \
+     SELECT ts FROM b OFFSET $4 LIMIT 1";
 
 /// Any trace of the device in history: a location, a status or an event.
 const SEEN_SQL: &str = "SELECT EXISTS (SELECT 1 FROM locations WHERE device_id = $1) \
@@ -223,15 +255,24 @@ const SEEN_SQL: &str = "SELECT EXISTS (SELECT 1 FROM locations WHERE device_id =
 /// of them, then (if there are more) the point that starts the next page,
 /// which the caller turns into `next`. Read it with [`fetch_points`].
 pub async fn track_portal(txn: &Transaction<'_>, q: &TrackQuery) -> Result<Portal, HistoryError> {
-    let stmt = txn.prepare_cached(TRACK_SQL).await?;
     let (d, f, t, n) = (
         q.device.as_str(),
         to_time(q.from),
         to_time(q.to),
-        q.limit + 1,
+        q.limit.saturating_add(1),
     );
-    let params: [&(dyn ToSql + Sync); 4] = [&d, &f, &t, &n];
-    Ok(txn.bind(&stmt, &params).await?)
+    match q.bucket_ms {
+        None => {
+            let stmt = txn.prepare_cached(TRACK_SQL).await?;
+            let params: [&(dyn ToSql + Sync); 4] = [&d, &f, &t, &n];
+            Ok(txn.bind(&stmt, &params).await?)
+        }
+        Some(b) => {
+            let stmt = txn.prepare_cached(TRACK_BUCKET_SQL).await?;
+            let params: [&(dyn ToSql + Sync); 5] = [&d, &f, &t, &n, &b];
+            Ok(txn.bind(&stmt, &params).await?)
+        }
+    }
 }
 
 /// The next chunk of a track portal: fewer than `max` points means it is
@@ -258,18 +299,17 @@ pub async fn track_next(
     txn: &Transaction<'_>,
     q: &TrackQuery,
 ) -> Result<Option<i64>, HistoryError> {
-    let stmt = txn.prepare_cached(TRACK_NEXT_SQL).await?;
-    let row = txn
-        .query_opt(
-            &stmt,
-            &[
-                &q.device.as_str(),
-                &to_time(q.from),
-                &to_time(q.to),
-                &q.limit,
-            ],
-        )
-        .await?;
+    let (d, f, t) = (q.device.as_str(), to_time(q.from), to_time(q.to));
+    let row = match q.bucket_ms {
+        None => {
+            let stmt = txn.prepare_cached(TRACK_NEXT_SQL).await?;
+            txn.query_opt(&stmt, &[&d, &f, &t, &q.limit]).await?
+        }
+        Some(b) => {
+            let stmt = txn.prepare_cached(TRACK_BUCKET_NEXT_SQL).await?;
+            txn.query_opt(&stmt, &[&d, &f, &t, &q.limit, &b]).await?
+        }
+    };
     Ok(match row {
         Some(r) => Some(r.try_get::<_, DateTime<Utc>>(0)?.timestamp_millis()),
         None => None,
