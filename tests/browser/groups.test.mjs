@@ -14,7 +14,8 @@ let browser;
 
 before(async () => {
   await gateway.start();
-  const at = { 'grp-n1': [47.37, 8.54], 'grp-s1': [47.372, 8.545], 'grp-x1': [47.368, 8.548] };
+  // Where the other files' devices are (map.test.mjs fits the view to all of them).
+  const at = { 'grp-n1': [52.497, 13.40], 'grp-s1': [52.499, 13.405], 'grp-x1': [52.495, 13.408] };
   for (const [id, [lat, lon]] of Object.entries(at)) await publish(`devices/${id}/location`, { lat, lon });
   browser = await chromium.launch({ executablePath: env.chromium, args: CHROMIUM_ARGS, headless: true });
 });
@@ -47,7 +48,7 @@ test('the filter offers the groups seen and narrows the list and the map to one'
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   await page.goto(`${base}/?token=${token()}`);
   await waitFor('live', async () => (await page.locator('#conn-state').getAttribute('data-state')) === 'live');
-  await page.evaluate(() => window.fieldcast.map.setView([47.37, 8.544], 15, { animate: false }));
+  await page.evaluate(() => window.fieldcast.map.setView([52.497, 13.404], 15, { animate: false }));
   const options = await waitFor('the group filter', async () => {
     if (await page.locator('#group-filter').isHidden()) return null;
     return page.locator('#group-filter option').evaluateAll((os) => os.map((o) => o.value));

@@ -30,7 +30,8 @@ before(async () => {
   loginUrl = `http://127.0.0.1:${login.address().port}/login?realm=fleet`;
   gateway = new Gateway({ env: { FIELDCAST_LOGIN_URL: loginUrl } });
   await gateway.start();
-  await publish('devices/login-1/location', { lat: 48.85, lon: 2.35 });
+  // Where the other files' devices are (map.test.mjs fits the view to all of them).
+  await publish('devices/login-1/location', { lat: 52.511, lon: 13.392 });
   browser = await chromium.launch({ executablePath: env.chromium, args: CHROMIUM_ARGS, headless: true });
 });
 
