@@ -13,6 +13,12 @@
 // the bridge and the gateway (build with FC_RELEASE=1: debug binaries do not
 // sustain 5 000 msg/s on two cores). FC_BENCH_KNOWN, FC_BENCH_LIVE and
 // FC_BENCH_SECONDS change the sizes.
+//
+// Gliding (issue #16): FC_BENCH_GLIDE=both (default) measures every view
+// twice in the same run, markers jumping to each fix (off) then gliding
+// between them (on); `off` or `on` measures one, `on,off` both the other
+// way round (to tell the order's effect from gliding's on a busy machine). Views: zoomed out (zoom 11,
+// clustered: no glides), mid (zoom 13) and zoomed in (zoom 15).
 import { test } from 'node:test';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
@@ -23,6 +29,9 @@ const KNOWN = Number(process.env.FC_BENCH_KNOWN || 50000);
 const LIVE = Number(process.env.FC_BENCH_LIVE || 5000);
 const SECONDS = Number(process.env.FC_BENCH_SECONDS || 20);
 const SOURCE = process.env.FC_BENCH_SOURCE || 'synthetic';
+const GLIDE = process.env.FC_BENCH_GLIDE || 'both';
+const GLIDES = (GLIDE === 'both' ? 'off,on' : GLIDE).split(',').map((g) => ({ on: true, off: false })[g]);
+if (GLIDES.some((g) => g === undefined)) throw new Error(`FC_BENCH_GLIDE=${GLIDE}: expected both, on, off or a list such as on,off`);
 const CENTER = [52.52, 13.4];
 
 function sim(args) {
@@ -93,8 +102,13 @@ test(`map page: ${KNOWN} known devices, ${LIVE} updating at 1 Hz (${SOURCE})`, {
     await waitFor('markers drawn', () => page.evaluate(() => window.fieldcast.layer.drawn.length > 0), 60000);
     await sleep(3000); // let the stream settle
 
-    const measure = (seconds) => page.evaluate(async (s) => {
+    const measure = (seconds, glide) => page.evaluate(async ({ s, glide }) => {
       const fc = window.fieldcast;
+      fc.glider.enabled = glide;
+      if (!glide) fc.glider.stopAll();
+      // Let the switch take effect (a glide lasts at most one reporting interval).
+      await new Promise((r) => setTimeout(r, 2000));
+      const g0 = { ...fc.glider.stats };
       const long = [];
       const obs = new PerformanceObserver((l) => long.push(...l.getEntries().map((e) => e.duration)));
       obs.observe({ type: 'longtask' });
@@ -125,6 +139,7 @@ test(`map page: ${KNOWN} known devices, ${LIVE} updating at 1 Hz (${SOURCE})`, {
       input.dispatchEvent(new Event('input'));
       const draws = fc.layer.stats.draws - d0.draws;
       return {
+        glide,
         zoom: fc.map.getZoom(),
         devices: fc.store.devices.size,
         drawnItems: fc.layer.drawn.length,
@@ -134,20 +149,27 @@ test(`map page: ${KNOWN} known devices, ${LIVE} updating at 1 Hz (${SOURCE})`, {
         messagesPerSecond: Math.round((fc.stats.messages - m0) / elapsed),
         drawsPerSecond: +(draws / elapsed).toFixed(1),
         drawMsAvg: +((fc.layer.stats.ms - d0.ms) / Math.max(1, draws)).toFixed(2),
+        glidesPerSecond: Math.round((fc.glider.stats.glides - g0.glides) / elapsed),
+        gliding: fc.glider.moving.size,
         longTasks: long.length,
         longTaskMsPerSecond: Math.round(long.reduce((a, b) => a + b, 0) / elapsed),
         searchMs: +searchMs.toFixed(1),
         heapMB: performance.memory ? Math.round(performance.memory.usedJSHeapSize / 1048576) : null,
       };
-    }, seconds);
+    }, { s: seconds, glide });
 
     const results = { source: SOURCE, known: KNOWN, live: LIVE, pageLoadToLiveMs: loadMs };
-    results.zoomedOut = await measure(SECONDS);
-    await page.screenshot({ path: join(screenshots, 'bench-zoomed-out.png') });
-    await page.evaluate((c) => window.fieldcast.map.setView(c, 15, { animate: false }), CENTER);
-    await sleep(2000);
-    results.zoomedIn = await measure(Math.max(5, SECONDS / 2));
-    await page.screenshot({ path: join(screenshots, 'bench-zoomed-in.png') });
+    const views = [['zoomedOut', 11, SECONDS], ['mid', 13, Math.max(5, SECONDS / 2)], ['zoomedIn', 15, Math.max(5, SECONDS / 2)]];
+    for (const [name, zoom, seconds] of views) {
+      await page.evaluate(({ c, z }) => window.fieldcast.map.setView(c, z, { animate: false }), { c: CENTER, z: zoom });
+      await sleep(2000);
+      for (const glide of GLIDES) {
+        const r = await measure(seconds, glide);
+        results[`${name}${glide ? 'GlideOn' : 'GlideOff'}`] = r;
+        console.log(`${name} glide ${glide ? 'on' : 'off'}: ${r.fps} fps, ${r.drawnItems} drawn, ${r.longTaskMsPerSecond} ms/s long tasks, ${r.messagesPerSecond} msg/s`);
+      }
+      await page.screenshot({ path: join(screenshots, `bench-${name}.png`) });
+    }
     console.log(JSON.stringify(results, null, 2));
     await browser.close();
   } finally {

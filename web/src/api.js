@@ -1,9 +1,14 @@
-// Token and HTTP API (PROTOCOL.md §5). The token comes from `?token=` (taken
-// once: kept in sessionStorage and removed from the address bar and the
-// history entry, so it is not bookmarked, shared or shown), then from
-// sessionStorage (set by the login prompt), else the prompt asks for it.
+// Token and HTTP API (PROTOCOL.md §5). The token comes from `?token=` or the
+// fragment `#token=` (a login service's redirect back; taken once: kept in
+// sessionStorage and removed from the address bar and the history entry, so
+// it is not bookmarked, shared or shown), then from sessionStorage (set by
+// the login prompt), else the operator's login URL (config.json `login_url`)
+// or the prompt asks for it.
 
 const KEY = 'fieldcast.token';
+/** When the page last sent the browser to the login URL (ms): a refused token then shows the prompt, not another redirect. */
+const REDIRECTED = 'fieldcast.login_redirect';
+const REDIRECT_AGAIN_MS = 60000;
 
 export class AuthError extends Error {}
 
@@ -35,10 +40,9 @@ export function tokenClaims(token) {
 }
 
 export function tokenFromPage() {
-  const url = new URL(location.href);
-  const t = url.searchParams.get('token');
-  if (url.searchParams.has('token')) {
-    url.searchParams.delete('token');
+  const { token: t, rest } = takeToken(location.href);
+  if (rest !== location.href) {
+    const url = new URL(rest);
     history.replaceState(history.state, '', `${url.pathname}${url.search}${url.hash}`);
   }
   if (t) {
@@ -46,6 +50,65 @@ export function tokenFromPage() {
     return t;
   }
   return sessionStorage.getItem(KEY);
+}
+
+/**
+ * The token in a page URL (`?token=`, or `#token=` as a login service sends
+ * it back; the fragment wins, it is the newer) and the URL without it (other
+ * query or fragment parameters kept). No DOM: unit-tested.
+ */
+export function takeToken(href) {
+  const url = new URL(href);
+  let token = url.searchParams.get('token');
+  url.searchParams.delete('token');
+  const frag = new URLSearchParams(url.hash.replace(/^#/, ''));
+  if (frag.has('token')) {
+    token = frag.get('token') || token;
+    frag.delete('token');
+    const restHash = frag.toString();
+    url.hash = restHash ? `#${restHash}` : '';
+  }
+  return { token: token || null, rest: url.href };
+}
+
+/**
+ * Where the page sends a user without a token: the operator's login URL
+ * with `return_to` = this page (without any token), relative login URLs
+ * resolved against the page. The login service sends the browser back to
+ * `<return_to>#token=<JWT>` (web/README.md has the contract).
+ */
+export function loginTarget(loginUrl, pageHref) {
+  const back = new URL(takeToken(pageHref).rest);
+  back.hash = '';
+  const u = new URL(loginUrl, pageHref);
+  u.searchParams.set('return_to', back.href);
+  return u.href;
+}
+
+/**
+ * Sends the browser to `loginUrl` (returns true: the page is going away),
+ * unless there is none or it was done less than a minute ago in this tab
+ * (false): a login service handing back a token the gateway refuses must
+ * not bounce the user between the two forever.
+ */
+export function loginRedirect(loginUrl) {
+  if (!loginUrl) return false;
+  const last = Number(sessionStorage.getItem(REDIRECTED));
+  if (last && Date.now() - last < REDIRECT_AGAIN_MS) return false;
+  sessionStorage.setItem(REDIRECTED, String(Date.now()));
+  location.assign(loginTarget(loginUrl, location.href));
+  return true;
+}
+
+/** To the login URL when there is one (the promise then never settles: the page goes), else the prompt. */
+export function loginOrAsk(loginUrl, message) {
+  if (loginRedirect(loginUrl)) return new Promise(() => {});
+  return askToken(message);
+}
+
+/** A token worked: the next expiry may go to the login URL again. */
+export function loginDone() {
+  sessionStorage.removeItem(REDIRECTED);
 }
 
 export function forgetToken() {

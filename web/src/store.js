@@ -19,6 +19,13 @@ export class Store {
     /** bumped when the set of ids changes (the list re-sorts only then) */
     this.listVersion = 0;
     this.listeners = new Set();
+    /**
+     * Called as a fix moves a device, with the record (at the new fix) and
+     * its previous fix: `(d, mx0, my0, ts0, heading0)`. The glider's hook.
+     */
+    this.onMove = null;
+    /** Called when a snapshot or the API puts a device somewhere afresh (`d`): no glide. */
+    this.onPut = null;
   }
 
   changed(listChanged = true) {
@@ -37,26 +44,39 @@ export class Store {
       d = {
         id, lat: null, lon: null, mx: null, my: null, ts: null, speed: null, heading: null,
         accuracy: null, alt: null, online: null, battery: null, signal: null, last_seen: null,
-        sts: null, state: 'stale',
+        sts: null, state: 'stale', groups: null,
+        // The glider's (glide.js): kept on the record so a frame needs no lookup per device.
+        interval: null, glide: null,
       };
       this.devices.set(id, d);
     }
     return d;
   }
 
-  /** A DeviceState from a snapshot or the HTTP API: fresh truth, replaces what we had. */
-  putState(s) {
+  /**
+   * A DeviceState from a snapshot or the HTTP API: fresh truth, replaces what
+   * we had. `now`: the time the state is classified at (a past instant in
+   * the "where was everyone at" view).
+   */
+  putState(s, now = Date.now()) {
     const d = this.ensure(s.device);
     for (const k of ['lat', 'lon', 'ts', 'speed', 'heading', 'accuracy', 'alt', 'online', 'battery', 'signal', 'last_seen']) {
       d[k] = s[k] ?? null;
     }
+    // Live messages do not carry groups: a device keeps the last ones a state said.
+    if (Array.isArray(s.groups)) d.groups = s.groups;
     this.project(d);
-    this.classify(d, Date.now());
+    this.classify(d, now);
+    if (this.onPut) this.onPut(d);
   }
 
   location(m) {
     const d = this.ensure(m.device);
     if (d.ts != null && m.ts <= d.ts) return d; // order: only forward (also after a snapshot)
+    const mx0 = d.mx;
+    const my0 = d.my;
+    const ts0 = d.ts;
+    const h0 = d.heading;
     d.lat = m.lat;
     d.lon = m.lon;
     d.ts = m.ts;
@@ -68,7 +88,15 @@ export class Store {
     this.seen(d, m.ts);
     this.project(d);
     this.classify(d, Date.now());
+    if (this.onMove) this.onMove(d, mx0, my0, ts0, h0);
     return d;
+  }
+
+  /** The groups of every known device, sorted (the filter's choices). */
+  groups() {
+    const all = new Set();
+    for (const d of this.devices.values()) if (d.groups) for (const g of d.groups) all.add(g);
+    return [...all].sort();
   }
 
   status(m) {

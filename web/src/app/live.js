@@ -5,7 +5,7 @@
 // (/api/events every 5 s) and newly known devices (/api/devices every minute).
 // Frames go to `onMessage` (app/messages.js); the socket itself is
 // connection.js.
-import { askToken, forgetToken } from '../api.js';
+import { forgetToken, loginOrAsk } from '../api.js';
 import { Connection } from '../connection.js';
 import { viewBox } from './map-view.js';
 
@@ -29,10 +29,11 @@ export class Live {
   /**
    * @param {object} o
    * @param {'fleet'|'bbox'} o.mode
+   * @param {string} [o.loginUrl]  config.json's `login_url`: where an expired token sends the user
    * @param {() => string|null} o.selected  the selected device, followed by id in viewport mode
    * @param {(msg: object) => void} o.onMessage  every parsed frame
    */
-  constructor({ api, token, mode, map, store, feed, selected, onMessage }) {
+  constructor({ api, token, mode, map, store, feed, loginUrl, selected, onMessage }) {
     this.mode = mode;
     this.map = map;
     /** the bbox last subscribed to, so an unchanged view sends nothing */
@@ -44,7 +45,7 @@ export class Live {
       onCursorExpired: () => loadRecentEvents(api, feed, true).catch(() => {}),
       onAuthExpired: () => {
         forgetToken();
-        askToken('The token expired. Paste a new one.').then((t) => {
+        loginOrAsk(loginUrl, 'The token expired. Paste a new one.').then((t) => {
           this.conn.token = t;
           api.token = t;
           this.conn.reconnectNow();

@@ -2,7 +2,7 @@
 // paint) and a graticule always; tiles on top when configured, raster or
 // vector, with the basemap showing where they have none; the devices' canvas
 // over all of it. In: config.json and the URL's overrides, the devices known
-// at load (the first view fits them). Out: the Leaflet map and its layers.
+// at load (the first view fits them), the glider. Out: the Leaflet map and its layers.
 import L from 'leaflet';
 import { Basemap, basemapPane } from '../map/basemap.js';
 import { DevicesLayer } from '../map/devices-layer.js';
@@ -14,7 +14,7 @@ import { tileSource, viewBbox } from '../geo.js';
  * Builds the map in `#map`. `onSelect(id)` is called when a device is
  * clicked; the devices layer redraws on every change of `store`.
  */
-export function createMapView({ config, params, known, store, onSelect }) {
+export function createMapView({ config, params, known, store, glider, onSelect }) {
   const map = L.map('map', { zoomControl: true, worldCopyJump: true, preferCanvas: true, minZoom: 2 });
   basemapPane(map);
   const basemap = new Basemap({ attribution: 'Natural Earth' }).addTo(map);
@@ -26,7 +26,7 @@ export function createMapView({ config, params, known, store, onSelect }) {
   } else {
     map.setView([20, 0], 2);
   }
-  const layer = new DevicesLayer(store, onSelect);
+  const layer = new DevicesLayer(store, onSelect, glider);
   layer.addTo(map);
   store.listeners.add(() => layer.schedule());
   return { map, basemap, layer };

@@ -91,9 +91,10 @@ function trackRange(period) {
  * every 250 ms) and every second (for "last seen", and devices going stale
  * without any message).
  */
-export function refreshPanel({ store, list, details, selectedDevice }) {
+export function refreshPanel({ store, list, details, groups, selectedDevice }) {
   const counts = document.getElementById('counts');
   const refresh = () => {
+    groups.refresh();
     list.render(true);
     details.render(selectedDevice());
     const c = store.counts();

@@ -2,6 +2,8 @@
 // cost one projection and one draw call each per frame, and only when
 // something changed. When zoomed out (or too many are on screen) devices are
 // aggregated into screen-grid clusters drawn as pies of their states.
+// Gliding markers (glide.js) keep the one draw loop going, a frame per
+// animation frame, until the last glide arrives; no timer per marker.
 import L from 'leaflet';
 
 export const COLORS = { online: '#1a9641', stale: '#e6a700', offline: '#d7191c' };
@@ -10,8 +12,12 @@ const CLUSTER_BELOW_ZOOM = 11;
 const CLUSTER_ABOVE_COUNT = 2500;
 
 export const DevicesLayer = L.Layer.extend({
-  initialize(store, onClickDevice) {
+  /** `glider`: the Glider whose glides are drawn (null: markers jump to each fix). */
+  initialize(store, onClickDevice, glider = null) {
     this.store = store;
+    this.glider = glider;
+    /** a group name: only its devices are drawn (the panel's group filter); null: all */
+    this.group = null;
     this.onClickDevice = onClickDevice;
     this.selected = null;
     /** false while the fence editor takes the map's clicks */
@@ -57,12 +63,19 @@ export const DevicesLayer = L.Layer.extend({
 
   draw() {
     const t0 = performance.now();
-    this.paint();
+    this.paint(t0);
     this.stats.draws += 1;
     this.stats.ms += performance.now() - t0;
+    if (this.glider && !this.clustered && this.glider.active(t0)) this.schedule();
   },
 
-  paint() {
+  /** Shows only the devices of `group` (null: all). */
+  setGroup(group) {
+    this.group = group || null;
+    this.schedule();
+  },
+
+  paint(now) {
     const map = this.map;
     const size = map.getSize();
     const dpr = window.devicePixelRatio || 1;
@@ -87,21 +100,40 @@ export const DevicesLayer = L.Layer.extend({
     // Pass 1: project and keep what is on screen (world copies: shift by one world width).
     const xs = [];
     const ys = [];
+    const hs = [];
     const vis = [];
+    const glider = this.glider && zoom >= CLUSTER_BELOW_ZOOM && this.glider.moving.size ? this.glider : null;
+    const group = this.group;
     for (const d of this.store.devices.values()) {
       if (d.mx == null) continue;
-      let x = d.mx * world - ox;
-      const y = d.my * world - oy;
+      if (group && !(d.groups && d.groups.includes(group))) continue;
+      let mx = d.mx;
+      let my = d.my;
+      let h = d.heading;
+      const g = glider && d.glide ? glider.position(d, now) : null;
+      if (g) {
+        mx = g.x;
+        my = g.y;
+        h = g.heading;
+      }
+      let x = mx * world - ox;
+      const y = my * world - oy;
       if (y < -pad || y > size.y + pad) continue;
       if (x < -pad) x += world * Math.ceil((-pad - x) / world);
       if (x > size.x + pad) continue;
       xs.push(x);
       ys.push(y);
+      hs.push(h);
       vis.push(d);
     }
 
     const drawn = [];
     const cluster = zoom < CLUSTER_BELOW_ZOOM || vis.length > CLUSTER_ABOVE_COUNT;
+    if (this.glider) {
+      // Clusters show where devices are, not where they are heading: no glides under them.
+      this.glider.suspended = cluster;
+      if (cluster) this.glider.stopAll();
+    }
     if (cluster) {
       const cells = new Map();
       for (let i = 0; i < vis.length; i++) {
@@ -121,25 +153,25 @@ export const DevicesLayer = L.Layer.extend({
         const x = c.sx / c.count;
         const y = c.sy / c.count;
         if (c.count === 1) {
-          drawn.push(this.drawDevice(ctx, c.first, x, y, zoom));
+          drawn.push(this.drawDevice(ctx, c.first, x, y, c.first.heading));
         } else {
           drawn.push(this.drawCluster(ctx, c, x, y));
         }
       }
     } else {
-      for (let i = 0; i < vis.length; i++) drawn.push(this.drawDevice(ctx, vis[i], xs[i], ys[i], zoom, vis.length < 300));
+      for (let i = 0; i < vis.length; i++) drawn.push(this.drawDevice(ctx, vis[i], xs[i], ys[i], hs[i], vis.length < 300));
     }
     this.drawn = drawn;
     this.clustered = cluster;
     this.drawnVersion = this.store.version;
   },
 
-  drawDevice(ctx, d, x, y, zoom, label = false) {
+  drawDevice(ctx, d, x, y, heading, label = false) {
     const r = 6;
     const color = COLORS[d.state];
-    if (d.heading != null) {
+    if (heading != null) {
       // Heading: an arrowhead out of the dot, 0 = north, clockwise.
-      const a = (d.heading * Math.PI) / 180;
+      const a = (heading * Math.PI) / 180;
       ctx.beginPath();
       ctx.moveTo(x + Math.sin(a) * (r + 8), y - Math.cos(a) * (r + 8));
       ctx.lineTo(x + Math.sin(a + 0.75) * (r + 1), y - Math.cos(a + 0.75) * (r + 1));
@@ -166,7 +198,7 @@ export const DevicesLayer = L.Layer.extend({
       ctx.fillStyle = '#222';
       ctx.fillText(d.id, x + 9, y + 4);
     }
-    return { x, y, r: r + 3, id: d.id, state: d.state };
+    return { x, y, r: r + 3, id: d.id, state: d.state, heading };
   },
 
   drawCluster(ctx, c, x, y) {

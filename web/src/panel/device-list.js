@@ -19,6 +19,8 @@ export class DeviceList {
     this.ids = [];
     this.builtFor = -1;
     this.query = '';
+    /** only this group's devices (the group filter); null: all */
+    this.group = null;
     this.selected = null;
     this.search.addEventListener('input', () => {
       this.query = this.search.value.trim().toLowerCase();
@@ -34,10 +36,20 @@ export class DeviceList {
     setInterval(() => this.render(true), 1000);
   }
 
+  /** Lists only the devices of `group` (null: all). */
+  setGroup(group) {
+    this.group = group;
+    this.builtFor = -1;
+    this.box.scrollTop = 0;
+    this.render();
+  }
+
   rebuild() {
     const q = this.query;
+    const group = this.group;
     const ids = [];
     for (const d of this.store.devices.values()) {
+      if (group && !(d.groups && d.groups.includes(group))) continue;
       if (!q || d.id.toLowerCase().includes(q) || d.state === q) ids.push(d.id);
     }
     ids.sort(byId);

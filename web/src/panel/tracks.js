@@ -1,7 +1,8 @@
 // Tracks from the history API, drawn as polylines; one timeline replays every
 // shown track together (a moving marker per device, interpolated), and the
 // shown tracks export as GeoJSON (one LineString per device, with
-// properties.times like the API's) or CSV.
+// properties.times like the API's) or CSV. With *everyone* ticked the
+// timeline also moves the map's "where was everyone at" view (at-view.js).
 import L from 'leaflet';
 import { dateTime, el } from './format.js';
 import { positionAt, tracksCsv } from '../track-math.js';
@@ -24,6 +25,11 @@ export class Tracks {
     this.t0 = 0;
     this.t1 = 0;
     this.playing = false;
+    /** `(t)`: the timeline moved with *everyone* ticked; `()`: it was unticked (back to live) */
+    this.onTime = () => {};
+    this.onLive = () => {};
+    this.everyone = document.getElementById('replay-everyone');
+    this.everyone.addEventListener('change', () => (this.everyone.checked ? this.onTime(this.now) : this.onLive()));
     this.slider.addEventListener('input', () => this.seek(this.sliderTime()));
     this.playBtn.addEventListener('click', () => (this.playing ? this.pause() : this.play()));
     document.getElementById('tracks-clear').addEventListener('click', () => this.clear());
@@ -101,6 +107,7 @@ export class Tracks {
       const p = positionAt(tr.points, t);
       if (p) tr.marker.setLatLng(p);
     }
+    if (this.everyone.checked && this.tracks.size) this.onTime(t);
   }
 
   play() {
