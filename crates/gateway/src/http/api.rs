@@ -141,23 +141,26 @@ pub(crate) enum Format {
 const MIN_MS: i64 = -62_135_596_800_000;
 const MAX_MS: i64 = 253_402_300_799_999;
 
+/// An instant of a query (`name=` epoch ms or RFC 3339), within
+/// [`MIN_MS`]..=[`MAX_MS`].
+pub(crate) fn instant(name: &str, v: &str) -> Result<i64, ApiError> {
+    fieldcast_core::time::parse_ms_or_rfc3339(v)
+        .filter(|ms| (MIN_MS..=MAX_MS).contains(ms))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{name} must be epoch ms or RFC 3339, within the years 1 to 9999"
+            ))
+        })
+}
+
 /// `[from, to)` with the defaults of §5 (the last 24 h).
 pub(crate) fn window(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64), ApiError> {
-    let parse = |name: &str, v: &str| {
-        fieldcast_core::time::parse_ms_or_rfc3339(v)
-            .filter(|ms| (MIN_MS..=MAX_MS).contains(ms))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "{name} must be epoch ms or RFC 3339, within the years 1 to 9999"
-                ))
-            })
-    };
     let to = match to {
-        Some(v) => parse("to", v)?,
+        Some(v) => instant("to", v)?,
         None => fieldcast_core::time::now_ms(),
     };
     let from = match from {
-        Some(v) => parse("from", v)?,
+        Some(v) => instant("from", v)?,
         None => (to - DAY_MS).max(MIN_MS),
     };
     if from > to {

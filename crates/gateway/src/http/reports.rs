@@ -510,8 +510,7 @@ pub async fn devices_at(
     at: &str,
     bbox: Option<&str>,
 ) -> Result<Vec<DeviceState>, ApiError> {
-    let at = fieldcast_core::time::parse_ms_or_rfc3339(at)
-        .ok_or_else(|| ApiError::BadRequest("at must be epoch ms or RFC 3339".into()))?;
+    let at = api::instant("at", at)?;
     let bbox = bbox
         .map(BBox::parse_query)
         .transpose()
