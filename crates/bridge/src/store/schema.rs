@@ -22,6 +22,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_geofences",
         include_str!("../../../../migrations/0002_geofences.sql"),
     ),
+    (
+        "0004_device_groups",
+        include_str!("../../../../migrations/0004_device_groups.sql"),
+    ),
 ];
 
 /// How many migrations there are (a fresh database gets each once).

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use crate::auth::{Authed, Scope};
 use crate::http::error::ApiError;
+use crate::live::groups::Memberships;
 use crate::state::AppState;
 use crate::store::history::{
     self, EventCursor, EventRow, EventsQuery, HistoryError, TrackQuery, CHUNK_ROWS,
@@ -44,9 +45,11 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 #[derive(Deserialize)]
 pub struct DevicesParams {
     bbox: Option<String>,
+    group: Option<String>,
 }
 
-/// `GET /api/devices[?bbox=]`: the hot state, scope-filtered.
+/// `GET /api/devices[?bbox=][&group=]`: the hot state, scope-filtered;
+/// `group` keeps the devices in that group.
 pub async fn devices(
     State(s): State<AppState>,
     Authed(scope): Authed,
@@ -58,18 +61,30 @@ pub async fn devices(
         .map(|b| BBox::parse_query(&b))
         .transpose()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let group = p
+        .group
+        .map(|g| crate::live::groups::parse_group(&g))
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let members = s.hub.memberships();
     let ids = match &bbox {
         Some(b) => s.store.bbox_candidates(b).await,
         None => s.store.fleet().await,
     }
     .map_err(ApiError::redis)?;
-    let mut ids: Vec<String> = ids.into_iter().filter(|d| scope.allows_device(d)).collect();
+    let mut ids: Vec<String> = ids
+        .into_iter()
+        .filter(|d| {
+            let groups = members.of(d);
+            scope.allows_device(d, groups) && group.as_ref().is_none_or(|g| groups.contains(g))
+        })
+        .collect();
     ids.sort();
     ids.dedup();
     let snaps = s.store.states(&ids).await.map_err(ApiError::redis)?;
     let states = snaps
         .into_iter()
-        .map(|s| s.state)
+        .map(|s| with_groups(s.state, &members))
         .filter(|st| match (&bbox, st.lon, st.lat) {
             (None, _, _) => true,
             (Some(b), Some(lon), Some(lat)) => b.contains(lon, lat),
@@ -79,10 +94,21 @@ pub async fn devices(
     Ok(Json(states))
 }
 
+/// `state` with its groups as the hub holds them.
+fn with_groups(mut state: DeviceState, members: &Memberships) -> DeviceState {
+    state.groups = members.names_of(&state.device);
+    state
+}
+
+/// Whether `device` is in `scope`, by name or by its groups now.
+fn in_scope(s: &AppState, scope: &Scope, device: &DeviceId) -> bool {
+    scope.allows_device(device.as_str(), s.hub.memberships().of(device.as_str()))
+}
+
 /// A device id from the path that is in the caller's scope, else 404.
-fn scoped_device(id: &str, scope: &Scope) -> Result<DeviceId, ApiError> {
+fn scoped_device(s: &AppState, id: &str, scope: &Scope) -> Result<DeviceId, ApiError> {
     match DeviceId::parse(id) {
-        Ok(d) if scope.allows_device(d.as_str()) => Ok(d),
+        Ok(d) if in_scope(s, scope, &d) => Ok(d),
         _ => Err(ApiError::NotFound(format!("no device {id:?}"))),
     }
 }
@@ -93,7 +119,7 @@ pub async fn device(
     Authed(scope): Authed,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceState>, ApiError> {
-    let d = scoped_device(&id, &scope)?;
+    let d = scoped_device(&s, &id, &scope)?;
     let snaps = s
         .store
         .states(&[d.to_string()])
@@ -102,7 +128,7 @@ pub async fn device(
     snaps
         .into_iter()
         .next()
-        .map(|s| Json(s.state))
+        .map(|st| Json(with_groups(st.state, &s.hub.memberships())))
         .ok_or_else(|| ApiError::NotFound(format!("no device {id:?}")))
 }
 
@@ -163,7 +189,7 @@ pub async fn track(
     q: Result<Query<TrackParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let p = query(q)?;
-    let d = scoped_device(&id, &scope)?;
+    let d = scoped_device(&s, &id, &scope)?;
     let (from, to) = window(p.from.as_deref(), p.to.as_deref())?;
     let limit = limit(p.limit.as_deref())?;
     let format = match p.format.as_deref() {
@@ -328,7 +354,7 @@ pub async fn events(
         .transpose()?;
     let device = match p.device.as_deref().map(DeviceId::parse) {
         None => None,
-        Some(Ok(d)) if scope.allows_device(d.as_str()) => Some(d),
+        Some(Ok(d)) if in_scope(&s, &scope, &d) => Some(d),
         // Out of scope reads as "no events", exactly like an unknown device.
         Some(_) => {
             return Ok(Json(serde_json::json!({"events": [], "next": null})).into_response());
@@ -343,6 +369,7 @@ pub async fn events(
         limit,
         after,
         scope: scope.device_like_patterns(),
+        scope_groups: scope.group_names(),
     };
     let enc = EventsEncoder {
         limit: limit as usize,

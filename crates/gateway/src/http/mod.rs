@@ -1,5 +1,5 @@
 //! The HTTP surface: `/ws` (upgrade, in [`crate::ws`]), `/api/*`
-//! ([`api`]; geofences and alert rules in [`config`]), the unauthenticated `/healthz`, `/readyz`, `/metrics`
+//! ([`api`]; geofences, alert rules and device groups in [`config`]), the unauthenticated `/healthz`, `/readyz`, `/metrics`
 //! ([`ops`]), the map page `/`, `/assets/*`, `/config.json` ([`assets`])
 //! and its map tiles `/tiles/{z}/{x}/{y}` ([`tiles`]); errors in one
 //! shape ([`error`]).
@@ -15,9 +15,9 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
-use self::config::{fences, rules};
+use self::config::{fences, groups, rules};
 use axum::Router;
 
 use crate::http::error::ApiError;
@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices", get(api::devices))
         .route("/api/devices/{id}", get(api::device))
         .route("/api/devices/{id}/track", get(api::track))
+        .route("/api/devices/{id}/groups", put(groups::put))
         .route("/api/events", get(api::events))
         .route("/api/publish", post(api::publish))
         .route("/api/geofences", get(fences::list).post(fences::create))

@@ -327,6 +327,9 @@ pub struct EventsQuery {
     pub after: Option<EventCursor>,
     /// `LIKE` patterns of the token's device scope; `None` = all.
     pub scope: Option<Vec<String>>,
+    /// The token's groups: their devices (as `device_groups` holds them
+    /// now) are in scope too; `None` = no group claim.
+    pub scope_groups: Option<Vec<String>>,
 }
 
 /// One stored event as `/api/events` returns it.
@@ -344,7 +347,8 @@ const EVENTS_SQL: &str = "SELECT device_id, event_id, ts, kind, severity, data::
      WHERE ts >= $1 AND ts < $2 \
        AND ($3::text IS NULL OR device_id = $3) \
        AND ($4::text IS NULL OR kind = $4) \
-       AND ($5::text[] IS NULL OR device_id LIKE ANY($5)) \
+       AND ($5::text[] IS NULL OR device_id LIKE ANY($5) \
+            OR device_id IN (SELECT device_id FROM device_groups WHERE group_name = ANY($10::text[]))) \
        AND ($6::timestamptz IS NULL OR (ts, device_id, event_id) > ($6, $7::text, $8::text)) \
      ORDER BY ts, device_id, event_id LIMIT $9";
 
@@ -395,8 +399,17 @@ pub async fn events_portal(txn: &Transaction<'_>, q: &EventsQuery) -> Result<Por
     let after_id = q.after.as_ref().map(|c| c.id.clone());
     let device = q.device.as_ref().map(DeviceId::as_str);
     let (f, t, n) = (to_time(q.from), to_time(q.to), q.limit + 1);
-    let params: [&(dyn ToSql + Sync); 9] = [
-        &f, &t, &device, &q.kind, &q.scope, &after_ts, &after_dev, &after_id, &n,
+    let params: [&(dyn ToSql + Sync); 10] = [
+        &f,
+        &t,
+        &device,
+        &q.kind,
+        &q.scope,
+        &after_ts,
+        &after_dev,
+        &after_id,
+        &n,
+        &q.scope_groups,
     ];
     Ok(txn.bind(&stmt, &params).await?)
 }
