@@ -6,9 +6,9 @@
 //!
 //! - [`live::feed`]: the instance's one Redis subscriber (`<prefix>live`,
 //!   `<prefix>push`) parses each message once into a shared frame;
-//! - [`live::hub`]: indexes (device, fleet, group, bbox R-tree, channel)
-//!   find the local connections that want it, with every device's groups
-//!   ([`live::groups`], copied from PostgreSQL by [`store::groups`]);
+//! - [`live::hub`]: indexes find the local connections that want it (by
+//!   device, fleet, group, bbox R-tree, channel), with every device's
+//!   groups ([`live::groups`], copied from PostgreSQL by [`store::groups`]);
 //! - [`live::outbox`]: each connection's queue, bounded in bytes
 //!   (locations coalesce, events never drop, overflow closes with 4008);
 //! - [`ws::connection`]: the socket's writer drains the outbox, several
