@@ -176,6 +176,11 @@ pub struct DeviceState {
     pub battery: Option<f64>,
     pub signal: Option<f64>,
     pub last_seen: Option<i64>,
+    /// The device's groups (issue #16), sorted; `[]` when it has none, so
+    /// the field is always there. Not part of the Redis hash: the gateway
+    /// fills it from its copy of `device_groups` (docs/gateway.md).
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 impl DeviceState {

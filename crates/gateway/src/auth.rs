@@ -1,11 +1,12 @@
 //! Who may see what: JWTs (PROTOCOL.md §4) turned into a [`Scope`].
 //!
 //! In: the token from `?token=` or `Authorization: Bearer`. Out: a `Scope`
-//! (device globs, channel patterns, the `publish` and `admin` rights, the
-//! expiry) that `/ws` and `/api/*` consult before anything leaves the
-//! gateway. Which key checks a token, HS256 with the secret or RS256/ES256
-//! with a public key or an identity provider's JWKS, is [`crate::keys`]'
-//! business; the claims mean the same whoever signed them.
+//! (device globs, device groups, channel patterns, the `publish` and
+//! `admin` rights, the expiry) that `/ws` and `/api/*` consult before
+//! anything leaves the gateway. Which key checks a token, HS256 with the
+//! secret or RS256/ES256 with a public key or an identity provider's JWKS,
+//! is [`crate::keys`]' business; the claims mean the same whoever signed
+//! them.
 
 use std::sync::Arc;
 
@@ -46,6 +47,9 @@ struct Claims {
     sub: String,
     exp: u64,
     devices: Option<Vec<String>>,
+    /// Our own claim (README, "Device groups"): devices in any of these
+    /// groups are in scope too.
+    groups: Option<Vec<String>>,
     channels: Option<Vec<String>>,
     #[serde(default)]
     publish: bool,
@@ -60,8 +64,12 @@ struct Claims {
 pub struct Scope {
     /// The token's `sub` (for logs), `"anonymous"` under `--auth none`.
     pub subject: String,
-    /// Device globs; `None` = every device.
+    /// Device globs; `None` (with `groups` also `None`) = every device.
     devices: Option<Vec<Glob>>,
+    /// Device groups: a device in one of them is in scope, whatever
+    /// `devices` says (the two are a union). Group membership is looked up
+    /// at each check, so a device that joins a group comes into scope then.
+    groups: Option<Vec<Box<str>>>,
     /// Channel patterns; empty = no channel.
     channels: Vec<Glob>,
     /// May `POST /api/publish`.
@@ -81,6 +89,7 @@ impl Scope {
         Scope {
             subject: "anonymous".into(),
             devices: None,
+            groups: None,
             channels: vec![Glob::new("*")],
             publish: true,
             admin: true,
@@ -88,10 +97,26 @@ impl Scope {
         }
     }
 
-    pub fn allows_device(&self, device: &str) -> bool {
+    /// Whether `device`, whose groups are `groups`, is in scope: every
+    /// device for a token naming neither `devices` nor `groups`, else one
+    /// that either names.
+    pub fn allows_device<S: AsRef<str>>(&self, device: &str, groups: &[S]) -> bool {
+        if self.devices.is_none() && self.groups.is_none() {
+            return true;
+        }
         self.devices
             .as_ref()
-            .is_none_or(|globs| globs.iter().any(|g| g.matches(device)))
+            .is_some_and(|globs| globs.iter().any(|g| g.matches(device)))
+            || self
+                .groups
+                .as_ref()
+                .is_some_and(|mine| crate::live::groups::overlap(mine, groups))
+    }
+
+    /// Whether the scope can depend on group membership (a `groups`
+    /// claim): then a membership change can move a device in or out.
+    pub fn has_groups(&self) -> bool {
+        self.groups.is_some()
     }
 
     pub fn allows_channel(&self, channel: &str) -> bool {
@@ -99,11 +124,21 @@ impl Scope {
     }
 
     /// `None` when every device is in scope, else the `LIKE` patterns that
-    /// select exactly the scope in SQL.
+    /// select the scope's `devices` in SQL (none for a token with only
+    /// `groups`: see [`Scope::group_names`] for the rest of the scope).
     pub fn device_like_patterns(&self) -> Option<Vec<String>> {
-        self.devices
+        if self.devices.is_none() && self.groups.is_none() {
+            return None;
+        }
+        Some(self.devices.iter().flatten().map(Glob::to_like).collect())
+    }
+
+    /// The token's groups, for SQL (`device_id IN (SELECT device_id FROM
+    /// device_groups WHERE group_name = ANY(...))`); `None` = no claim.
+    pub fn group_names(&self) -> Option<Vec<String>> {
+        self.groups
             .as_ref()
-            .map(|globs| globs.iter().map(Glob::to_like).collect())
+            .map(|g| g.iter().map(|n| n.to_string()).collect())
     }
 }
 
@@ -242,6 +277,9 @@ impl Authenticator {
                 Ok(Scope {
                     subject: c.sub,
                     devices: c.devices.map(|d| d.iter().map(|p| Glob::new(p)).collect()),
+                    groups: c
+                        .groups
+                        .map(|g| g.into_iter().map(String::into_boxed_str).collect()),
                     channels: c
                         .channels
                         .unwrap_or_default()

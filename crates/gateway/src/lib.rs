@@ -6,8 +6,9 @@
 //!
 //! - [`live::feed`]: the instance's one Redis subscriber (`<prefix>live`,
 //!   `<prefix>push`) parses each message once into a shared frame;
-//! - [`live::hub`]: indexes (device, fleet, bbox R-tree, channel) find the
-//!   local connections that want it;
+//! - [`live::hub`]: indexes find the local connections that want it (by
+//!   device, fleet, group, bbox R-tree, channel), with every device's
+//!   groups ([`live::groups`], copied from PostgreSQL by [`store::groups`]);
 //! - [`live::outbox`]: each connection's queue, bounded in bytes
 //!   (locations coalesce, events never drop, overflow closes with 4008);
 //! - [`ws::connection`]: the socket's writer drains the outbox, several
@@ -147,6 +148,7 @@ pub async fn serve_draining(
     spawn_live_feed(&config, &state);
     spawn_probe(&config, &state)?;
     spawn_jwks_refresh(&config, &state)?;
+    spawn_groups(&config, &state)?;
     let store = state.store.clone();
     let served = listen(&config, listener, state).await;
     // Ends what is left when the server failed; a no-op after a drain.
@@ -271,6 +273,25 @@ fn spawn_probe(config: &Config, s: &state::AppState) -> anyhow::Result<()> {
         s.health.clone(),
         s.store.clone(),
         probe_pg,
+        s.shutdown.clone(),
+    ));
+    Ok(())
+}
+
+/// The copy of `device_groups` in the hub, with a PostgreSQL connection
+/// of its own (it LISTENs).
+fn spawn_groups(config: &Config, s: &state::AppState) -> anyhow::Result<()> {
+    let mut pg: tokio_postgres::Config = config
+        .store
+        .database_url
+        .parse()
+        .context("FIELDCAST_DATABASE_URL")?;
+    pg.connect_timeout(Duration::from_secs(3))
+        .application_name("fieldcast-gateway-groups")
+        .options("-c statement_timeout=30s");
+    s.tracker.spawn(store::groups::keep_current(
+        pg,
+        s.hub.clone(),
         s.shutdown.clone(),
     ));
     Ok(())

@@ -182,7 +182,7 @@ async fn device_updates_reach_both_gateways_and_history() {
             &snapshot[0],
             &json!({"device": dev_id, "lat": lat0, "lon": lon0, "ts": t0,
                     "speed": 3.25, "heading": 45.5, "accuracy": 4.0, "alt": 12.75,
-                    "online": null, "battery": null, "signal": null, "last_seen": t0}),
+                    "online": null, "battery": null, "signal": null, "last_seen": t0, "groups": []}),
         );
         // Exact bits, not just `==` through a lossy path.
         assert_eq!(
@@ -295,7 +295,7 @@ async fn device_updates_reach_both_gateways_and_history() {
         &state,
         &json!({"device": dev_id, "lat": lat1, "lon": lon1, "ts": t1,
                 "speed": 12.5, "heading": 90, "accuracy": 5, "alt": 30,
-                "online": true, "battery": 81, "signal": -70, "last_seen": t3}),
+                "online": true, "battery": 81, "signal": -70, "last_seen": t3, "groups": []}),
     );
 
     drop(clients);

@@ -26,6 +26,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_history_speed",
         include_str!("../../../../migrations/0003_history_speed.sql"),
     ),
+    (
+        "0004_device_groups",
+        include_str!("../../../../migrations/0004_device_groups.sql"),
+    ),
 ];
 
 /// How many migrations there are (a fresh database gets each once).

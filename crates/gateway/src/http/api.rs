@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use crate::auth::{Authed, Scope};
 use crate::http::error::ApiError;
 use crate::http::reports;
+use crate::live::groups::Memberships;
 use crate::state::AppState;
 use crate::store::history::{
     self, EventCursor, EventRow, EventsQuery, HistoryError, TrackQuery, CHUNK_ROWS,
@@ -46,12 +47,14 @@ pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiErro
 #[derive(Deserialize)]
 pub struct DevicesParams {
     bbox: Option<String>,
+    group: Option<String>,
     /// An instant: answer from history instead ([`reports::devices_at`]).
     at: Option<String>,
 }
 
-/// `GET /api/devices[?bbox=]`: the hot state, scope-filtered. With
-/// `?at=`, every device's last position at that instant, from history.
+/// `GET /api/devices[?bbox=][&group=]`: the hot state, scope-filtered;
+/// `group` keeps the devices in that group. With `?at=`, every device's
+/// last position at that instant, from history.
 pub async fn devices(
     State(s): State<AppState>,
     Authed(scope): Authed,
@@ -59,7 +62,7 @@ pub async fn devices(
 ) -> Result<Json<Vec<DeviceState>>, ApiError> {
     let p = query(q)?;
     if let Some(at) = p.at.as_deref() {
-        return reports::devices_at(&s, &scope, at, p.bbox.as_deref())
+        return reports::devices_at(&s, &scope, at, p.bbox.as_deref(), p.group.as_deref())
             .await
             .map(Json);
     }
@@ -68,18 +71,30 @@ pub async fn devices(
         .map(|b| BBox::parse_query(&b))
         .transpose()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let group = p
+        .group
+        .map(|g| crate::live::groups::parse_group(&g))
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let members = s.hub.memberships();
     let ids = match &bbox {
         Some(b) => s.store.bbox_candidates(b).await,
         None => s.store.fleet().await,
     }
     .map_err(ApiError::redis)?;
-    let mut ids: Vec<String> = ids.into_iter().filter(|d| scope.allows_device(d)).collect();
+    let mut ids: Vec<String> = ids
+        .into_iter()
+        .filter(|d| {
+            let groups = members.of(d);
+            scope.allows_device(d, groups) && group.as_ref().is_none_or(|g| groups.contains(g))
+        })
+        .collect();
     ids.sort();
     ids.dedup();
     let snaps = s.store.states(&ids).await.map_err(ApiError::redis)?;
     let states = snaps
         .into_iter()
-        .map(|s| s.state)
+        .map(|s| with_groups(s.state, &members))
         .filter(|st| match (&bbox, st.lon, st.lat) {
             (None, _, _) => true,
             (Some(b), Some(lon), Some(lat)) => b.contains(lon, lat),
@@ -89,10 +104,21 @@ pub async fn devices(
     Ok(Json(states))
 }
 
+/// `state` with its groups as the hub holds them.
+fn with_groups(mut state: DeviceState, members: &Memberships) -> DeviceState {
+    state.groups = members.names_of(&state.device);
+    state
+}
+
+/// Whether `device` is in `scope`, by name or by its groups now.
+fn in_scope(s: &AppState, scope: &Scope, device: &DeviceId) -> bool {
+    scope.allows_device(device.as_str(), s.hub.memberships().of(device.as_str()))
+}
+
 /// A device id from the path that is in the caller's scope, else 404.
-pub(crate) fn scoped_device(id: &str, scope: &Scope) -> Result<DeviceId, ApiError> {
+pub(crate) fn scoped_device(s: &AppState, id: &str, scope: &Scope) -> Result<DeviceId, ApiError> {
     match DeviceId::parse(id) {
-        Ok(d) if scope.allows_device(d.as_str()) => Ok(d),
+        Ok(d) if in_scope(s, scope, &d) => Ok(d),
         _ => Err(ApiError::NotFound(format!("no device {id:?}"))),
     }
 }
@@ -103,7 +129,7 @@ pub async fn device(
     Authed(scope): Authed,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceState>, ApiError> {
-    let d = scoped_device(&id, &scope)?;
+    let d = scoped_device(&s, &id, &scope)?;
     let snaps = s
         .store
         .states(&[d.to_string()])
@@ -112,7 +138,7 @@ pub async fn device(
     snaps
         .into_iter()
         .next()
-        .map(|s| Json(s.state))
+        .map(|st| Json(with_groups(st.state, &s.hub.memberships())))
         .ok_or_else(|| ApiError::NotFound(format!("no device {id:?}")))
 }
 
@@ -241,7 +267,7 @@ pub async fn track(
     q: Result<Query<TrackParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let p = query(q)?;
-    let d = scoped_device(&id, &scope)?;
+    let d = scoped_device(&s, &id, &scope)?;
     let (from, to) = window(p.from.as_deref(), p.to.as_deref())?;
     let limit = limit(p.limit.as_deref())?;
     let format = format(p.format.as_deref())?;
@@ -410,7 +436,7 @@ pub async fn events(
         .transpose()?;
     let device = match p.device.as_deref().map(DeviceId::parse) {
         None => None,
-        Some(Ok(d)) if scope.allows_device(d.as_str()) => Some(d),
+        Some(Ok(d)) if in_scope(&s, &scope, &d) => Some(d),
         // Out of scope reads as "no events", exactly like an unknown device.
         Some(_) => {
             return Ok(Json(serde_json::json!({"events": [], "next": null})).into_response());
@@ -425,6 +451,7 @@ pub async fn events(
         limit,
         after,
         scope: scope.device_like_patterns(),
+        scope_groups: scope.group_names(),
     };
     let enc = EventsEncoder {
         limit: limit as usize,

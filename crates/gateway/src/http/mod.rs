@@ -1,9 +1,10 @@
 //! The HTTP surface: `/ws` (upgrade, in [`crate::ws`]), `/api/*`
 //! ([`api`]; trips, stops, the summary and `?at=` in [`reports`];
-//! geofences and alert rules in [`config`]), the unauthenticated
-//! `/healthz`, `/readyz`, `/metrics` and `/api/openapi.json` ([`ops`]), the
-//! map page `/`, `/assets/*`, `/config.json` ([`assets`]) and its map tiles
-//! `/tiles/{z}/{x}/{y}` ([`tiles`]); errors in one shape ([`error`]).
+//! geofences, alert rules and device groups in [`config`]), the
+//! unauthenticated `/healthz`, `/readyz`, `/metrics` and `/api/openapi.json`
+//! ([`ops`]), the map page `/`, `/assets/*`, `/config.json` ([`assets`]) and
+//! its map tiles `/tiles/{z}/{x}/{y}` ([`tiles`]); errors in one shape
+//! ([`error`]).
 
 pub mod api;
 pub mod assets;
@@ -17,9 +18,9 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
-use self::config::{fences, rules};
+use self::config::{fences, groups, rules};
 use axum::Router;
 
 use crate::http::error::ApiError;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices/{id}/trips", get(reports::trips))
         .route("/api/devices/{id}/stops", get(reports::stops))
         .route("/api/reports/summary", get(reports::summary))
+        .route("/api/devices/{id}/groups", put(groups::put))
         .route("/api/events", get(api::events))
         .route("/api/publish", post(api::publish))
         .route("/api/geofences", get(fences::list).post(fences::create))

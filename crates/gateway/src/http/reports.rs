@@ -203,7 +203,7 @@ async fn device_segments(
     kind: Kind,
 ) -> Result<Response, ApiError> {
     let p = api::query(q)?;
-    let d = api::scoped_device(&id, &scope)?;
+    let d = api::scoped_device(&s, &id, &scope)?;
     let (from, to) = api::window(p.from.as_deref(), p.to.as_deref())?;
     let format = api::format(p.format.as_deref())?;
     let rules = p.rules()?;
@@ -390,13 +390,15 @@ pub async fn summary(
     let p = api::query(q)?;
     let (from, to) = api::window(p.from.as_deref(), p.to.as_deref())?;
     let rules = p.rules.rules()?;
-    if p.group
+    // The names PUT /api/devices/{id}/groups takes: any other matches none.
+    let group = p
+        .group
         .as_deref()
-        .is_some_and(|g| g.is_empty() || g.len() > 128)
-    {
-        return Err(ApiError::BadRequest("group must be 1..128 bytes".into()));
-    }
-    let group = p.group.clone();
+        .map(crate::live::groups::parse_group)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?
+        .map(String::from);
+    let members = s.hub.memberships();
     let lines = in_history(
         &s,
         job(move |_, txn| {
@@ -410,7 +412,7 @@ pub async fn summary(
                             &last_day,
                             &to_time(from),
                             &to_time(to),
-                            &scope.device_like_patterns(),
+                            &like_patterns(&scope),
                             &group,
                         ],
                     )
@@ -419,7 +421,7 @@ pub async fn summary(
                 let mut ids = Vec::with_capacity(rows.len());
                 for r in &rows {
                     let id: String = r.try_get(0).map_err(|e| api::history_error(e.into()))?;
-                    if scope.allows_device(&id) {
+                    if scope.allows_device(&id, members.of(&id)) {
                         ids.push(id);
                     }
                 }
@@ -500,22 +502,40 @@ const AT_SQL: &str = "WITH d AS ( \
           WHERE device_id = d.device_id AND ts <= $1 ORDER BY ts DESC LIMIT 1) st ON true \
       ORDER BY d.device_id";
 
+/// The SQL pre-filter of a scope. A token with a `groups` claim can see
+/// devices that no pattern names, so its rows come unfiltered and are
+/// checked here against the groups the hub holds.
+fn like_patterns(scope: &Scope) -> Option<Vec<String>> {
+    if scope.has_groups() {
+        None
+    } else {
+        scope.device_like_patterns()
+    }
+}
+
 /// `GET /api/devices?at=<epoch ms or RFC 3339>[&bbox=]`: every device in
 /// scope with history, as a `DeviceState` of its last fix at or before
 /// that instant (and its last status then); `last_seen` is the newer of
-/// the two. A device without a fix by then is left out.
+/// the two. A device without a fix by then is left out. Groups (scope,
+/// `group`, `DeviceState.groups`) are today's: membership has no history.
 pub async fn devices_at(
     s: &AppState,
     scope: &Scope,
     at: &str,
     bbox: Option<&str>,
+    group: Option<&str>,
 ) -> Result<Vec<DeviceState>, ApiError> {
     let at = api::instant("at", at)?;
+    let group = group
+        .map(crate::live::groups::parse_group)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let bbox = bbox
         .map(BBox::parse_query)
         .transpose()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let scope = scope.clone();
+    let members = s.hub.memberships();
     in_history(
         s,
         job(move |_, txn| {
@@ -525,18 +545,19 @@ pub async fn devices_at(
                     .await
                     .map_err(|e| api::history_error(e.into()))?;
                 let rows = txn
-                    .query(
-                        &stmt,
-                        &[&to_time(at), &day(at), &scope.device_like_patterns()],
-                    )
+                    .query(&stmt, &[&to_time(at), &day(at), &like_patterns(&scope)])
                     .await
                     .map_err(|e| api::history_error(e.into()))?;
                 let mut out = Vec::with_capacity(rows.len());
                 for r in &rows {
                     let device: String = r.try_get(0).map_err(|e| api::history_error(e.into()))?;
-                    if !scope.allows_device(&device) {
+                    let groups = members.of(&device);
+                    if !scope.allows_device(&device, groups)
+                        || group.as_ref().is_some_and(|g| !groups.contains(g))
+                    {
                         continue;
                     }
+                    let groups = members.names_of(&device);
                     let fix = fieldcast_service::pg::location_at(r, 1)
                         .map_err(|e| api::history_error(e.into()))?;
                     if bbox.as_ref().is_some_and(|b| !b.contains(fix.lon, fix.lat)) {
@@ -558,6 +579,7 @@ pub async fn devices_at(
                         battery: r.try_get(10).map_err(|e| api::history_error(e.into()))?,
                         signal: r.try_get(11).map_err(|e| api::history_error(e.into()))?,
                         last_seen: Some(status_ts.map_or(fix.ts, |t| t.max(fix.ts))),
+                        groups,
                     });
                 }
                 Ok(out)

@@ -327,6 +327,7 @@ pub fn parse_live(text: &str, partitions: Partitions) -> Option<Update> {
         ts: h.ts,
         pos,
         event,
+        prev_groups: None,
         item: Item {
             out: Out::Text(Utf8Bytes::from(env.msg.get().to_owned())),
             kind,

@@ -8,18 +8,21 @@ pub enum Kind {
     Status,
     Event,
     Message,
+    /// A device's group membership changed (issue #16).
+    Groups,
     /// snapshot, subscribed, unsubscribed, pong, error, pings.
     Reply,
 }
 
 impl Kind {
     /// Every kind, in [`Kind::index`] order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Location,
         Kind::Status,
         Kind::Event,
         Kind::Message,
         Kind::Reply,
+        Kind::Groups,
     ];
 
     /// The kind's position in [`Kind::ALL`].
@@ -30,6 +33,7 @@ impl Kind {
             Kind::Event => 2,
             Kind::Message => 3,
             Kind::Reply => 4,
+            Kind::Groups => 5,
         }
     }
 
@@ -40,6 +44,7 @@ impl Kind {
             Kind::Event => "event",
             Kind::Message => "message",
             Kind::Reply => "reply",
+            Kind::Groups => "groups",
         }
     }
 }

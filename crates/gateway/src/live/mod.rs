@@ -4,6 +4,7 @@
 //! in bytes) for the socket writer in [`crate::ws`].
 
 pub mod feed;
+pub mod groups;
 pub mod hub;
 pub mod kind;
 pub mod outbox;

@@ -367,6 +367,9 @@ pub struct EventsQuery {
     pub after: Option<EventCursor>,
     /// `LIKE` patterns of the token's device scope; `None` = all.
     pub scope: Option<Vec<String>>,
+    /// The token's groups: their devices (as `device_groups` holds them
+    /// now) are in scope too; `None` = no group claim.
+    pub scope_groups: Option<Vec<String>>,
 }
 
 /// One stored event as `/api/events` returns it.
@@ -380,13 +383,30 @@ pub struct StoredEvent {
     pub data: Option<Box<RawValue>>,
 }
 
-const EVENTS_SQL: &str = "SELECT device_id, event_id, ts, kind, severity, data::text FROM events \
-     WHERE ts >= $1 AND ts < $2 \
-       AND ($3::text IS NULL OR device_id = $3) \
-       AND ($4::text IS NULL OR kind = $4) \
-       AND ($5::text[] IS NULL OR device_id LIKE ANY($5)) \
-       AND ($6::timestamptz IS NULL OR (ts, device_id, event_id) > ($6, $7::text, $8::text)) \
-     ORDER BY ts, device_id, event_id LIMIT $9";
+/// The events page query; `{groups}` is empty, or, for a token with a
+/// `groups` claim, the condition that adds its groups' devices.
+macro_rules! events_sql {
+    ($groups:literal) => {
+        concat!(
+            "SELECT device_id, event_id, ts, kind, severity, data::text FROM events \
+             WHERE ts >= $1 AND ts < $2 \
+               AND ($3::text IS NULL OR device_id = $3) \
+               AND ($4::text IS NULL OR kind = $4) \
+               AND ($5::text[] IS NULL OR device_id LIKE ANY($5)",
+            $groups,
+            ") AND ($6::timestamptz IS NULL OR (ts, device_id, event_id) > ($6, $7::text, $8::text)) \
+             ORDER BY ts, device_id, event_id LIMIT $9"
+        )
+    };
+}
+
+const EVENTS_SQL: &str = events_sql!("");
+
+/// Only tokens with `groups` read `device_groups` (migration 0002), so the
+/// events of every other token do not depend on that table existing.
+const EVENTS_GROUPS_SQL: &str = events_sql!(
+    " OR device_id IN (SELECT device_id FROM device_groups WHERE group_name = ANY($10::text[]))"
+);
 
 /// One stored event and its `ts` at the column's precision (for the cursor).
 #[derive(Debug)]
@@ -426,7 +446,12 @@ impl EventRow {
 /// (if there are more) one extra, which tells the caller to write `next`.
 /// Read it with [`fetch_events`].
 pub async fn events_portal(txn: &Transaction<'_>, q: &EventsQuery) -> Result<Portal, HistoryError> {
-    let stmt = txn.prepare_cached(EVENTS_SQL).await?;
+    let sql = if q.scope_groups.is_some() {
+        EVENTS_GROUPS_SQL
+    } else {
+        EVENTS_SQL
+    };
+    let stmt = txn.prepare_cached(sql).await?;
     let after_ts = q
         .after
         .as_ref()
@@ -435,10 +460,20 @@ pub async fn events_portal(txn: &Transaction<'_>, q: &EventsQuery) -> Result<Por
     let after_id = q.after.as_ref().map(|c| c.id.clone());
     let device = q.device.as_ref().map(DeviceId::as_str);
     let (f, t, n) = (to_time(q.from), to_time(q.to), q.limit + 1);
-    let params: [&(dyn ToSql + Sync); 9] = [
-        &f, &t, &device, &q.kind, &q.scope, &after_ts, &after_dev, &after_id, &n,
+    let params: [&(dyn ToSql + Sync); 10] = [
+        &f,
+        &t,
+        &device,
+        &q.kind,
+        &q.scope,
+        &after_ts,
+        &after_dev,
+        &after_id,
+        &n,
+        &q.scope_groups,
     ];
-    Ok(txn.bind(&stmt, &params).await?)
+    let used = if q.scope_groups.is_some() { 10 } else { 9 };
+    Ok(txn.bind(&stmt, &params[..used]).await?)
 }
 
 /// The next chunk of an events portal: fewer than `max` rows means it is

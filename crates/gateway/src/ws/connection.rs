@@ -394,10 +394,11 @@ impl Reader {
 
     /// The first explicit device or channel outside the token's scope.
     fn forbidden(&self, sel: &Selection) -> Option<String> {
+        let members = self.ctx.hub.memberships();
         if let Some(d) = sel
             .devices
             .iter()
-            .find(|d| !self.scope.allows_device(d.as_str()))
+            .find(|d| !self.scope.allows_device(d.as_str(), members.of(d.as_str())))
         {
             return Some(format!("device {d} is outside the token's scope"));
         }
@@ -514,15 +515,13 @@ impl Reader {
         act: &mut Activation,
     ) -> Result<(Vec<DeviceState>, Vec<DeviceId>), StoreError> {
         let store = &self.ctx.store;
+        // Read after `begin`: a membership change from here on is buffered
+        // and sent after the snapshot.
+        let members = self.ctx.hub.memberships();
+        let allowed = |d: &str| self.scope.allows_device(d, members.of(d));
         let mut ids: Vec<String> = sel.devices.iter().map(|d| d.to_string()).collect();
         if sel.fleet {
-            ids.extend(
-                store
-                    .fleet()
-                    .await?
-                    .into_iter()
-                    .filter(|d| self.scope.allows_device(d)),
-            );
+            ids.extend(store.fleet().await?.into_iter().filter(|d| allowed(d)));
         }
         if let Some(b) = &sel.bbox {
             ids.extend(
@@ -530,8 +529,11 @@ impl Reader {
                     .bbox_candidates(b)
                     .await?
                     .into_iter()
-                    .filter(|d| self.scope.allows_device(d)),
+                    .filter(|d| allowed(d)),
             );
+        }
+        for g in &sel.groups {
+            ids.extend(members.members(g).filter(|d| allowed(d)).map(str::to_owned));
         }
         ids.sort();
         ids.dedup();
@@ -541,7 +543,8 @@ impl Reader {
         let mut in_box = Vec::new();
         let mut ts: HashMap<DeviceId, (Option<i64>, Option<i64>)> =
             HashMap::with_capacity(snaps.len());
-        for s in snaps {
+        for mut s in snaps {
+            s.state.groups = members.names_of(&s.state.device);
             let inside = match (&sel.bbox, s.state.lon, s.state.lat) {
                 (Some(b), Some(lon), Some(lat)) => b.contains(lon, lat),
                 _ => false,
@@ -556,9 +559,9 @@ impl Reader {
                 }
             }
             let device = s.state.device.as_str();
-            let wanted = inside
-                || explicit.contains(device)
-                || (sel.fleet && self.scope.allows_device(device));
+            let in_group = crate::live::groups::overlap(&sel.groups, &s.state.groups);
+            let wanted =
+                inside || explicit.contains(device) || ((sel.fleet || in_group) && allowed(device));
             if wanted {
                 states.push(s.state);
             }
@@ -586,6 +589,7 @@ impl Reader {
     ) -> Result<Option<Cursor>, SubscribeError> {
         let in_box: HashSet<&str> = in_box.iter().map(DeviceId::as_str).collect();
         let devices: HashSet<&str> = sel.devices.iter().map(DeviceId::as_str).collect();
+        let members = self.ctx.hub.memberships();
         let positions = since.positions().to_vec();
         let batch = (REPLAY_BATCH / positions.len().max(1)).max(16);
         let mut lanes: Vec<Lane> = positions
@@ -638,9 +642,12 @@ impl Reader {
                     partition: lane.partition,
                     at: Position::new(lane.after.epoch, id),
                 });
+                let groups = members.of(&device);
                 let matches = devices.contains(device.as_str())
-                    || (self.scope.allows_device(&device)
-                        && (sel.fleet || in_box.contains(device.as_str())));
+                    || (self.scope.allows_device(&device, groups)
+                        && (sel.fleet
+                            || in_box.contains(device.as_str())
+                            || crate::live::groups::overlap(&sel.groups, groups)));
                 if matches {
                     let frame = fieldcast_core::live::with_cursor(&json, &cursor.encode());
                     let item = Item {

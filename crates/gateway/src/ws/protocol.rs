@@ -54,6 +54,7 @@ struct Raw {
     fleet: Option<bool>,
     bbox: Option<serde_json::Value>,
     channels: Option<Vec<String>>,
+    groups: Option<Vec<String>>,
     since: Option<String>,
 }
 
@@ -79,11 +80,17 @@ impl Command {
             "ping" => Ok(Command::Ping { r }),
             "subscribe" | "unsubscribe" => {
                 let unsubscribe = op == "unsubscribe";
-                let selection =
-                    match selection(unsubscribe, raw.fleet, raw.devices, raw.channels, raw.bbox) {
-                        Ok(s) => s,
-                        Err(m) => return Err(bad(r, &m)),
-                    };
+                let named = Named {
+                    fleet: raw.fleet,
+                    devices: raw.devices,
+                    channels: raw.channels,
+                    groups: raw.groups,
+                    bbox: raw.bbox,
+                };
+                let selection = match selection(unsubscribe, named) {
+                    Ok(s) => s,
+                    Err(m) => return Err(bad(r, &m)),
+                };
                 if unsubscribe {
                     return Ok(Command::Unsubscribe { r, selection });
                 }
@@ -103,19 +110,33 @@ impl Command {
     }
 }
 
-/// What a subscribe or unsubscribe names, each device id checked, or why
-/// it cannot be obeyed.
-fn selection(
-    unsubscribe: bool,
+/// The selectors of a subscribe or unsubscribe frame, as sent.
+struct Named {
     fleet: Option<bool>,
     devices: Option<Vec<String>>,
     channels: Option<Vec<String>>,
+    groups: Option<Vec<String>>,
     bbox: Option<serde_json::Value>,
-) -> Result<Selection, String> {
+}
+
+/// What a subscribe or unsubscribe names, each device id and group name
+/// checked, or why it cannot be obeyed.
+fn selection(unsubscribe: bool, named: Named) -> Result<Selection, String> {
+    let Named {
+        fleet,
+        devices,
+        channels,
+        groups,
+        bbox,
+    } = named;
     let mut selection = Selection {
         fleet: fleet.unwrap_or(false),
         ..Default::default()
     };
+    if let Some(g) = groups {
+        // A subscription names a few groups; the cap is a device's.
+        selection.groups = crate::live::groups::parse_groups(&g).map_err(|e| e.to_string())?;
+    }
     for d in devices.unwrap_or_default() {
         match DeviceId::parse(&d) {
             Ok(id) => selection.devices.push(id),
@@ -148,7 +169,7 @@ fn selection(
         }
     }
     if selection.is_empty() {
-        return Err("name devices, fleet, bbox or channels".to_owned());
+        return Err("name devices, fleet, bbox, groups or channels".to_owned());
     }
     Ok(selection)
 }
@@ -334,6 +355,16 @@ mod tests {
             Command::parse(r#"{"op":"unsubscribe","ref":"6","devices":["truck-9"]}"#),
             Ok(Command::Unsubscribe { .. })
         ));
+        let c =
+            Command::parse(r#"{"op":"subscribe","ref":"8","groups":["north","night"]}"#).unwrap();
+        let Command::Subscribe { selection, .. } = c else {
+            panic!()
+        };
+        assert_eq!(
+            selection.groups,
+            vec![Box::from("night"), Box::from("north")]
+        );
+        assert!(selection.has_device_selector());
     }
 
     #[test]
@@ -348,6 +379,8 @@ mod tests {
             r#"{"op":"subscribe","ref":"x","bbox":[0,-91,1,1]}"#,
             r#"{"op":"subscribe","ref":"x","bbox":[0,0,"1",1]}"#,
             r#"{"op":"jump","ref":"x"}"#,
+            r#"{"op":"subscribe","ref":"x","groups":["a b"]}"#,
+            r#"{"op":"subscribe","ref":"x","groups":[""]}"#,
         ] {
             let e = Command::parse(bad).unwrap_err();
             assert_eq!(e.r.unwrap().get(), "\"x\"", "{bad}");

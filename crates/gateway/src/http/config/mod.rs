@@ -1,6 +1,7 @@
 //! The configuration API of issue #15: `/api/geofences` ([`fences`]) and
 //! `/api/rules` ([`rules`]), over the tables of
-//! `migrations/0002_geofences.sql` ([`crate::store::config`]).
+//! `migrations/0002_geofences.sql` ([`crate::store::config`]); and of
+//! issue #16, `PUT /api/devices/{id}/groups` ([`groups`]).
 //!
 //! Writes need the `admin: true` claim (403 otherwise). A write's body is
 //! checked in this order, each step before anything is stored: the type
@@ -10,6 +11,7 @@
 //! database yet) are a 503 saying so.
 
 pub mod fences;
+pub mod groups;
 pub mod rules;
 
 use axum::body::Body;

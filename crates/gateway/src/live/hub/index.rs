@@ -11,6 +11,7 @@ use super::pending::{Floors, Pending};
 use super::{ConnId, ConnSignals, Selection, Update};
 use crate::auth::Scope;
 use crate::cursor::Cursor;
+use crate::live::groups::Memberships;
 use crate::live::outbox::Outbox;
 use crate::metrics::SubscriptionGauges;
 use fieldcast_core::geo::BBox;
@@ -26,6 +27,9 @@ pub(super) struct Conn {
     pub(super) bbox: Option<BBox>,
     pub(super) in_box: HashSet<DeviceId>,
     pub(super) channels: HashSet<String>,
+    /// Groups subscribed to (`{"groups":[...]}`): their devices, as
+    /// membership is now, within the scope.
+    pub(super) groups: HashSet<Box<str>>,
     pub(super) pending: Option<Pending>,
     /// What this connection has been sent of every partition's event log:
     /// the floor of its first subscribe (then of its latest resync),
@@ -46,9 +50,18 @@ impl Conn {
             bbox: None,
             in_box: HashSet::new(),
             channels: HashSet::new(),
+            groups: HashSet::new(),
             pending: None,
             cursor: None,
         }
+    }
+
+    /// Whether the connection gets `device`, in `groups`, by name, fleet
+    /// or group subscription (its viewport aside).
+    pub(super) fn selects<S: AsRef<str>>(&self, device: &DeviceId, groups: &[S]) -> bool {
+        self.devices.contains(device)
+            || ((self.fleet || groups.iter().any(|g| self.groups.contains(g.as_ref())))
+                && self.scope.allows_device(device.as_str(), groups))
     }
 }
 
@@ -62,6 +75,10 @@ pub(super) struct State {
     pub(super) boxes: RTree<BoxEntry>,
     pub(super) in_box: HashMap<DeviceId, HashSet<ConnId>>,
     pub(super) by_channel: HashMap<String, HashSet<ConnId>>,
+    pub(super) by_group: HashMap<Box<str>, HashSet<ConnId>>,
+    /// Every device's groups; replaced whole on a change (see
+    /// [`crate::live::groups`]).
+    pub(super) members: Arc<Memberships>,
     pub(super) pending: HashSet<ConnId>,
     /// `fieldcast_gateway_subscriptions`, kept with the indexes it counts.
     pub(super) gauges: SubscriptionGauges,
@@ -98,15 +115,24 @@ pub(super) fn wants(st: &mut State, id: ConnId, u: &Update) -> bool {
         return false;
     };
     let device = u.device.as_str();
-    if c.devices.contains(&u.device) || (c.fleet && c.scope.allows_device(device)) {
+    let groups = st.members.of(device).clone();
+    // A membership change goes to whoever saw the device before it too.
+    if let Some(prev) = &u.prev_groups {
+        if c.selects(&u.device, prev)
+            || (c.in_box.contains(&u.device) && c.scope.allows_device(device, prev))
+        {
+            return true;
+        }
+    }
+    if c.selects(&u.device, &groups) {
         if let (Some(b), Some((lon, lat))) = (c.bbox, u.pos) {
-            let inside = b.contains(lon, lat) && c.scope.allows_device(device);
+            let inside = b.contains(lon, lat) && c.scope.allows_device(device, &groups);
             set_in_box(st, id, &u.device, inside);
         }
         return true;
     }
     let Some(b) = c.bbox else { return false };
-    if !c.scope.allows_device(device) {
+    if !c.scope.allows_device(device, &groups) {
         return false;
     }
     let was = c.in_box.contains(&u.device);
@@ -154,6 +180,12 @@ pub(super) fn add_selection(st: &mut State, id: ConnId, sel: &Selection) {
             new_channels.push(ch.clone());
         }
     }
+    let mut new_groups = Vec::new();
+    for g in &sel.groups {
+        if c.groups.insert(g.clone()) {
+            new_groups.push(g.clone());
+        }
+    }
     let new_fleet = sel.fleet && !c.fleet;
     c.fleet |= sel.fleet;
     let old_box = match sel.bbox {
@@ -168,6 +200,9 @@ pub(super) fn add_selection(st: &mut State, id: ConnId, sel: &Selection) {
     for ch in new_channels {
         st.by_channel.entry(ch).or_default().insert(id);
         st.gauges.channel.inc();
+    }
+    for g in new_groups {
+        st.by_group.entry(g).or_default().insert(id);
     }
     if new_fleet {
         st.fleet.insert(id);
@@ -215,6 +250,12 @@ pub(super) fn remove_selection(st: &mut State, id: ConnId, sel: &Selection) {
             gone_channels.push(ch.clone());
         }
     }
+    let mut gone_groups = Vec::new();
+    for g in &sel.groups {
+        if c.groups.remove(g) {
+            gone_groups.push(g.clone());
+        }
+    }
     let gone_fleet = sel.fleet && c.fleet;
     if sel.fleet {
         c.fleet = false;
@@ -247,6 +288,14 @@ pub(super) fn remove_selection(st: &mut State, id: ConnId, sel: &Selection) {
         }
         st.gauges.channel.dec();
     }
+    for g in gone_groups {
+        if let Some(s) = st.by_group.get_mut(&g) {
+            s.remove(&id);
+            if s.is_empty() {
+                st.by_group.remove(&g);
+            }
+        }
+    }
     if gone_fleet {
         st.fleet.remove(&id);
         st.gauges.fleet.dec();
@@ -277,6 +326,7 @@ mod tests {
             ts,
             pos: Some((lon, lat)),
             event: None,
+            prev_groups: None,
             item: Item {
                 out: Out::Text(format!("{device}@{ts}").into()),
                 kind: Kind::Location,

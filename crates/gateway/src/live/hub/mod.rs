@@ -4,7 +4,8 @@
 //! ([`crate::live::feed`]). Out: frames offered to each receiver's [`Outbox`].
 //!
 //! Indexes keep the work per update proportional to its receivers: device ->
-//! connections, channel -> connections, the set of fleet subscribers, an
+//! connections, channel -> connections, group -> connections (with the
+//! device -> groups [`Memberships`]), the set of fleet subscribers, an
 //! R-tree of bbox viewports, and device -> connections whose viewport holds
 //! it (to report a device leaving). One `std::sync::Mutex` guards them; it is
 //! never held across an `.await` and pushes into outboxes never block.
@@ -28,6 +29,7 @@ use tokio::sync::Notify;
 
 use crate::auth::Scope;
 use crate::cursor::{Cursor, EventPos};
+use crate::live::groups::{groups_json, Groups, Memberships};
 use crate::live::outbox::{Close, Item, Kind, Out, Outbox, Push};
 use crate::metrics::Metrics;
 use fieldcast_core::geo::BBox;
@@ -51,6 +53,9 @@ pub struct Update {
     pub pos: Option<(f64, f64)>,
     /// An event's position in its partition's log.
     pub event: Option<EventPos>,
+    /// A membership change ([`Kind::Groups`]): the device's groups before
+    /// it, so the change also reaches whoever saw the device by them.
+    pub prev_groups: Option<Groups>,
     /// The §4 JSON, forwarded untouched; an event's without its `cursor`,
     /// which is each receiver's own ([`offer`]).
     pub item: Item,
@@ -63,11 +68,13 @@ pub struct Selection {
     pub fleet: bool,
     pub bbox: Option<BBox>,
     pub channels: Vec<String>,
+    /// Device groups (issue #16), sorted.
+    pub groups: Vec<Box<str>>,
 }
 
 impl Selection {
     pub fn has_device_selector(&self) -> bool {
-        !self.devices.is_empty() || self.fleet || self.bbox.is_some()
+        !self.devices.is_empty() || self.fleet || self.bbox.is_some() || !self.groups.is_empty()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -150,16 +157,15 @@ impl Hub {
     fn unregister(&self, id: ConnId) {
         let mut st = self.lock();
         let sel = Selection {
-            devices: Vec::new(),
             fleet: true,
-            bbox: None,
-            channels: Vec::new(),
+            ..Selection::default()
         };
         if let Some(c) = st.conns.get(&id) {
             let all = Selection {
                 devices: c.devices.iter().cloned().collect(),
                 bbox: c.bbox,
                 channels: c.channels.iter().cloned().collect(),
+                groups: c.groups.iter().cloned().collect(),
                 ..sel
             };
             remove_selection(&mut st, id, &all);
@@ -190,6 +196,11 @@ impl Hub {
                 fleet: c.fleet,
                 bbox: c.bbox,
                 channels: c.channels.iter().cloned().collect(),
+                groups: {
+                    let mut g: Vec<Box<str>> = c.groups.iter().cloned().collect();
+                    g.sort();
+                    g
+                },
             })
             .unwrap_or_default()
     }
@@ -199,7 +210,7 @@ impl Hub {
         let st = self.lock();
         st.conns
             .get(&id)
-            .map_or(0, |c| c.devices.len() + c.channels.len())
+            .map_or(0, |c| c.devices.len() + c.channels.len() + c.groups.len())
     }
 
     /// Starts buffering what `selection` matches (everything for the
@@ -301,20 +312,99 @@ impl Hub {
     /// it now, pending subscribes that match it buffer it.
     pub fn dispatch(&self, u: Update) {
         let mut st = self.lock();
-        let receivers = receivers(&mut st, &u);
-        let mut overflowed = deliver(&mut st, &receivers, &u, self.pending_cap, &self.slow_closes);
+        let groups = st.members.of(u.device.as_str()).clone();
+        let receivers = receivers(&mut st, &u, &groups);
+        self.deliver_and_buffer(&mut st, &receivers, &u, &[groups]);
+    }
+
+    /// Delivers `u` to `receivers` and buffers it for the pending
+    /// subscribes it matches with the device in any of `groups`.
+    fn deliver_and_buffer(
+        &self,
+        st: &mut State,
+        receivers: &[ConnId],
+        u: &Update,
+        groups: &[Groups],
+    ) {
+        let mut overflowed = deliver(st, receivers, u, self.pending_cap, &self.slow_closes);
         overflowed.extend(buffer_pending(
-            &mut st,
-            &receivers,
+            st,
+            receivers,
             |p, scope| {
                 p.devices.contains(&u.device)
-                    || ((p.selection.fleet || p.selection.bbox.is_some())
-                        && scope.allows_device(u.device.as_str()))
+                    || groups.iter().any(|g| {
+                        (p.selection.fleet
+                            || p.selection.bbox.is_some()
+                            || crate::live::groups::overlap(&p.selection.groups, g))
+                            && scope.allows_device(u.device.as_str(), g)
+                    })
             },
             || Buffered::Update(u.clone()),
             self.pending_cap,
         ));
-        close_overflowed(&mut st, overflowed, &self.slow_closes);
+        close_overflowed(st, overflowed, &self.slow_closes);
+    }
+
+    /// Every device's groups as the hub holds them now.
+    pub fn memberships(&self) -> Arc<Memberships> {
+        self.lock().members.clone()
+    }
+
+    /// Takes `new` as every device's groups: each device whose groups
+    /// changed is announced like [`Hub::set_groups`].
+    pub fn replace_memberships(&self, new: Memberships) {
+        let changes = self.lock().members.changes_to(&new);
+        for (device, groups) in changes {
+            if let Ok(d) = DeviceId::parse(&device) {
+                self.set_groups(&d, groups);
+            }
+        }
+    }
+
+    /// Gives `device` exactly `groups` and sends the change (a `groups`
+    /// frame) to every connection that gets the device before or after
+    /// it: one whose group subscription or group scope it joins starts
+    /// getting it with this frame, one it leaves gets this frame last.
+    pub fn set_groups(&self, device: &DeviceId, groups: Groups) {
+        let mut st = self.lock();
+        if **st.members.of(device.as_str()) == *groups {
+            return;
+        }
+        let prev = Arc::make_mut(&mut st.members).set(device.as_str(), groups.clone());
+        let u = Update {
+            kind: Kind::Groups,
+            device: device.clone(),
+            ts: fieldcast_core::time::now_ms(),
+            pos: None,
+            event: None,
+            prev_groups: Some(prev.clone()),
+            item: Item {
+                out: Out::Text(groups_json(device.as_str(), &groups).into()),
+                kind: Kind::Groups,
+                rx_ms: 0,
+            },
+        };
+        let mut all = receivers(&mut st, &u, &groups);
+        all.extend(receivers(&mut st, &u, &prev));
+        all.sort_unstable();
+        all.dedup();
+        self.deliver_and_buffer(&mut st, &all, &u, &[groups.clone(), prev]);
+        // A viewport whose token no longer covers the device forgets it, so
+        // its next location is not sent as "leaving the box".
+        let viewers: Vec<ConnId> = st
+            .in_box
+            .get(device)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for id in viewers {
+            if st
+                .conns
+                .get(&id)
+                .is_some_and(|c| !c.scope.allows_device(device.as_str(), &groups))
+            {
+                set_in_box(&mut st, id, device, false);
+            }
+        }
     }
 
     /// Routes one channel message to the channel's subscribers, and to the
@@ -353,22 +443,29 @@ impl Hub {
     }
 }
 
-/// Every connection the update is live for, sorted and without repeats:
-/// by device, by fleet (within its scope), and by viewport — which also
-/// keeps the in-box index current and includes a viewport the device just
-/// left, so its client sees it go.
-fn receivers(st: &mut State, u: &Update) -> Vec<ConnId> {
+/// Every connection the update is live for, the device being in
+/// `groups`, sorted and without repeats: by device, by fleet and by group
+/// (within its scope), and by viewport — which also keeps the in-box index
+/// current and includes a viewport the device just left, so its client
+/// sees it go.
+fn receivers(st: &mut State, u: &Update, groups: &[Box<str>]) -> Vec<ConnId> {
     let mut receivers: Vec<ConnId> = Vec::new();
     if let Some(set) = st.by_device.get(&u.device) {
         receivers.extend(set.iter().copied());
     }
-    for &id in &st.fleet {
-        if st
-            .conns
-            .get(&id)
-            .is_some_and(|c| c.scope.allows_device(u.device.as_str()))
-        {
-            receivers.push(id);
+    let allowed = |id: &ConnId| {
+        st.conns
+            .get(id)
+            .is_some_and(|c| c.scope.allows_device(u.device.as_str(), groups))
+    };
+    for id in &st.fleet {
+        if allowed(id) {
+            receivers.push(*id);
+        }
+    }
+    for g in groups {
+        if let Some(set) = st.by_group.get(g) {
+            receivers.extend(set.iter().filter(|id| allowed(id)));
         }
     }
     match (u.kind, u.pos) {
@@ -380,7 +477,7 @@ fn receivers(st: &mut State, u: &Update) -> Vec<ConnId> {
                 .filter(|id| {
                     st.conns.get(id).is_some_and(|c| {
                         c.bbox.is_some_and(|b| b.contains(lon, lat))
-                            && c.scope.allows_device(u.device.as_str())
+                            && c.scope.allows_device(u.device.as_str(), groups)
                     })
                 })
                 .collect();
@@ -475,11 +572,7 @@ fn new_floors(
         .unwrap_or_default();
     let mut fleet_events = act.cursor_floor.clone().filter(|_| sel.fleet);
     if let Some(c) = st.conns.get(&id).filter(|_| !resync) {
-        let live = |d: &DeviceId| {
-            c.devices.contains(d)
-                || (c.fleet && c.scope.allows_device(d.as_str()))
-                || c.in_box.contains(d)
-        };
+        let live = |d: &DeviceId| c.selects(d, st.members.of(d.as_str())) || c.in_box.contains(d);
         ts.retain(|d, _| !live(d));
         events.retain(|d, _| !live(d));
         if c.fleet {

@@ -15,6 +15,7 @@ fn loc(device: &str, ts: i64, lon: f64, lat: f64) -> Update {
         ts,
         pos: Some((lon, lat)),
         event: None,
+        prev_groups: None,
         item: Item {
             out: Out::Text(format!("{device}@{ts}").into()),
             kind: Kind::Location,
@@ -124,6 +125,7 @@ fn event(device: &str, pos: &str) -> Update {
             partition: 0,
             at: pos.parse().unwrap(),
         }),
+        prev_groups: None,
         item: Item {
             out: Out::Text(msg(device, pos).into()),
             kind: Kind::Event,
@@ -306,4 +308,103 @@ fn each_connection_gets_its_own_cursor_in_every_partition() {
     assert_eq!(texts(&ob), [frame("b", &format!("{E1}:10-0"), &b_after)]);
     assert_eq!(hub.resume_cursor(ra.id), Some(a_after));
     assert_eq!(hub.resume_cursor(rb.id), Some(b_after));
+}
+
+fn groups(names: &[&str]) -> crate::live::groups::Groups {
+    names.iter().map(|n| Box::<str>::from(*n)).collect()
+}
+
+/// A token scope with only a `groups` claim.
+fn group_scope(names: &[&str]) -> Arc<Scope> {
+    let claims = serde_json::json!({"sub": "t", "exp": 4_000_000_000u64, "groups": names});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"k").unwrap(),
+    )
+    .unwrap();
+    Arc::new(
+        crate::auth::Authenticator::jwt(b"k")
+            .authenticate(Some(&token))
+            .unwrap(),
+    )
+}
+
+/// Pins that a device joining a subscribed group while the subscribe's
+/// snapshot is read is announced after the snapshot and then followed,
+/// and that leaving ends with its `groups` frame.
+#[test]
+fn a_group_subscription_follows_a_join_during_its_snapshot_and_a_leave() {
+    let hub = Hub::new(1000, &Default::default());
+    let (r, o) = conn(&hub);
+    let sel = Selection {
+        groups: vec!["north".into()],
+        ..Default::default()
+    };
+    hub.begin(r.id, sel, Mode::Subscribe);
+    hub.dispatch(loc("a", 1, 0.0, 0.0));
+    hub.set_groups(&id("a"), groups(&["north"]));
+    hub.dispatch(loc("a", 2, 0.0, 0.0));
+    hub.activate(r.id, Activation::default());
+    assert_eq!(
+        texts(&o),
+        [
+            r#"{"type":"groups","device":"a","groups":["north"]}"#,
+            "a@2"
+        ]
+    );
+    hub.set_groups(&id("a"), groups(&[]));
+    hub.dispatch(loc("a", 3, 0.0, 0.0));
+    assert_eq!(texts(&o), [r#"{"type":"groups","device":"a","groups":[]}"#]);
+}
+
+/// Pins the done-criterion of issue #16 in the hub: a token whose groups
+/// exclude a device sees it once it joins one of them (by fleet and by
+/// viewport), and after it leaves neither gets more than its `groups` frame — the viewport not even
+/// as a device "leaving the box".
+#[test]
+fn a_group_scope_follows_membership_for_fleet_and_viewport() {
+    let hub = Hub::new(1000, &Default::default());
+    let mut outs = Vec::new();
+    for sel in [
+        Selection {
+            fleet: true,
+            ..Default::default()
+        },
+        Selection {
+            bbox: Some(BBox::new([-1.0, -1.0, 1.0, 1.0]).unwrap()),
+            ..Default::default()
+        },
+    ] {
+        let o = Arc::new(Outbox::new(100, Arc::default()));
+        let r = hub.register(group_scope(&["north"]), o.clone(), Arc::default());
+        hub.begin(r.id, sel, Mode::Subscribe);
+        hub.activate(r.id, Activation::default());
+        outs.push((r, o));
+    }
+    hub.dispatch(loc("a", 1, 0.0, 0.0));
+    for (_, o) in &outs {
+        assert!(texts(o).is_empty());
+    }
+    hub.set_groups(&id("a"), groups(&["north", "south"]));
+    hub.dispatch(loc("a", 2, 0.0, 0.0));
+    assert_eq!(
+        texts(&outs[0].1),
+        [
+            r#"{"type":"groups","device":"a","groups":["north","south"]}"#,
+            "a@2"
+        ]
+    );
+    // The hub knows no position of a device out of a viewport's scope: the
+    // viewport gets it with its next location inside.
+    assert_eq!(texts(&outs[1].1), ["a@2"]);
+    hub.set_groups(&id("a"), groups(&["south"]));
+    hub.dispatch(loc("a", 3, 5.0, 5.0));
+    hub.dispatch(loc("a", 4, 0.0, 0.0));
+    for (_, o) in &outs {
+        assert_eq!(
+            texts(o),
+            [r#"{"type":"groups","device":"a","groups":["south"]}"#]
+        );
+    }
 }
