@@ -264,15 +264,7 @@ fn fix(id: &str, ts: i64, (lat, lon): (f64, f64)) -> Batch {
     Batch {
         locations: vec![LiveLocation {
             device: DeviceId::parse(id).unwrap(),
-            loc: Location {
-                ts,
-                lat,
-                lon,
-                alt: None,
-                speed: None,
-                heading: None,
-                accuracy: None,
-            },
+            loc: Location::point(ts, lat, lon),
             rx: ts,
         }],
         ..Batch::default()

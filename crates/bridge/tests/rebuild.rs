@@ -70,15 +70,7 @@ impl Row {
 }
 
 fn loc(ts: i64, lat: f64, lon: f64) -> Location {
-    Location {
-        ts,
-        lat,
-        lon,
-        alt: None,
-        speed: None,
-        heading: None,
-        accuracy: None,
-    }
+    Location::point(ts, lat, lon)
 }
 
 fn sts(ts: i64, online: bool, battery: Option<f64>, signal: Option<f64>) -> Status {

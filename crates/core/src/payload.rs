@@ -150,6 +150,21 @@ pub struct Location {
     pub accuracy: Option<f64>,
 }
 
+impl Location {
+    /// A position alone, every optional field `None`.
+    pub fn point(ts: i64, lat: f64, lon: f64) -> Self {
+        Location {
+            ts,
+            lat,
+            lon,
+            alt: None,
+            speed: None,
+            heading: None,
+            accuracy: None,
+        }
+    }
+}
+
 /// A status report (online/offline, battery, signal).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {

@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use tokio_postgres::{AsyncMessage, NoTls};
+use fieldcast_service::pg::{ConfigListener, ConfigWake};
 use tokio_util::sync::CancellationToken;
 
 use fieldcast_core::rule::Rule;
@@ -18,16 +17,6 @@ use fieldcast_geofence::{Fence, FenceId};
 
 use super::{FenceInfo, Fences, Snapshot};
 use crate::metrics::Metrics;
-
-/// The channel migration 0002's trigger notifies.
-pub const CHANNEL: &str = "fieldcast_config";
-
-/// How often the version is checked without a notification.
-const POLL: Duration = Duration::from_secs(30);
-
-/// Notifications arriving within this of each other cause one reload: an
-/// import of many fences is many statements.
-const SETTLE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -168,61 +157,27 @@ async fn listen(
     cfg.connect_timeout(Duration::from_secs(3));
     cfg.application_name("fieldcast-bridge-config");
     cfg.options("-c statement_timeout=30s");
-    let (mut client, mut conn) = cfg.connect(NoTls).await?;
-    // The connection is driven by its own task (a query awaited here needs
-    // it polled); notifications come back over a small channel, where one
-    // pending signal is as good as many.
-    let (tx, mut notified) = tokio::sync::mpsc::channel::<()>(1);
-    let driver = tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(_)) => {
-                    let _ = tx.try_send(());
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e),
+    let mut listener = ConfigListener::connect(&cfg).await?;
+    let mut held = reload(&mut listener.client, fences, metrics).await?;
+    backoff.reset();
+    loop {
+        let wake = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            w = listener.wait() => w,
+        };
+        match wake {
+            ConfigWake::Closed => {
+                return Err(LoadError::Config(
+                    "the configuration listener's connection closed".into(),
+                ))
             }
-        }
-        Ok(())
-    });
-    let result = async {
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-        let mut held = reload(&mut client, fences, metrics).await?;
-        backoff.reset();
-        let mut poll = tokio::time::interval(POLL);
-        poll.tick().await;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                n = notified.recv() => {
-                    if n.is_none() {
-                        // The driver ended: the connection is gone.
-                        return Ok(());
-                    }
-                    tokio::time::sleep(SETTLE).await;
-                    while notified.try_recv().is_ok() {}
-                    held = reload(&mut client, fences, metrics).await?;
-                }
-                _ = poll.tick() => {
-                    let v: i64 = client
-                        .query_one("SELECT version FROM config_version", &[])
-                        .await?
-                        .get(0);
-                    if v != held {
-                        held = reload(&mut client, fences, metrics).await?;
-                    }
+            ConfigWake::Notified => held = reload(&mut listener.client, fences, metrics).await?,
+            ConfigWake::Poll => {
+                if listener.version().await? != held {
+                    held = reload(&mut listener.client, fences, metrics).await?;
                 }
             }
         }
-    }
-    .await;
-    driver.abort();
-    match result {
-        Ok(()) if !stop.is_cancelled() => Err(LoadError::Config(
-            "the configuration listener's connection closed".into(),
-        )),
-        r => r,
     }
 }
 

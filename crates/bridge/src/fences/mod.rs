@@ -344,15 +344,7 @@ mod tests {
     }
 
     fn at(lat: f64, lon: f64) -> Location {
-        Location {
-            ts: 1_700_000_000_000,
-            lat,
-            lon,
-            alt: None,
-            speed: None,
-            heading: None,
-            accuracy: None,
-        }
+        Location::point(1_700_000_000_000, lat, lon)
     }
 
     #[test]

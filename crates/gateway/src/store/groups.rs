@@ -14,8 +14,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use tokio_postgres::{AsyncMessage, GenericClient, NoTls};
+use fieldcast_service::pg::{ConfigListener, ConfigWake};
+use tokio_postgres::GenericClient;
 use tokio_util::sync::CancellationToken;
 
 use fieldcast_core::{Backoff, DeviceId, LogLimiter};
@@ -23,13 +23,6 @@ use fieldcast_core::{Backoff, DeviceId, LogLimiter};
 use crate::live::groups::Memberships;
 use crate::live::hub::Hub;
 use crate::store::config::ConfigError;
-
-/// The channel migration 0002's trigger notifies.
-const CHANNEL: &str = "fieldcast_config";
-/// How often the version is checked without a notification.
-const POLL: Duration = Duration::from_secs(30);
-/// Notifications within this of each other cause one reload.
-const SETTLE: Duration = Duration::from_millis(100);
 
 /// Every device's groups.
 pub async fn load<C: GenericClient>(client: &C) -> Result<Memberships, tokio_postgres::Error> {
@@ -123,56 +116,24 @@ async fn listen(
     backoff: &mut Backoff,
     stop: &CancellationToken,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut conn) = config.connect(NoTls).await?;
-    // The connection is driven by its own task (a query awaited here needs
-    // it polled); notifications come back over a one-slot channel, where
-    // one pending signal is as good as many.
-    let (tx, mut notified) = tokio::sync::mpsc::channel::<()>(1);
-    let driver = tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(_)) => {
-                    let _ = tx.try_send(());
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    });
-    let result = async {
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-        let mut held = reload(&client, hub).await?;
-        backoff.reset();
-        let mut poll = tokio::time::interval(POLL);
-        poll.tick().await;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                n = notified.recv() => {
-                    if n.is_none() {
-                        return Ok(());
-                    }
-                    tokio::time::sleep(SETTLE).await;
-                    while notified.try_recv().is_ok() {}
-                    held = reload(&client, hub).await?;
-                }
-                _ = poll.tick() => {
-                    let v: i64 = client
-                        .query_one("SELECT version FROM config_version", &[])
-                        .await?
-                        .try_get(0)?;
-                    if v != held {
-                        held = reload(&client, hub).await?;
-                    }
+    let mut listener = ConfigListener::connect(config).await?;
+    let mut held = reload(&listener.client, hub).await?;
+    backoff.reset();
+    loop {
+        let wake = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            w = listener.wait() => w,
+        };
+        match wake {
+            ConfigWake::Closed => return Ok(()),
+            ConfigWake::Notified => held = reload(&listener.client, hub).await?,
+            ConfigWake::Poll => {
+                if listener.version().await? != held {
+                    held = reload(&listener.client, hub).await?;
                 }
             }
         }
     }
-    .await;
-    driver.abort();
-    result
 }
 
 /// Loads the groups with the version they were read at, in one snapshot,

@@ -144,15 +144,7 @@ mod tests {
     use super::*;
 
     fn fix(ts: i64, lat: f64, lon: f64) -> Location {
-        Location {
-            ts,
-            lat,
-            lon,
-            alt: None,
-            speed: None,
-            heading: None,
-            accuracy: None,
-        }
+        Location::point(ts, lat, lon)
     }
 
     fn run(tol: f64, fixes: &[Location]) -> Vec<Location> {

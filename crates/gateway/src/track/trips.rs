@@ -322,15 +322,8 @@ mod tests {
             t
         }
         fn fix(&mut self) {
-            self.fixes.push(Location {
-                ts: self.ts,
-                lat: 48.0 + self.y / M_PER_DEG,
-                lon: 11.0,
-                alt: None,
-                speed: None,
-                heading: None,
-                accuracy: None,
-            });
+            self.fixes
+                .push(Location::point(self.ts, 48.0 + self.y / M_PER_DEG, 11.0));
         }
         /// `secs` seconds at `mps` m/s.
         fn drive(&mut self, secs: i64, mps: f64) -> &mut Self {
