@@ -139,6 +139,15 @@ async fn main() {
     let full = env("FULL_DEVICES", devices as i64) as usize;
     let (light_trips, light_secs) = (env("LIGHT_TRIPS", 1), env("LIGHT_SECS", 60));
     let jobs = env("JOBS", 2).max(1) as usize;
+    // A drive is at most 4/3 DRIVE_SECS and starts in the first half of its
+    // slot of 14 h / TRIPS: longer, it would run into the next one (fixes
+    // out of order, repeated timestamps) and COPY would fail.
+    for (t, s) in [(trips, drive_secs), (light_trips, light_secs)] {
+        if t < 1 || s < 3 || s * 4 / 3 * 1000 > 14 * 3_600_000 / t / 2 {
+            eprintln!("gen_history: {t} drives of ~{s} s do not fit in a day's 14 h (each at most half of 14 h / TRIPS, 4/3 DRIVE_SECS long)");
+            std::process::exit(2);
+        }
+    }
     let now = fieldcast_core::time::now_ms();
     let end = now - now.rem_euclid(DAY_MS);
 
