@@ -10,6 +10,12 @@ use fieldcast_bridge::config::Command;
 use fieldcast_bridge::rebuild::RebuildArgs;
 use fieldcast_bridge::Config;
 
+/// jemalloc: the bridge allocates per message (arguments, envelopes,
+/// rows), and glibc's malloc was a fifth of its CPU at the (d) load
+/// (docs/benchmarks.md, "Cost per message").
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let config = Config::parse();
     if let Some(Command::RebuildRedis(args)) = &config.command {

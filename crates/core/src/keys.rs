@@ -89,6 +89,11 @@ impl PartitionKeys {
         format!("{}{device}:{event_id}", self.event_seen)
     }
 
+    /// `<prefix>{n}:dev:`: a device hash's key is this and its id.
+    pub fn device_prefix(&self) -> &str {
+        &self.device
+    }
+
     /// Hash of the hot state of `id`, which must belong to this partition.
     pub fn device(&self, id: &str) -> String {
         let mut k = String::with_capacity(self.device.len() + id.len());

@@ -74,6 +74,36 @@ pub fn location_json(device: &str, l: &Location) -> String {
     })
 }
 
+/// Appends the location's live envelope to `out`: the bytes of
+/// `envelope(rx_ms, &location_json(device, l))`, without building the two
+/// strings (the bridge writes a call's envelopes into one buffer).
+pub fn write_location_envelope(out: &mut Vec<u8>, rx_ms: i64, device: &str, l: &Location) {
+    out.extend_from_slice(b"{\"rx\":");
+    out.extend_from_slice(itoa::Buffer::new().format(rx_ms).as_bytes());
+    out.extend_from_slice(b",\"msg\":");
+    let start = out.len();
+    let written = serde_json::to_writer(
+        &mut *out,
+        &LiveLocation {
+            ty: "location",
+            device,
+            ts: l.ts,
+            lat: l.lat,
+            lon: l.lon,
+            speed: l.speed,
+            heading: l.heading,
+            accuracy: l.accuracy,
+            alt: l.alt,
+        },
+    );
+    // As `to_json`: cannot fail for these fields; were it to, the message
+    // is what `location_json` would give, an empty one.
+    if written.is_err() {
+        out.truncate(start);
+    }
+    out.push(b'}');
+}
+
 /// `{"type":"status",...}`.
 pub fn status_json(device: &str, s: &Status) -> String {
     to_json(&LiveStatus {
@@ -217,12 +247,103 @@ impl DeviceState {
 /// Formats a double so that parsing it back gives the same bits: `f64`'s
 /// `Display` is the shortest string that round-trips.
 pub fn fmt_f64(v: f64) -> String {
-    format!("{v}")
+    let mut s = String::with_capacity(24);
+    push_f64(&mut s, v);
+    s
+}
+
+/// Appends `v` exactly as `Display` writes it (the shortest digits that
+/// round-trip, never an exponent), through ryu: `format!` was most of
+/// the bridge's formatting cost (several doubles per location).
+pub fn push_f64(out: &mut String, v: f64) {
+    if v.is_finite() {
+        let mut buf = ryu::Buffer::new();
+        let s = buf.format_finite(v);
+        // ryu writes `1.0` where Display writes `1`, and an exponent
+        // (`1e-7`, `1e16`) where Display writes every digit: the rare
+        // latter goes through Display.
+        if !s.as_bytes().contains(&b'e') {
+            out.push_str(s.strip_suffix(".0").unwrap_or(s));
+            return;
+        }
+    }
+    use std::fmt::Write;
+    let _ = write!(out, "{v}");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast path must write what `Display` writes, byte for byte: the
+    /// hash fields are read back by the gateway and compared by tests.
+    #[test]
+    fn fmt_f64_writes_what_display_writes() {
+        for v in [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.1,
+            51.507_350_9,
+            -0.127_758,
+            1e-7,
+            1.5e-5,
+            1e15,
+            1e16,
+            1.234_567_890_123_456_7e20,
+            9_007_199_254_740_993.0,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            f64::MIN,
+            f64::EPSILON,
+            5e-324,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            assert_eq!(fmt_f64(v), format!("{v}"), "{v:e}");
+        }
+    }
+
+    #[test]
+    fn write_location_envelope_writes_what_envelope_gives() {
+        let full = Location {
+            ts: 1_700_000_000_123,
+            lat: 51.507_350_9,
+            lon: -0.127_758,
+            alt: Some(12.5),
+            speed: Some(0.0),
+            heading: Some(359.9),
+            accuracy: Some(3.0),
+        };
+        let bare = Location {
+            alt: None,
+            speed: None,
+            heading: None,
+            accuracy: None,
+            ..full.clone()
+        };
+        for l in [full, bare] {
+            let mut out = b"[".to_vec();
+            write_location_envelope(&mut out, -5, "dev-1", &l);
+            let want = format!("[{}", envelope(-5, &location_json("dev-1", &l)));
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fmt_f64_matches_display_for_any_bits(bits: u64) {
+            let v = f64::from_bits(bits);
+            proptest::prop_assert_eq!(fmt_f64(v), format!("{v}"));
+        }
+
+        #[test]
+        fn fmt_f64_matches_display_for_coordinates(v in -180.0f64..180.0) {
+            proptest::prop_assert_eq!(fmt_f64(v), format!("{v}"));
+        }
+    }
     use crate::payload::Severity;
 
     #[test]

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use fred::clients::Pipeline;
 use fred::prelude::*;
 use fred::types::scripts::Script;
@@ -390,27 +391,35 @@ impl RedisSink {
         let snapshot: Option<&Snapshot> = snapshot.as_deref();
         let version = snapshot.map_or(0, |s| s.version);
         let (mut fence_ids, mut membership, mut over) = (Vec::new(), String::new(), String::new());
-        let mut shared = Vec::with_capacity(3);
+        let mut shared: Vec<Value> = Vec::with_capacity(3);
+        let mut slot = None;
         let mut counts: Vec<usize> = Vec::with_capacity(1);
-        let mut hashes = Vec::with_capacity(chunk.len());
-        let mut fixes = Vec::with_capacity(9 * chunk.len());
+        let mut hashes: Vec<Value> = Vec::with_capacity(chunk.len());
+        let mut fixes: Vec<Value> = Vec::with_capacity(11 * chunk.len());
+        // Every per-fix argument is a slice of this one buffer, not a
+        // string of its own: the allocations per fix were the bridge's
+        // largest cost (docs/benchmarks.md, "Cost per message").
+        let mut arena = Args::with_capacity(160 * chunk.len());
         // The envelopes as the JSON array published when all apply, and
         // their lengths, for the script to pick the applied ones otherwise.
-        let mut message = String::new();
-        let mut lens = String::new();
+        let mut message: Vec<u8> = Vec::with_capacity(200 * chunk.len() + 2);
+        let mut lens = Vec::with_capacity(4 * chunk.len());
         let mut last = None;
         for &(p, l) in chunk {
             let id = l.device.as_str();
             let k = self.keys.partition(p);
             if last != Some(p) {
-                shared.extend([k.geo.clone(), k.devices.clone(), k.transitions.clone()]);
+                slot.get_or_insert_with(|| key_slot(&k.geo));
+                shared
+                    .extend([&k.geo, &k.devices, &k.transitions].map(|s| Value::from(s.as_str())));
                 counts.push(0);
                 last = Some(p);
             }
             if let Some(c) = counts.last_mut() {
                 *c += 1;
             }
-            hashes.push(k.device(id));
+            arena.put(k.device_prefix().as_bytes());
+            hashes.push(arena.value(id.as_bytes()));
             let loc = &l.loc;
             let optional = [
                 ("alt", loc.alt),
@@ -421,62 +430,72 @@ impl RedisSink {
             let sent = optional.iter().filter(|(_, v)| v.is_some()).count();
             // Redis geo cannot hold the poles: the script gives the geo set
             // the bound instead (`+` / `-`), the hash the exact latitude.
-            let pole = if loc.lat > GEO_LAT_MAX {
-                "+"
+            let pole: &[u8] = if loc.lat > GEO_LAT_MAX {
+                b"+"
             } else if loc.lat < -GEO_LAT_MAX {
-                "-"
+                b"-"
             } else {
-                ""
+                b""
             };
-            let envelope = live::envelope(l.rx, &live::location_json(id, loc));
-            message.push(if lens.is_empty() { '[' } else { ',' });
-            message.push_str(&envelope);
-            if !lens.is_empty() {
-                lens.push(',');
+            let first = lens.is_empty();
+            if !first {
+                lens.push(b',');
             }
-            lens.push_str(&envelope.len().to_string());
+            message.push(if first { b'[' } else { b',' });
+            let before = message.len();
+            live::write_location_envelope(&mut message, l.rx, id, loc);
+            lens.extend_from_slice(
+                itoa::Buffer::new()
+                    .format(message.len() - before)
+                    .as_bytes(),
+            );
             if let Some(s) = snapshot {
                 s.membership_into(id, loc, &mut fence_ids, &mut membership);
                 s.overspeed_into(id, loc, &mut over);
             }
-            fixes.extend([
-                id.to_owned(),
-                loc.ts.to_string(),
-                fmt_f64(loc.lat),
-                fmt_f64(loc.lon),
-                format!("{sent}{pole}"),
-                membership.clone(),
-                over.clone(),
-            ]);
+            fixes.push(arena.value(id.as_bytes()));
+            fixes.push(arena.value(itoa::Buffer::new().format(loc.ts).as_bytes()));
+            fixes.push(arena.f64(loc.lat));
+            fixes.push(arena.f64(loc.lon));
+            arena.put(&[b'0' + sent as u8]);
+            fixes.push(arena.value(pole));
+            fixes.push(arena.value(membership.as_bytes()));
+            fixes.push(arena.value(over.as_bytes()));
             if sent == optional.len() {
                 // The usual case: the values alone, in order.
-                fixes.extend(optional.iter().map(|(_, v)| opt(*v)));
+                for (_, v) in optional {
+                    fixes.push(match v {
+                        Some(v) => arena.f64(v),
+                        None => arena.value(b""),
+                    });
+                }
             } else {
                 for (name, v) in optional {
                     if let Some(v) = v {
-                        fixes.extend([name.to_owned(), fmt_f64(v)]);
+                        fixes.push(Value::from_static_str(name));
+                        fixes.push(arena.f64(v));
                     }
                 }
                 for (name, v) in optional {
                     if v.is_none() {
-                        fixes.push(name.to_owned());
+                        fixes.push(Value::from_static_str(name));
                     }
                 }
             }
         }
-        message.push(']');
+        message.push(b']');
         let mut args = Vec::with_capacity(5 + counts.len() + fixes.len());
         args.extend([
-            channel.to_owned(),
-            counts.len().to_string(),
-            message,
-            lens,
-            version.to_string(),
+            Value::from(channel),
+            Value::from(counts.len() as i64),
+            Value::Bytes(message.into()),
+            Value::Bytes(lens.into()),
+            Value::from(version),
         ]);
-        args.extend(counts.iter().map(usize::to_string));
+        args.extend(counts.iter().map(|&c| Value::from(c as i64)));
         args.append(&mut fixes);
         shared.append(&mut hashes);
-        evalsha(pipe, &self.location, shared, args).await
+        evalsha_values(pipe, &self.location, slot.unwrap_or(0), shared, args).await
     }
 
     /// One `status.lua` call. A status without the device's `ts` (the Last
@@ -623,13 +642,62 @@ async fn evalsha(
     args: Vec<String>,
 ) -> Result<(), fred::error::Error> {
     let slot = keys.first().map(|k| key_slot(k)).unwrap_or(0);
+    let keys = keys.into_iter().map(Value::from).collect();
+    let args = args.into_iter().map(Value::from).collect();
+    evalsha_values(pipe, script, slot, keys, args).await
+}
+
+/// `EVALSHA` routed to `slot`, the slot of every key it names.
+async fn evalsha_values(
+    pipe: &Pipeline<Client>,
+    script: &Script,
+    slot: u16,
+    keys: Vec<Value>,
+    args: Vec<Value>,
+) -> Result<(), fred::error::Error> {
     let mut all: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
     all.push(script.sha1().clone().into());
     all.push((keys.len() as i64).into());
-    all.extend(keys.into_iter().map(Value::from));
-    all.extend(args.into_iter().map(Value::from));
+    all.extend(keys);
+    all.extend(args);
     let command = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
     pipe.custom::<(), _>(command, all).await
+}
+
+/// The arguments of one script call written into one buffer, each handed
+/// out as a slice of it (`Bytes` share the buffer): one allocation for
+/// all of a call's small arguments instead of one each.
+struct Args {
+    buf: BytesMut,
+    num: String,
+}
+
+impl Args {
+    fn with_capacity(n: usize) -> Self {
+        Args {
+            buf: BytesMut::with_capacity(n),
+            num: String::with_capacity(24),
+        }
+    }
+
+    /// Writes the start of the next argument.
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Ends the argument being written with `bytes`.
+    fn value(&mut self, bytes: &[u8]) -> Value {
+        self.buf.extend_from_slice(bytes);
+        Value::Bytes(self.buf.split().freeze())
+    }
+
+    /// A double as `fmt_f64` writes it.
+    fn f64(&mut self, v: f64) -> Value {
+        self.num.clear();
+        live::push_f64(&mut self.num, v);
+        self.buf.extend_from_slice(self.num.as_bytes());
+        Value::Bytes(self.buf.split().freeze())
+    }
 }
 
 /// Each partition's share of [`EVENT_LOG_MAXLEN`], so that all the logs
