@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use fieldcast_core::{DeviceId, LiveEnvelope, LiveHeader, Partitions};
 use fred::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -263,21 +264,46 @@ fn route(
         return;
     };
     if live.contains(&*m.channel) {
+        // Each frame is a slice of the message's own buffer, not a copy.
+        let whole = match &m.value {
+            Value::String(s) => Some(s.inner()),
+            Value::Bytes(b) => Some(b),
+            _ => None,
+        };
+        let frame = |msg: &str| frame_in(whole, msg);
         // The bridge publishes one update, or a batch of them as a JSON array.
         if text.trim_start().starts_with('[') {
-            match serde_json::from_str::<Vec<&RawValue>>(&text) {
+            // One pass over the batch; should an element not be an
+            // envelope, each is read on its own and only that one skipped.
+            match serde_json::from_str::<Vec<LiveEnvelope>>(&text) {
                 Ok(batch) => {
-                    for one in batch {
-                        match parse_live(one.get(), partitions) {
+                    for env in batch {
+                        match from_envelope(env, partitions, frame) {
                             Some(u) => hub.dispatch(u),
                             None => tracing::debug!("ignoring a malformed live message"),
                         }
                     }
                 }
-                Err(_) => tracing::debug!("ignoring a malformed live batch"),
+                Err(_) => match serde_json::from_str::<Vec<&RawValue>>(&text) {
+                    Ok(batch) => {
+                        for one in batch {
+                            match serde_json::from_str(one.get())
+                                .ok()
+                                .and_then(|env| from_envelope(env, partitions, frame))
+                            {
+                                Some(u) => hub.dispatch(u),
+                                None => tracing::debug!("ignoring a malformed live message"),
+                            }
+                        }
+                    }
+                    Err(_) => tracing::debug!("ignoring a malformed live batch"),
+                },
             }
         } else {
-            match parse_live(&text, partitions) {
+            match serde_json::from_str(&text)
+                .ok()
+                .and_then(|env| from_envelope(env, partitions, frame))
+            {
                 Some(u) => hub.dispatch(u),
                 None => tracing::debug!("ignoring a malformed live message"),
             }
@@ -290,11 +316,36 @@ fn route(
     }
 }
 
+/// `msg` as a frame: a slice of `whole` when it lies inside it (it was
+/// parsed out of it), else a copy.
+fn frame_in(whole: Option<&Bytes>, msg: &str) -> Utf8Bytes {
+    if let Some(whole) = whole {
+        let (base, at) = (whole.as_ptr() as usize, msg.as_ptr() as usize);
+        if at >= base && at + msg.len() <= base + whole.len() {
+            let start = at - base;
+            if let Ok(frame) = Utf8Bytes::try_from(whole.slice(start..start + msg.len())) {
+                return frame;
+            }
+        }
+    }
+    Utf8Bytes::from(msg)
+}
+
 /// Parses the bridge's `{"rx","msg"}` envelope; the frame is `msg`'s bytes.
 /// The device id is checked here, once: inside, the live path carries a
 /// [`DeviceId`].
 pub fn parse_live(text: &str, partitions: Partitions) -> Option<Update> {
     let env: LiveEnvelope = serde_json::from_str(text).ok()?;
+    from_envelope(env, partitions, |msg: &str| Utf8Bytes::from(msg))
+}
+
+/// [`parse_live`] of an envelope already read, `frame` making the frame
+/// of its `msg`.
+fn from_envelope(
+    env: LiveEnvelope,
+    partitions: Partitions,
+    frame: impl FnOnce(&str) -> Utf8Bytes,
+) -> Option<Update> {
     let h: LiveHeader = serde_json::from_str(env.msg.get()).ok()?;
     let device = DeviceId::parse(h.device).ok()?;
     let kind = match h.ty {
@@ -329,7 +380,7 @@ pub fn parse_live(text: &str, partitions: Partitions) -> Option<Update> {
         event,
         prev_groups: None,
         item: Item {
-            out: Out::Text(Utf8Bytes::from(env.msg.get().to_owned())),
+            out: Out::Text(frame(env.msg.get())),
             kind,
             rx_ms: env.rx,
         },
@@ -410,6 +461,61 @@ mod tests {
         let old = format!(r#"{{"rx":42,"msg":{msg},"pos":"1763800000000-3"}}"#);
         let u = parse_live(&old, parts()).unwrap();
         assert_eq!(u.event, None);
+    }
+
+    /// A batch is read in one pass, each frame a slice of the message's
+    /// buffer; an element that is no envelope is skipped alone.
+    #[test]
+    fn a_batch_shares_its_buffer_and_skips_a_bad_element_alone() {
+        use crate::auth::Scope;
+        use crate::live::hub::{Activation, Mode, Selection};
+        use crate::live::outbox::Outbox;
+        let hub = Hub::new(1000, &Default::default());
+        let o = Arc::new(Outbox::new(100, Arc::default()));
+        let r = hub.register(Arc::new(Scope::unrestricted()), o.clone(), Arc::default());
+        let fleet = Selection {
+            fleet: true,
+            ..Default::default()
+        };
+        hub.begin(r.id, fleet, Mode::Subscribe);
+        hub.activate(r.id, Activation::default());
+        let loc = |d: &str, ts: i64| {
+            let msg =
+                format!(r#"{{"type":"location","device":"{d}","ts":{ts},"lat":1.5,"lon":2.5}}"#);
+            fieldcast_core::live::envelope(ts, &msg)
+        };
+        let good = format!("[{},{}]", loc("a", 1), loc("b", 2));
+        let bad = format!(r#"[{},{{"rx":1}},{}]"#, loc("a", 3), loc("b", 4));
+        let live: HashSet<String> = ["live".to_owned()].into();
+        let mut frames = Vec::new();
+        for text in [good, bad] {
+            let value = Value::from(text);
+            let Value::String(s) = &value else { panic!() };
+            let whole: Bytes = s.inner().clone();
+            let m = fred::types::Message {
+                channel: "live".into(),
+                value,
+                kind: fred::types::MessageKind::SMessage,
+                server: fred::types::config::Server::new("127.0.0.1", 6379),
+            };
+            route(&live, "push", parts(), &hub, &m);
+            let mut buf = Vec::new();
+            o.drain(&mut buf, usize::MAX).unwrap();
+            for item in buf {
+                let Out::Text(t) = item.out else { panic!() };
+                let (base, at) = (whole.as_ptr() as usize, t.as_str().as_ptr() as usize);
+                assert!(
+                    at >= base && at < base + whole.len(),
+                    "a slice of the message"
+                );
+                frames.push(t.as_str().to_owned());
+            }
+        }
+        let ts: Vec<i64> = frames
+            .iter()
+            .map(|f| serde_json::from_str::<LiveHeader>(f).unwrap().ts)
+            .collect();
+        assert_eq!(ts, [1, 2, 3, 4]);
     }
 
     #[test]

@@ -131,13 +131,36 @@ struct Inner {
     queue: VecDeque<Slot>,
     /// Sequence number of `queue[0]`.
     head: u64,
-    /// Device -> sequence number of its newest queued location.
-    latest_location: HashMap<DeviceId, u64>,
+    /// Device -> sequence number of its newest queued location, kept only
+    /// while `indexed`: built when the queue first needs to coalesce and
+    /// dropped once it is empty again, so a connection that keeps up pays
+    /// no map update per frame.
+    latest_location: HashMap<DeviceId, u64, foldhash::fast::RandomState>,
+    indexed: bool,
     /// Queued frames that may never be dropped.
     strict: usize,
     /// Bytes of every queued frame.
     bytes: usize,
     closing: Option<Close>,
+}
+
+impl Inner {
+    /// Indexes the queued locations by device (the newest of each wins).
+    fn index_locations(&mut self) {
+        let head = self.head;
+        let Inner {
+            queue,
+            latest_location,
+            ..
+        } = self;
+        latest_location.clear();
+        for (i, slot) in queue.iter().enumerate() {
+            if let Some(dev) = &slot.device {
+                latest_location.insert(dev.clone(), head + i as u64);
+            }
+        }
+        self.indexed = true;
+    }
 }
 
 /// One connection's queue of frames, bounded in frames and bytes (module
@@ -175,7 +198,8 @@ impl Outbox {
             inner: Mutex::new(Inner {
                 queue: VecDeque::new(),
                 head: 0,
-                latest_location: HashMap::new(),
+                latest_location: HashMap::default(),
+                indexed: false,
                 strict: 0,
                 bytes: 0,
                 closing: None,
@@ -209,6 +233,9 @@ impl Outbox {
         let size = item.bytes();
         let full = len >= self.cap || g.bytes >= self.byte_cap / 2;
         if let Some(dev) = device.filter(|_| full) {
+            if !g.indexed {
+                g.index_locations();
+            }
             if let Some(&seq) = g.latest_location.get(dev) {
                 let idx = (seq - g.head) as usize;
                 if let Some(slot) = g.queue.get_mut(idx) {
@@ -231,9 +258,10 @@ impl Outbox {
         }
         let seq = g.head + len as u64;
         match device {
-            Some(dev) => {
+            Some(dev) if g.indexed => {
                 g.latest_location.insert(dev.clone(), seq);
             }
+            Some(_) => {}
             None => g.strict += 1,
         }
         g.bytes += size;
@@ -339,7 +367,7 @@ impl Outbox {
             g.head += 1;
             match slot.device {
                 Some(dev) => {
-                    if g.latest_location.get(&dev) == Some(&seq) {
+                    if g.indexed && g.latest_location.get(&dev) == Some(&seq) {
                         g.latest_location.remove(&dev);
                     }
                 }
@@ -350,9 +378,13 @@ impl Outbox {
         }
         // A burst may have grown the queue to 2 * cap slots; give the
         // memory back once it is drained, so idle connections stay small.
-        if g.queue.is_empty() && g.queue.capacity() > 64 {
-            g.queue.shrink_to(16);
-            g.latest_location.shrink_to(16);
+        if g.queue.is_empty() {
+            g.indexed = false;
+            g.latest_location.clear();
+            if g.queue.capacity() > 64 {
+                g.queue.shrink_to(16);
+                g.latest_location.shrink_to(16);
+            }
         }
         drop(g);
         self.room.notify_one();
@@ -424,6 +456,33 @@ mod tests {
             Push::Coalesced
         );
         assert_eq!(drained(&o), ["a4", "a6"]);
+    }
+
+    /// The index is built only once the queue is full; built, it must
+    /// follow a partial drain and the pushes after it.
+    #[test]
+    fn the_index_built_when_full_follows_a_partial_drain() {
+        let o = Outbox::new(2, Arc::default());
+        let (a, b) = (id("a"), id("b"));
+        assert_eq!(o.push(text("a1", Kind::Location), Some(&a)), Push::Queued);
+        assert_eq!(o.push(text("b1", Kind::Location), Some(&b)), Push::Queued);
+        assert_eq!(
+            o.push(text("a2", Kind::Location), Some(&a)),
+            Push::Coalesced
+        );
+        let mut buf = Vec::new();
+        assert!(o.drain(&mut buf, 1).is_ok());
+        assert!(matches!(&buf[0].out, Out::Text(t) if t.as_str() == "a2"));
+        assert_eq!(o.push(text("a3", Kind::Location), Some(&a)), Push::Queued);
+        assert_eq!(
+            o.push(text("b2", Kind::Location), Some(&b)),
+            Push::Coalesced
+        );
+        assert_eq!(
+            o.push(text("a4", Kind::Location), Some(&a)),
+            Push::Coalesced
+        );
+        assert_eq!(drained(&o), ["b2", "a4"]);
     }
 
     #[test]

@@ -65,17 +65,22 @@ impl Conn {
     }
 }
 
+/// The maps looked up once or more per live update: foldhash, seeded per
+/// process, where SipHash was a visible part of the fan-out's profile.
+pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(super) type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
 pub(super) type BoxEntry = GeomWithData<Rectangle<[f64; 2]>, ConnId>;
 
 #[derive(Default)]
 pub(super) struct State {
-    pub(super) conns: HashMap<ConnId, Conn>,
-    pub(super) by_device: HashMap<DeviceId, HashSet<ConnId>>,
-    pub(super) fleet: HashSet<ConnId>,
+    pub(super) conns: FastMap<ConnId, Conn>,
+    pub(super) by_device: FastMap<DeviceId, FastSet<ConnId>>,
+    pub(super) fleet: FastSet<ConnId>,
     pub(super) boxes: RTree<BoxEntry>,
-    pub(super) in_box: HashMap<DeviceId, HashSet<ConnId>>,
-    pub(super) by_channel: HashMap<String, HashSet<ConnId>>,
-    pub(super) by_group: HashMap<Box<str>, HashSet<ConnId>>,
+    pub(super) in_box: FastMap<DeviceId, FastSet<ConnId>>,
+    pub(super) by_channel: HashMap<String, FastSet<ConnId>>,
+    pub(super) by_group: HashMap<Box<str>, FastSet<ConnId>>,
     /// Every device's groups; replaced whole on a change (see
     /// [`crate::live::groups`]).
     pub(super) members: Arc<Memberships>,

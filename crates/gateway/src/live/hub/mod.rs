@@ -36,7 +36,9 @@ use fieldcast_core::geo::BBox;
 use fieldcast_core::DeviceId;
 use prometheus_client::metrics::counter::Counter;
 
-use index::{add_selection, clear_in_box, remove_selection, set_in_box, wants, Conn, State};
+use index::{
+    add_selection, clear_in_box, remove_selection, set_in_box, wants, Conn, FastMap, State,
+};
 pub use pending::{Activation, Mode};
 use pending::{Buffered, Floors, Pending, FLOOR_TTL};
 
@@ -558,8 +560,8 @@ fn new_floors(
     act: &mut Activation,
     resync: bool,
 ) -> Floors {
-    let mut ts = std::mem::take(&mut act.snapshot_ts);
-    let mut events: std::collections::HashMap<DeviceId, Cursor> = act
+    let mut ts: FastMap<_, _> = std::mem::take(&mut act.snapshot_ts).into_iter().collect();
+    let mut events: FastMap<DeviceId, Cursor> = act
         .cursor_floor
         .as_ref()
         .map(|floor| {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use fieldcast_core::DeviceId;
 
+use super::index::FastMap;
 use super::{Selection, Update};
 use crate::cursor::Cursor;
 use crate::live::outbox::{Item, Kind};
@@ -61,13 +62,13 @@ impl Pending {
 /// activation. Such updates are dropped here; after [`FLOOR_TTL`] the feed
 /// has long passed them and the map is freed.
 pub(super) struct Floors {
-    pub(super) ts: HashMap<DeviceId, (Option<i64>, Option<i64>)>,
+    pub(super) ts: FastMap<DeviceId, (Option<i64>, Option<i64>)>,
     /// Events at or before these cursors were replayed (or precede the
     /// subscription): per device the replay covered by name or by box, and
     /// for every device when it covered the fleet — which the snapshot's
     /// `ts` cannot stand for, since a device can appear in the log after
     /// the snapshot was read and before the replay.
-    pub(super) events: HashMap<DeviceId, Cursor>,
+    pub(super) events: FastMap<DeviceId, Cursor>,
     pub(super) fleet_events: Option<Cursor>,
     pub(super) until: Instant,
 }
