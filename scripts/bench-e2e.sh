@@ -28,7 +28,11 @@
 # every node's CPU watched), FENCES (0; N: N polygon geofences loaded
 # into the bridges before the run, see below). Each Redis node's
 # `INFO commandstats` over the gateway run goes to $base-redis-<port>.txt
-# (where its CPU went, command by command). The table goes
+# (where its CPU went, command by command). PERF (unset; N: `perf record
+# -e cpu-clock -g` of the first bridge, the first gateway and the Redis
+# for N seconds, starting PERF_DELAY (20) seconds into the gateway run,
+# into $base-<bridge|gateway|redis>.perf; `perf report -i` reads them).
+# The table goes
 # to stdout; each run's JSON line is appended to $OUT/results.jsonl.
 # Uses its own broker port, database, Redis prefix, spool and JWT secret;
 # removes them afterwards.
@@ -231,6 +235,15 @@ echo "== gateway" >&2
 # RSS after each: memory over connection churn.
 for round in $(seq 1 "${ROUNDS:-1}"); do
   for p in "${redis_ports[@]}"; do redis-cli -p "$p" config resetstat >/dev/null; done
+  if [ -n "${PERF:-}" ]; then
+    redis_main=${cluster_pids[0]:-${redis_pid:-}}
+    (sleep "${PERF_DELAY:-20}"
+     for w in "bridge:$bridge" "gateway:${gw_pids[0]}" "redis:$redis_main"; do
+       [ -n "${w#*:}" ] || continue
+       perf record -q -e cpu-clock -F 999 -g -p "${w#*:}" -o "$base-${w%%:*}.perf" -- sleep "$PERF" 2>/dev/null &
+     done
+     wait) & pids+=($!)
+  fi
   run "${gateways[@]}" "${watch[@]}" "${broker_watch[@]}" --prefix "g$$" "$@" > "$base.txt"
   cat "$base.txt"
   for p in "${redis_ports[@]}"; do

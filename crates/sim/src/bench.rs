@@ -33,6 +33,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
@@ -297,6 +298,7 @@ fn build_report(
         .sum();
     let mut accounting = Accounting::default();
     let mut latency = latency_histogram();
+    let mut by_second: Vec<Histogram<u64>> = Vec::new();
     let (mut out_of_order, mut unmatched, mut outside) = (0, 0, 0);
     let mut client_errors = Vec::new();
     let mut clients_failed = 0;
@@ -305,6 +307,12 @@ fn build_report(
         accounting += t.account(log);
         // Same bounds everywhere, so adding cannot fail.
         let _ = latency.add(&t.latency);
+        if by_second.len() < t.by_second.len() {
+            by_second.resize_with(t.by_second.len(), tally::second_histogram);
+        }
+        for (all, one) in by_second.iter_mut().zip(&t.by_second) {
+            let _ = all.add(one);
+        }
         alerts.absorb(&t.alerts);
         fences.absorb(&t.fences);
         out_of_order += t.out_of_order;
@@ -359,6 +367,7 @@ fn build_report(
         clients_failed,
         client_errors,
         latency_ms: Latency::from_us(&latency),
+        by_second: by_second.iter().map(report::Second::from_us).collect(),
         alerts: (measures_alerts || seen(&alerts)).then(|| Events::from_derived(&alerts, bursts)),
         fence_events: seen(&fences).then(|| Events::from_derived(&fences, None)),
         processes,

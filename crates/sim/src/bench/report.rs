@@ -44,6 +44,9 @@ pub struct Report {
     /// The first few client errors.
     pub client_errors: Vec<String>,
     pub latency_ms: Latency,
+    /// p99 and max of each second of the window, by send time: periodic
+    /// spikes show up at the same seconds run after run.
+    pub by_second: Vec<Second>,
     /// `alert.*` events: present when the run measures alerts (a rule or
     /// bursts given) or any arrived; absent otherwise, so the JSON line of
     /// a run without alerts is what it always was.
@@ -113,6 +116,25 @@ impl Latency {
             p99: ms(h.value_at_quantile(0.99)),
             p999: ms(h.value_at_quantile(0.999)),
             max: ms(h.max()),
+        }
+    }
+}
+
+/// One second of the window's latencies, milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Second {
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Second {
+    pub fn from_us(h: &Histogram<u64>) -> Second {
+        if h.is_empty() {
+            return Second::default();
+        }
+        Second {
+            p99: h.value_at_quantile(0.99) as f64 / 1_000.0,
+            max: h.max() as f64 / 1_000.0,
         }
     }
 }
@@ -227,6 +249,18 @@ impl fmt::Display for Report {
             "  latency ms  p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (mean {:.2}, n={})",
             l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
         )?;
+        if !self.by_second.is_empty() {
+            for (name, pick) in [
+                ("p99", (|s: &Second| s.p99) as fn(&Second) -> f64),
+                ("max", |s: &Second| s.max),
+            ] {
+                write!(f, "  {name} by s   ")?;
+                for s in &self.by_second {
+                    write!(f, " {:.1}", pick(s))?;
+                }
+                writeln!(f)?;
+            }
+        }
         for (name, events) in [
             ("alerts", &self.alerts),
             ("fence events", &self.fence_events),
@@ -288,6 +322,7 @@ mod tests {
             clients_failed: 0,
             client_errors: vec![],
             latency_ms: Latency::default(),
+            by_second: vec![],
             alerts,
             fence_events: None,
             processes: vec![],

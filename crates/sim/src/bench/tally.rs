@@ -33,6 +33,15 @@ pub fn latency_histogram() -> Histogram<u64> {
     h.expect("valid bounds") // ok: constant bounds
 }
 
+/// One second of the window's latencies (by send time): 10 µs .. 60 s,
+/// 2 significant digits, small enough to keep one per second per client.
+#[allow(clippy::expect_used)]
+pub fn second_histogram() -> Histogram<u64> {
+    // Invariant: constant bounds that satisfy `new_with_bounds`.
+    let h = Histogram::new_with_bounds(10, 60_000_000, 2);
+    h.expect("valid bounds") // ok: constant bounds
+}
+
 /// Per watched device.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Slot {
@@ -51,6 +60,9 @@ pub struct Tally {
     pub slots: Vec<Slot>,
     /// Device-to-client latency of delivered window messages, µs.
     pub latency: Histogram<u64>,
+    /// The same, one histogram per second of the window (by the send's
+    /// `ts`): where in the window the tail comes from.
+    pub by_second: Vec<Histogram<u64>>,
     /// Location frames received (any time, any device).
     pub frames: u64,
     /// Locations not in the send log (another publisher, a device outside the
@@ -148,6 +160,7 @@ impl Tally {
                 range.len
             ],
             latency: latency_histogram(),
+            by_second: Vec::new(),
             frames: 0,
             unmatched: 0,
             out_of_order: 0,
@@ -212,7 +225,8 @@ impl Tally {
             self.unmatched += 1;
             return;
         };
-        if !log.window().contains(ts) {
+        let window = log.window();
+        if !window.contains(ts) {
             return;
         }
         if let Some(b) = self.bbox {
@@ -224,6 +238,11 @@ impl Tally {
         s.delivered += 1;
         let us = u64::try_from(recv_us - sent.sent_us).unwrap_or(0).max(1);
         self.latency.saturating_record(us);
+        let second = usize::try_from((ts - window.start_ms) / 1_000).unwrap_or(0);
+        if self.by_second.len() <= second {
+            self.by_second.resize_with(second + 1, second_histogram);
+        }
+        self.by_second[second].saturating_record(us);
     }
 
     /// Expected, delivered, superseded and missing window messages of this
