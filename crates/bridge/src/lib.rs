@@ -174,15 +174,18 @@ impl Opened {
         // init() would fail while Redis is down; the client reconnects by
         // itself, so start it in the background and let health report it.
         let _connection = redis_client.connect();
-        let queue = Arc::new(Queue::new(
-            Capacity {
-                live: config.live_capacity,
-                reliable: config.queue_capacity,
-                history: config.batch_rows.max(10_000) * 4,
-                deadletters: 10_000,
-            },
-            metrics.clone(),
-        ));
+        let queue = Arc::new(
+            Queue::new(
+                Capacity {
+                    live: config.live_capacity,
+                    reliable: config.queue_capacity,
+                    history: config.batch_rows.max(10_000) * 4,
+                    deadletters: 10_000,
+                },
+                metrics.clone(),
+            )
+            .wake_history_at(config.batch_rows),
+        );
         let (health, broker) = match &config.nats.url {
             None => {
                 let (client, eventloop) = source::mqtt::connect(config)?;

@@ -132,8 +132,12 @@ pub struct Queue {
     live_wake: Notify,
     /// Wakes the reliable sink (its only waiter).
     reliable_wake: Notify,
-    /// Wakes the history batcher (its only waiter).
+    /// Wakes the history batcher (its only waiter), once the history lane
+    /// holds `history_wake_rows` rows: it wants whole batches (and takes
+    /// the rest at its flush tick, [`Queue::take_history`]), and a wake
+    /// per location was a task switch per location.
     history_wake: Notify,
+    history_wake_rows: usize,
     /// Wakes producers waiting for room in reliable/history.
     room: Notify,
     metrics: Arc<Metrics>,
@@ -150,6 +154,7 @@ impl Queue {
             live_wake: Notify::new(),
             reliable_wake: Notify::new(),
             history_wake: Notify::new(),
+            history_wake_rows: 1,
             room: Notify::new(),
             depth: ["live", "reliable", "history", "deadletters"].map(|lane| {
                 metrics
@@ -240,9 +245,12 @@ impl Queue {
             return Err(row);
         }
         self.insert_location(&mut g, row);
+        let batch_ready = g.history.len() >= self.history_wake_rows;
         drop(g);
         self.live_wake.notify_one();
-        self.history_wake.notify_one();
+        if batch_ready {
+            self.history_wake.notify_one();
+        }
         Ok(())
     }
 
@@ -349,14 +357,42 @@ impl Queue {
         }
     }
 
-    /// Takes every pending history row (at most `max`), waiting while there
-    /// are none. `None` once closed and drained.
+    /// Wakes the history batcher only once `rows` history rows are pending
+    /// (default 1: at every row). At most half the history lane, so the
+    /// source never waits for room the batcher was not woken to make.
+    pub fn wake_history_at(mut self, rows: usize) -> Self {
+        self.history_wake_rows = rows.clamp(1, (self.cap.history / 2).max(1));
+        self
+    }
+
+    /// Takes up to `max` pending history rows without waiting (the
+    /// batcher's flush tick: what is below the wake threshold).
+    pub fn take_history(&self, max: usize) -> Vec<LocationRow> {
+        let mut g = self.lock();
+        if g.history.is_empty() {
+            return Vec::new();
+        }
+        let rows = if g.history.len() <= max {
+            std::mem::take(&mut g.history)
+        } else {
+            g.history.drain(..max).collect()
+        };
+        self.gauges(&g);
+        drop(g);
+        self.room.notify_waiters();
+        rows
+    }
+
+    /// Takes every pending history row (at most `max`), waiting while
+    /// fewer than the wake threshold are pending (closed: while none are).
+    /// `None` once closed and drained.
     pub async fn next_history(&self, max: usize) -> Option<Vec<LocationRow>> {
         loop {
             let wake = self.history_wake.notified();
             {
                 let mut g = self.lock();
-                if !g.history.is_empty() {
+                let pending = g.history.len();
+                if pending > 0 && (pending >= self.history_wake_rows || g.closed) {
                     let rows = if g.history.len() <= max {
                         std::mem::take(&mut g.history)
                     } else {
@@ -392,6 +428,8 @@ impl Queue {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::ack::AckToken;
 
@@ -438,6 +476,37 @@ mod tests {
             h.iter().map(|r| r.loc.ts).collect::<Vec<_>>(),
             vec![1, 3, 2, 3, 1]
         );
+    }
+
+    /// With a wake threshold the batcher sleeps until a batch is pending;
+    /// what is below it is taken at the flush tick, and at close.
+    #[tokio::test]
+    async fn history_wakes_the_batcher_for_a_whole_batch_only() {
+        let q = Arc::new(q(10, 10).wake_history_at(3));
+        q.push_location(row("a", 1)).await;
+        q.push_location(row("a", 2)).await;
+        let early = tokio::time::timeout(Duration::from_millis(50), q.next_history(100)).await;
+        assert!(early.is_err(), "woken below the threshold");
+        assert_eq!(q.take_history(1).len(), 1, "the tick takes what is there");
+        let q2 = q.clone();
+        let batcher = tokio::spawn(async move { q2.next_history(100).await });
+        q.push_location(row("a", 3)).await;
+        tokio::task::yield_now().await;
+        assert!(!batcher.is_finished(), "woken with 2 rows pending");
+        q.push_location(row("a", 4)).await;
+        let rows = tokio::time::timeout(Duration::from_secs(5), batcher)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.loc.ts).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        q.push_location(row("a", 6)).await;
+        q.close();
+        assert_eq!(q.next_history(100).await.map(|r| r.len()), Some(1));
+        assert!(q.next_history(100).await.is_none());
     }
 
     #[tokio::test]

@@ -55,6 +55,10 @@ impl Batcher {
                     None => break,
                 },
                 _ = ticker.tick() => {
+                    // The queue wakes this loop only for whole batches.
+                    if buf.len() < cap {
+                        buf.extend(self.queue.take_history(cap - buf.len()));
+                    }
                     self.flush(&mut buf, &mut log).await;
                     continue;
                 }
