@@ -368,10 +368,15 @@ impl Queue {
     /// Takes up to `max` pending history rows without waiting (the
     /// batcher's flush tick: what is below the wake threshold).
     pub fn take_history(&self, max: usize) -> Vec<LocationRow> {
-        let mut g = self.lock();
+        let g = self.lock();
         if g.history.is_empty() {
             return Vec::new();
         }
+        self.take_history_locked(g, max)
+    }
+
+    /// Up to `max` history rows out of the lane, and room made.
+    fn take_history_locked(&self, mut g: MutexGuard<'_, Inner>, max: usize) -> Vec<LocationRow> {
         let rows = if g.history.len() <= max {
             std::mem::take(&mut g.history)
         } else {
@@ -390,18 +395,10 @@ impl Queue {
         loop {
             let wake = self.history_wake.notified();
             {
-                let mut g = self.lock();
+                let g = self.lock();
                 let pending = g.history.len();
                 if pending > 0 && (pending >= self.history_wake_rows || g.closed) {
-                    let rows = if g.history.len() <= max {
-                        std::mem::take(&mut g.history)
-                    } else {
-                        g.history.drain(..max).collect()
-                    };
-                    self.gauges(&g);
-                    drop(g);
-                    self.room.notify_waiters();
-                    return Some(rows);
+                    return Some(self.take_history_locked(g, max));
                 }
                 if g.closed {
                     return None;

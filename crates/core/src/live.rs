@@ -61,17 +61,23 @@ fn to_json<T: Serialize>(v: &T) -> String {
 /// `{"type":"location",...}`; optional fields the device did not send are
 /// omitted.
 pub fn location_json(device: &str, l: &Location) -> String {
-    to_json(&LiveLocation {
-        ty: "location",
-        device,
-        ts: l.ts,
-        lat: l.lat,
-        lon: l.lon,
-        speed: l.speed,
-        heading: l.heading,
-        accuracy: l.accuracy,
-        alt: l.alt,
-    })
+    to_json(&LiveLocation::of(device, l))
+}
+
+impl<'a> LiveLocation<'a> {
+    fn of(device: &'a str, l: &Location) -> Self {
+        LiveLocation {
+            ty: "location",
+            device,
+            ts: l.ts,
+            lat: l.lat,
+            lon: l.lon,
+            speed: l.speed,
+            heading: l.heading,
+            accuracy: l.accuracy,
+            alt: l.alt,
+        }
+    }
 }
 
 /// Appends the location's live envelope to `out`: the bytes of
@@ -82,20 +88,7 @@ pub fn write_location_envelope(out: &mut Vec<u8>, rx_ms: i64, device: &str, l: &
     out.extend_from_slice(itoa::Buffer::new().format(rx_ms).as_bytes());
     out.extend_from_slice(b",\"msg\":");
     let start = out.len();
-    let written = serde_json::to_writer(
-        &mut *out,
-        &LiveLocation {
-            ty: "location",
-            device,
-            ts: l.ts,
-            lat: l.lat,
-            lon: l.lon,
-            speed: l.speed,
-            heading: l.heading,
-            accuracy: l.accuracy,
-            alt: l.alt,
-        },
-    );
+    let written = serde_json::to_writer(&mut *out, &LiveLocation::of(device, l));
     // As `to_json`: cannot fail for these fields; were it to, the message
     // is what `location_json` would give, an empty one.
     if written.is_err() {
