@@ -19,8 +19,10 @@
 //! `PARKED_EVERY=n`: every n-th device never moves; `ABSENT_EVERY=n`:
 //! every n-th location of a device omits `alt` and `accuracy`;
 //! `STALE_EVERY=n`: every n-th location repeats an old `ts` (default 0:
-//! off, as the simulator sends). The run's keys (a fresh prefix) are
-//! deleted at the end.
+//! off, as the simulator sends); `STEP_M=m`: how far a moving device
+//! goes between its locations, in metres (default 1.6; 150 takes every
+//! location out of its geo cell, the geo index's worst case). The run's
+//! keys (a fresh prefix) are deleted at the end.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -78,6 +80,11 @@ async fn main() {
     let parked_every = env("PARKED_EVERY", 0) as usize;
     let absent_every = env("ABSENT_EVERY", 0) as usize;
     let stale_every = env("STALE_EVERY", 0) as usize;
+    // The steps below are ~1.6 m (0.000 011 7° of latitude, 0.000 013 1°
+    // of longitude at 48°N).
+    let step_scale = std::env::var("STEP_M")
+        .ok()
+        .map_or(1.0, |v| v.parse::<f64>().expect("STEP_M") / 1.6);
 
     let client = Builder::from_config(Config::from_url(&url).unwrap())
         .build()
@@ -106,7 +113,11 @@ async fn main() {
         let d = n % devices;
         let round = n / devices;
         let moves = parked_every == 0 || !d.is_multiple_of(parked_every);
-        let step = if moves { round as f64 } else { 0.0 };
+        let step = if moves {
+            round as f64 * step_scale
+        } else {
+            0.0
+        };
         let stale = stale_every != 0 && n % stale_every == stale_every - 1 && round > 0;
         let absent = absent_every != 0 && round % absent_every == absent_every - 1;
         let ts = t0 + if stale { 0 } else { round as i64 * 1000 };

@@ -258,9 +258,11 @@ async fn older_location_never_overwrites_newer() {
 /// next time leaves the hash; a location not newer than the stored one
 /// (older or the same `ts`, even in the same call as newer ones) changes
 /// nothing and answers 0; `last_seen` never moves back; each device joins
-/// its partition's set; the geo set holds the last applied position, the
-/// latitude clamped near the poles while the hash keeps it exact; the
-/// applied envelopes go live in order.
+/// its partition's set; the geo set holds a position in the cell of the
+/// last applied one (moved only when the device leaves its cell, `gc`),
+/// the latitude clamped near the poles while the hash keeps it exact; the
+/// applied envelopes go live in order; a hash from before the position
+/// was packed loses its separate fields with its next location.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn location_script_rules_hold_within_and_across_calls() {
     use fieldcast_bridge::metrics::Metrics;
@@ -348,11 +350,14 @@ async fn location_script_rules_hold_within_and_across_calls() {
         }
     );
     let sa = h.state(a).await;
+    let cell = |lat: f64, lon: f64| fieldcast_core::geo::index_cell(lat, lon).to_string();
     assert_eq!(
         sa,
         [
             ("ts", t.to_string()),
             ("last_seen", t.to_string()),
+            ("loc", "10,20,30.5,12.25,90,4".into()),
+            ("gc", cell(10.0, 20.0)),
             ("lat", "10".into()),
             ("lon", "20".into()),
             ("alt", "30.5".into()),
@@ -365,13 +370,15 @@ async fn location_script_rules_hold_within_and_across_calls() {
         .collect()
     );
     let sb = h.state(b).await;
+    assert_eq!(sb["loc"], "89.9,1.5,,3,,");
+    assert_eq!(sb["gc"], cell(85.05112878, 1.5));
     assert_eq!(sb["lat"], "89.9");
     assert_eq!(sb["speed"], "3");
     assert!(!sb.contains_key("alt") && !sb.contains_key("heading") && !sb.contains_key("accuracy"));
     near(geo(b).await, 1.5, 85.05112878);
     let sc = h.state(c).await;
     assert_eq!(sc["lat"], "-90");
-    assert_eq!(sc.len(), 4, "{sc:?}");
+    assert_eq!(sc.len(), 6, "ts, last_seen, loc, gc, lat, lon: {sc:?}");
     near(geo(c).await, -1.5, -85.05112878);
     assert_eq!(h.state(d).await["last_seen"], (t + 500).to_string());
     for id in [a, b, c] {
@@ -427,7 +434,8 @@ async fn location_script_rules_hold_within_and_across_calls() {
     assert_eq!(sa["last_seen"], (t + 2).to_string());
     assert_eq!((sa["lat"].as_str(), sa["lon"].as_str()), ("14", "24"));
     assert_eq!(sa["alt"], "31");
-    assert_eq!(sa.len(), 5, "speed, heading, accuracy removed: {sa:?}");
+    assert_eq!(sa["loc"], "14,24,31,,,", "speed, heading, accuracy removed");
+    assert_eq!(sa.len(), 7, "{sa:?}");
     near(geo(a).await, 24.0, 14.0);
     assert_eq!(
         h.state(b).await,
@@ -438,7 +446,7 @@ async fn location_script_rules_hold_within_and_across_calls() {
     let sd = h.state(d).await;
     assert_eq!(sd["ts"], (t + 3).to_string());
     assert_eq!(sd["last_seen"], (t + 500).to_string());
-    assert_eq!(sd.len(), 4, "{sd:?}");
+    assert_eq!(sd.len(), 6, "{sd:?}");
     let got = pushed(3, &mut live).await;
     let of_a: Vec<_> = got
         .iter()
@@ -473,7 +481,39 @@ async fn location_script_rules_hold_within_and_across_calls() {
         (Some(c.as_str()), Some(t + 9))
     );
     near(geo(c).await, -20.0, -10.0);
-    assert_eq!(h.state(c).await.len(), 8);
+    assert_eq!(h.state(c).await.len(), 10);
+
+    // Within its cell a device's geo position stays; out of it, it moves.
+    // On the way, the hash of a, written as before `loc` (one field per
+    // value), loses those fields with its next location.
+    let _: () = h
+        .redis
+        .hset(
+            keys.device(a),
+            [("lat", "14"), ("lon", "24"), ("alt", "31"), ("speed", "2")],
+        )
+        .await
+        .unwrap();
+    let _: () = h
+        .redis
+        .hdel(keys.device(a), vec!["loc", "gc"])
+        .await
+        .unwrap();
+    apply(vec![fix(a, t + 20, 14.0003, 24.0004, none)]).await;
+    let sa = h.state(a).await;
+    assert_eq!(sa["loc"], "14.0003,24.0004,,,,");
+    assert_eq!(sa.len(), 6, "the separate fields are gone: {sa:?}");
+    near(geo(a).await, 24.0004, 14.0003);
+    apply(vec![fix(a, t + 21, 14.0006, 24.0007, none)]).await;
+    assert_eq!(h.state(a).await["loc"], "14.0006,24.0007,,,,");
+    near(geo(a).await, 24.0004, 14.0003);
+    apply(vec![fix(a, t + 22, 14.0012, 24.0007, none)]).await;
+    assert_eq!(h.state(a).await["gc"], cell(14.0012, 24.0007));
+    near(geo(a).await, 24.0007, 14.0012);
+    for ts in [t + 20, t + 21, t + 22] {
+        let m = next_msg(&mut live).await;
+        assert_eq!(m["msg"]["ts"].as_i64(), Some(ts));
+    }
 }
 
 /// Pins: status and the Last Will reach the hot state and history; the

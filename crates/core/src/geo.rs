@@ -37,6 +37,28 @@ const KM_PER_DEGREE: f64 = 111.319_49;
 const FLEET_SCAN_LON: f64 = 90.0;
 const FLEET_SCAN_LAT: f64 = 60.0;
 
+/// Side of the cells of [`index_cell`], in degrees (~111 m of latitude).
+pub const INDEX_CELL_DEG: f64 = 0.001;
+/// How far a device may be from the position the geo index holds for it:
+/// the diagonal of a cell where it is widest (at the equator), in km.
+pub const INDEX_STALE_KM: f64 = INDEX_CELL_DEG * KM_PER_DEGREE * std::f64::consts::SQRT_2;
+
+/// The cell of the geo index's grid that holds `(lat, lon)` (`lat` clamped
+/// as the index stores it), as one integer. The bridge re-indexes a device
+/// only when its newest location is in another cell than the one it was
+/// last indexed in: most locations of a moving fleet stay in their cell
+/// (a `GEOADD` per location was a fifth of Redis's CPU), so the index may
+/// be up to [`INDEX_STALE_KM`] behind, which the search boxes add to
+/// their margin; the exact filter runs on the hash's position.
+pub fn index_cell(lat: f64, lon: f64) -> i64 {
+    let lat = lat.clamp(-GEO_MAX_LAT, GEO_MAX_LAT);
+    // Within ±85 052 and ±180 000: a lon index never reaches ±400 000, so
+    // every pair has its own number.
+    let row = (lat / INDEX_CELL_DEG).floor() as i64;
+    let col = (lon / INDEX_CELL_DEG).floor() as i64;
+    row * 400_000 + col
+}
+
 /// `GEOSEARCH ... FROMLONLAT lon lat BYBOX width height km`: `(lon, lat,
 /// width_km, height_km)`.
 pub type GeoSearchBox = (f64, f64, f64, f64);
@@ -164,10 +186,13 @@ impl BBox {
             lat_lo.abs().min(lat_hi.abs())
         };
         let widest = nearest_equator.to_radians().cos();
-        // 1 % plus 1 km of margin absorbs geohash precision; the exact
-        // filter runs afterwards on the stored lat/lon.
-        let width = (self.max_lon - self.min_lon) * KM_PER_DEGREE * widest * 1.01 + 1.0;
-        let height = (lat_hi - lat_lo) * KM_PER_DEGREE * 1.01 + 1.0;
+        // 1 % plus 1 km of margin absorbs geohash precision, and a cell's
+        // diagonal on each side the index lagging behind a device that
+        // moved within its cell (`index_cell`); the exact filter runs
+        // afterwards on the stored lat/lon.
+        let margin = 1.0 + 2.0 * INDEX_STALE_KM;
+        let width = (self.max_lon - self.min_lon) * KM_PER_DEGREE * widest * 1.01 + margin;
+        let height = (lat_hi - lat_lo) * KM_PER_DEGREE * 1.01 + margin;
         let lon = (self.min_lon + self.max_lon) / 2.0;
         let lat = (lat_lo + lat_hi) / 2.0;
         (lon, lat, width, height)
@@ -177,6 +202,34 @@ impl BBox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two points in one cell are never further apart than the margin the
+    /// search boxes add for it, and neighbouring cells have their own
+    /// numbers, on both sides of zero and at the clamped poles.
+    #[test]
+    fn index_cells() {
+        let c = index_cell(51.5074, -0.1278);
+        assert_eq!(c, index_cell(51.50749, -0.12709));
+        assert_ne!(c, index_cell(51.5084, -0.1278));
+        assert_ne!(c, index_cell(51.5074, -0.1268));
+        assert_ne!(index_cell(0.0005, -0.0005), index_cell(0.0005, 0.0005));
+        assert_ne!(index_cell(-0.0005, 0.0005), index_cell(0.0005, 0.0005));
+        assert_eq!(index_cell(89.0, 10.0), index_cell(GEO_MAX_LAT, 10.0));
+        let mut seen = std::collections::HashSet::new();
+        for lat in [-85.0511, -85.05, 0.0, 85.05] {
+            for lon in [-180.0, -179.9985, 179.9975, 179.9995, 180.0] {
+                seen.insert(index_cell(lat, lon));
+            }
+        }
+        assert_eq!(seen.len(), 4 * 5);
+        // A cell's diagonal at the equator, where a degree of longitude is
+        // widest.
+        let diag = (2.0 * (INDEX_CELL_DEG * KM_PER_DEGREE).powi(2)).sqrt();
+        assert!(
+            INDEX_STALE_KM >= diag * 0.999_999,
+            "{INDEX_STALE_KM} {diag}"
+        );
+    }
 
     #[test]
     fn parses_and_checks() {

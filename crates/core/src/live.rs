@@ -208,7 +208,12 @@ pub struct DeviceState {
 
 impl DeviceState {
     /// Builds the state from the field/value pairs of the device's hot-state
-    /// hash (layout in the README). Unparseable fields read as `null`.
+    /// hash (docs/redis-layout.md). Unparseable fields read as `null`.
+    ///
+    /// The position is the packed [`LOC_FIELD`]; a hash the bridge has not
+    /// written since before it was packed still has one field per value
+    /// (`lat`, `lon`, ...), read the same way. Should a hash hold both
+    /// (never after the bridge's next location), the packed one wins.
     pub fn from_hash<'a>(
         device: &str,
         fields: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -217,24 +222,87 @@ impl DeviceState {
             device: device.to_owned(),
             ..Default::default()
         };
+        let mut packed = None;
         for (k, v) in fields {
             match k {
-                "lat" => s.lat = v.parse().ok(),
-                "lon" => s.lon = v.parse().ok(),
+                LOC_FIELD => packed = Some(v),
                 "ts" => s.ts = v.parse().ok(),
-                "speed" => s.speed = v.parse().ok(),
-                "heading" => s.heading = v.parse().ok(),
-                "accuracy" => s.accuracy = v.parse().ok(),
-                "alt" => s.alt = v.parse().ok(),
                 "online" => s.online = Some(v == "1" || v == "true"),
                 "battery" => s.battery = v.parse().ok(),
                 "signal" => s.signal = v.parse().ok(),
                 "last_seen" => s.last_seen = v.parse().ok(),
-                _ => {}
+                _ => s.set_location_part(k, v),
+            }
+        }
+        if let Some(v) = packed {
+            for (name, part) in LOC_PARTS.iter().zip(unpack_location(v)) {
+                s.set_location_part(name, part);
             }
         }
         s
     }
+
+    fn set_location_part(&mut self, name: &str, v: &str) {
+        let slot = match name {
+            "lat" => &mut self.lat,
+            "lon" => &mut self.lon,
+            "alt" => &mut self.alt,
+            "speed" => &mut self.speed,
+            "heading" => &mut self.heading,
+            "accuracy" => &mut self.accuracy,
+            _ => return,
+        };
+        *slot = v.parse().ok();
+    }
+}
+
+/// The device hash's field holding its newest position and measurements,
+/// packed as [`LOC_PARTS`] comma-separated, each as [`push_f64`] writes it
+/// and an absent one empty: `51.5,-0.12,,12.5,,`. One field instead of six
+/// is most of what made `location.lua` cost half as much Redis CPU
+/// (docs/benchmarks.md, "Cost per message").
+pub const LOC_FIELD: &str = "loc";
+
+/// The values of [`LOC_FIELD`], in order (also the names of the fields the
+/// hash had before they were packed).
+pub const LOC_PARTS: [&str; 6] = ["lat", "lon", "alt", "speed", "heading", "accuracy"];
+
+/// Appends the [`LOC_FIELD`] value of `l`.
+pub fn push_packed_location(out: &mut String, l: &Location) {
+    push_f64(out, l.lat);
+    out.push(',');
+    push_f64(out, l.lon);
+    for v in [l.alt, l.speed, l.heading, l.accuracy] {
+        out.push(',');
+        if let Some(v) = v {
+            push_f64(out, v);
+        }
+    }
+}
+
+/// Adds the values a hash's [`LOC_FIELD`] packs to it as fields of their
+/// own (`lat`, `lon`, and those of `alt`, `speed`, `heading`, `accuracy`
+/// present), as the hash had them before they were packed; `loc` stays.
+/// For tests and tools that compare a hash field by field.
+pub fn add_location_fields(h: &mut std::collections::HashMap<String, String>) {
+    let Some(packed) = h.get(LOC_FIELD).cloned() else {
+        return;
+    };
+    for (name, v) in LOC_PARTS.iter().zip(unpack_location(&packed)) {
+        if !v.is_empty() {
+            h.insert((*name).to_owned(), v.to_owned());
+        }
+    }
+}
+
+/// The six values of a [`LOC_FIELD`] in [`LOC_PARTS`] order, an absent
+/// one (or one missing from a short value) as `""`.
+pub fn unpack_location(v: &str) -> [&str; 6] {
+    let mut out = [""; 6];
+    for (slot, part) in out.iter_mut().zip(v.split(',')) {
+        *slot = part;
+    }
+    out
 }
 
 /// Formats a double so that parsing it back gives the same bits: `f64`'s
@@ -267,6 +335,66 @@ pub fn push_f64(out: &mut String, v: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_location_reads_back_as_the_location() {
+        let full = Location {
+            ts: 1_700_000_000_123,
+            lat: 51.507_350_9,
+            lon: -0.127_758,
+            alt: Some(12.5),
+            speed: Some(0.0),
+            heading: Some(359.9),
+            accuracy: Some(1e-7),
+        };
+        let bare = Location {
+            alt: None,
+            speed: Some(3.25),
+            heading: None,
+            accuracy: None,
+            ..full.clone()
+        };
+        for l in [full, bare] {
+            let mut packed = String::new();
+            push_packed_location(&mut packed, &l);
+            let ts = l.ts.to_string();
+            let s = DeviceState::from_hash("d", [("ts", ts.as_str()), (LOC_FIELD, &packed)]);
+            assert_eq!(
+                (s.ts, s.lat, s.lon, s.alt, s.speed, s.heading, s.accuracy),
+                (
+                    Some(l.ts),
+                    Some(l.lat),
+                    Some(l.lon),
+                    l.alt,
+                    l.speed,
+                    l.heading,
+                    l.accuracy
+                ),
+                "{packed}"
+            );
+        }
+        assert_eq!(unpack_location("1,2,,4,,"), ["1", "2", "", "4", "", ""]);
+    }
+
+    /// A hash written before the location was packed reads as before, and
+    /// the packed field wins over stale separate ones whatever their order.
+    #[test]
+    fn from_hash_reads_the_separate_fields_and_prefers_the_packed_one() {
+        let old = [("ts", "5"), ("lat", "1.5"), ("lon", "2.5"), ("speed", "3")];
+        let s = DeviceState::from_hash("d", old);
+        assert_eq!(
+            (s.lat, s.lon, s.speed, s.alt),
+            (Some(1.5), Some(2.5), Some(3.0), None)
+        );
+        let both = [
+            ("loc", "7,8,,,,"),
+            ("lat", "1.5"),
+            ("lon", "2.5"),
+            ("speed", "3"),
+        ];
+        let s = DeviceState::from_hash("d", both);
+        assert_eq!((s.lat, s.lon, s.speed), (Some(7.0), Some(8.0), None));
+    }
 
     /// The fast path must write what `Display` writes, byte for byte: the
     /// hash fields are read back by the gateway and compared by tests.

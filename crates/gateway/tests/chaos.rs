@@ -586,10 +586,11 @@ impl World {
         reports: &[DeviceReport],
     ) -> Option<String> {
         for d in reports {
-            let h: HashMap<String, String> = redis
+            let mut h: HashMap<String, String> = redis
                 .hgetall(self.keys.device(&d.device))
                 .await
                 .unwrap_or_default();
+            fieldcast_core::live::add_location_fields(&mut h);
             let want = [
                 ("ts", d.location.0.to_string()),
                 ("lat", d.location.1.to_string()),

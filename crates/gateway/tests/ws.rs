@@ -388,6 +388,71 @@ async fn bbox_enter_and_leave() {
     gw.stop().await;
 }
 
+/// Pins: the geo index may lag behind a device by up to a cell's diagonal
+/// (the bridge re-indexes a device only when it leaves its cell,
+/// docs/redis-layout.md): a device whose indexed position is that far
+/// outside a box while its newest is inside is in the box's snapshot and
+/// `/api/devices?bbox=`, at its newest position; one whose newest is
+/// outside is not, however near its indexed position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bbox_finds_a_device_the_geo_index_lags_behind() {
+    use fieldcast_core::geo::INDEX_STALE_KM;
+    use fred::prelude::*;
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    // A box 20 m across; the devices' indexed positions a cell's diagonal
+    // (less a metre) south-west of their newest, well outside the box.
+    let (lat, lon) = (51.5, -0.1);
+    let deg = (INDEX_STALE_KM - 0.001) / std::f64::consts::SQRT_2 / 111.319_49;
+    let lag = |device: &'static str, lat: f64, lon: f64| {
+        let (redis, key) = (env.redis.clone(), env.keys().of(device).1.geo.clone());
+        let at = (lon - deg / lat.to_radians().cos(), lat - deg);
+        async move {
+            let _: i64 = redis
+                .eval(
+                    "return redis.call('GEOADD', KEYS[1], ARGV[1], ARGV[2], ARGV[3])",
+                    vec![key],
+                    vec![at.0.to_string(), at.1.to_string(), device.to_owned()],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    env.location("lagging", T0, lat, lon).await;
+    lag("lagging", lat, lon).await;
+    env.location("outside", T0, lat + 0.0005, lon).await;
+    lag("outside", lat + 0.0005, lon).await;
+    let bbox = [lon - 0.0001, lat - 0.0001, lon + 0.0001, lat + 0.0001];
+    let mut ws = gw.ws(&token(json!({}))).await;
+    let (snap, _) = ws.subscribe(json!({ "bbox": bbox })).await;
+    let snap = snap.unwrap();
+    assert_eq!(snap.len(), 1, "{snap:?}");
+    assert_eq!(
+        (
+            snap[0]["device"].as_str(),
+            snap[0]["lat"].as_f64(),
+            snap[0]["lon"].as_f64()
+        ),
+        (Some("lagging"), Some(lat), Some(lon))
+    );
+    let query = bbox.map(|v| v.to_string()).join(",");
+    let (s, list) = get_json(
+        gw.addr,
+        &format!("/api/devices?bbox={query}"),
+        &token(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["lagging"]);
+    gw.stop().await;
+}
+
 /// Pins: bad frames get an error and never end the connection; a flood of
 /// frames closes it with 1008; shutdown closes sockets with 1001.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

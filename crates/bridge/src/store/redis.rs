@@ -14,9 +14,10 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand, Value};
 
+use fieldcast_core::geo::{index_cell, GEO_MAX_LAT};
 use fieldcast_core::live::{self, fmt_f64};
 use fieldcast_core::partition::key_slot;
-use fieldcast_core::{Event, Keys, Kind, Partition, Status, Topology};
+use fieldcast_core::{Event, Keys, Kind, Location, Partition, Status, Topology};
 use fieldcast_service::redis::ReplyCode;
 
 use crate::fences::{Fences, Snapshot};
@@ -33,9 +34,6 @@ pub const EVENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// for up to this many updates (of one partition on a cluster), instead of
 /// one each.
 pub const LOCATIONS_PER_SCRIPT: usize = 100;
-/// The latitude bound of Redis geo (`GEOADD` refuses beyond it): the geo
-/// set gets this for a fix nearer a pole, the hash the exact latitude.
-pub const GEO_LAT_MAX: f64 = 85.051_128_78;
 /// Dead-letter list length (PROTOCOL.md §2).
 pub const DEADLETTER_MAX: i64 = 10_000;
 
@@ -377,10 +375,7 @@ impl RedisSink {
     /// hash per fix; the configuration version and each fix's geofence
     /// membership computed with it (docs/geofences.md); the live
     /// envelopes as one JSON array (with their lengths), and each fix's
-    /// arguments laid out as the script passes them on (the optional
-    /// fields' values when all are sent, else the `HSET` pairs of those
-    /// sent and the names of those not), so it builds no table per fix
-    /// (`location.lua`'s header).
+    /// eight arguments (`location.lua`'s header).
     async fn queue_locations(
         &self,
         pipe: &Pipeline<Client>,
@@ -395,7 +390,7 @@ impl RedisSink {
         let mut slot = None;
         let mut counts: Vec<usize> = Vec::with_capacity(1);
         let mut hashes: Vec<Value> = Vec::with_capacity(chunk.len());
-        let mut fixes: Vec<Value> = Vec::with_capacity(11 * chunk.len());
+        let mut fixes: Vec<Value> = Vec::with_capacity(8 * chunk.len());
         // Every per-fix argument is a slice of this one buffer, not a
         // string of its own: the allocations per fix were the bridge's
         // largest cost (docs/benchmarks.md, "Cost per message").
@@ -421,22 +416,6 @@ impl RedisSink {
             arena.put(k.device_prefix().as_bytes());
             hashes.push(arena.value(id.as_bytes()));
             let loc = &l.loc;
-            let optional = [
-                ("alt", loc.alt),
-                ("speed", loc.speed),
-                ("heading", loc.heading),
-                ("accuracy", loc.accuracy),
-            ];
-            let sent = optional.iter().filter(|(_, v)| v.is_some()).count();
-            // Redis geo cannot hold the poles: the script gives the geo set
-            // the bound instead (`+` / `-`), the hash the exact latitude.
-            let pole: &[u8] = if loc.lat > GEO_LAT_MAX {
-                b"+"
-            } else if loc.lat < -GEO_LAT_MAX {
-                b"-"
-            } else {
-                b""
-            };
             let first = lens.is_empty();
             if !first {
                 lens.push(b',');
@@ -453,35 +432,23 @@ impl RedisSink {
                 s.membership_into(id, loc, &mut fence_ids, &mut membership);
                 s.overspeed_into(id, loc, &mut over);
             }
+            // Redis geo cannot hold the poles: the geo set gets the bound,
+            // the hash the exact latitude.
+            let geo_lat = loc.lat.clamp(-GEO_MAX_LAT, GEO_MAX_LAT);
             fixes.push(arena.value(id.as_bytes()));
             fixes.push(arena.value(itoa::Buffer::new().format(loc.ts).as_bytes()));
-            fixes.push(arena.f64(loc.lat));
+            fixes.push(arena.packed_location(loc));
             fixes.push(arena.f64(loc.lon));
-            arena.put(&[b'0' + sent as u8]);
-            fixes.push(arena.value(pole));
+            fixes.push(arena.f64(geo_lat));
+            fixes.push(
+                arena.value(
+                    itoa::Buffer::new()
+                        .format(index_cell(geo_lat, loc.lon))
+                        .as_bytes(),
+                ),
+            );
             fixes.push(arena.value(membership.as_bytes()));
             fixes.push(arena.value(over.as_bytes()));
-            if sent == optional.len() {
-                // The usual case: the values alone, in order.
-                for (_, v) in optional {
-                    fixes.push(match v {
-                        Some(v) => arena.f64(v),
-                        None => arena.value(b""),
-                    });
-                }
-            } else {
-                for (name, v) in optional {
-                    if let Some(v) = v {
-                        fixes.push(Value::from_static_str(name));
-                        fixes.push(arena.f64(v));
-                    }
-                }
-                for (name, v) in optional {
-                    if v.is_none() {
-                        fixes.push(Value::from_static_str(name));
-                    }
-                }
-            }
         }
         message.push(b']');
         let mut args = Vec::with_capacity(5 + counts.len() + fixes.len());
@@ -695,6 +662,18 @@ impl Args {
     fn f64(&mut self, v: f64) -> Value {
         self.num.clear();
         live::push_f64(&mut self.num, v);
+        self.finish_num()
+    }
+
+    /// The hash's packed `loc` field of `l`.
+    fn packed_location(&mut self, l: &Location) -> Value {
+        self.num.clear();
+        live::push_packed_location(&mut self.num, l);
+        self.finish_num()
+    }
+
+    /// Ends the argument being written with the text in `num`.
+    fn finish_num(&mut self) -> Value {
         self.buf.extend_from_slice(self.num.as_bytes());
         Value::Bytes(self.buf.split().freeze())
     }

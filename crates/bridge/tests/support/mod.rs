@@ -269,11 +269,16 @@ impl Harness {
         n
     }
 
+    /// The device's hash, its packed `loc` also read into the fields it
+    /// packs (`add_location_fields`).
     pub async fn state(&self, device: &str) -> std::collections::HashMap<String, String> {
-        self.redis
+        let mut h = self
+            .redis
             .hgetall(self.keys().device(device))
             .await
-            .unwrap()
+            .unwrap();
+        fieldcast_core::live::add_location_fields(&mut h);
+        h
     }
 
     /// Waits until the device's hash has `field` = `ts` (`ts` for its

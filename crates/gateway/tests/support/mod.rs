@@ -241,7 +241,7 @@ const LOCATION_LUA: &str = r#"
 local ts = tonumber(ARGV[2])
 local cur = tonumber(redis.call('HGET', KEYS[1], 'ts') or '-1')
 if ts <= cur then return 0 end
-redis.call('HSET', KEYS[1], 'ts', ARGV[2], 'lat', ARGV[3], 'lon', ARGV[4])
+redis.call('HSET', KEYS[1], 'ts', ARGV[2], 'loc', ARGV[3] .. ',' .. ARGV[4] .. ',,,,')
 local seen = tonumber(redis.call('HGET', KEYS[1], 'last_seen') or '-1')
 if ts > seen then redis.call('HSET', KEYS[1], 'last_seen', ARGV[2]) end
 redis.call('SADD', KEYS[2], ARGV[1])

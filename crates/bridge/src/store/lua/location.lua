@@ -8,26 +8,28 @@
 --       4 the byte length of each envelope in it, comma-separated,
 --       5 the configuration version the memberships were computed with
 --       (0: none loaded, memberships left alone),
---       6..5+m how many of the locations are in each partition, then per
---       location, laid out by the bridge so the script builds no
---       per-location table:
---         device id, ts, lat, lon, shape, membership (the ids of the
---         geofences holding the location, ascending, comma-separated),
---         overspeed (`<rule>:<for ms>` for each overspeed rule whose
---         limit the location's speed is above, comma-separated),
---         then, when all 4 optional fields are sent (k = 4), their
---         values: alt, speed, heading, accuracy; else a name and a value
---         for each of the k sent (in that order), then the names of the
---         4 - k not sent (removed from the hash).
---       shape is k, followed by '+' or '-' when the latitude is beyond
---       +85.05112878 or -85.05112878 (what the geo set gets instead).
--- The shared keys go once per partition, not once per location: a call's
--- locations are sorted by partition, so m stays small, and each key costs
--- Redis a parse and an object. Each partition's new devices go in one
--- SADD and its applied positions in one GEOADD. The envelopes come as one
--- argument: Redis's Lua hashes every byte of every string it makes, so
--- each envelope as its own argument, then again in the joined message,
--- cost two passes over it.
+--       6..5+m how many of the locations are in each partition, then 8
+--       per location:
+--         device id, ts, the packed `loc` field (docs/redis-layout.md),
+--         lon and lat for the geo set (lat clamped to what Redis geo
+--         holds), the geo cell (`index_cell` in crates/core/src/geo.rs),
+--         membership (the ids of the geofences holding the location,
+--         ascending, comma-separated), overspeed (`<rule>:<for ms>` for
+--         each overspeed rule whose limit the location's speed is above,
+--         comma-separated).
+-- What Redis spends per location is the point of this layout
+-- (docs/benchmarks.md, "Cost per message"): the position and its optional
+-- measurements are one hash field, so a location writes 2 to 4 fields and
+-- Redis's Lua makes 8 strings of its arguments; the geo set is written
+-- only when the device leaves the cell it was last indexed in (`gc`);
+-- the shared keys go once per partition, not once per location (a call's
+-- locations are sorted by partition, so m stays small), each partition's
+-- new devices in one SADD and its moved positions in one GEOADD. The
+-- envelopes come as one argument: Redis's Lua hashes every byte of every
+-- string it makes, so each envelope as its own argument, then again in
+-- the joined message, cost two passes over it.
+-- A hash written before `loc` (one field per value) loses those fields
+-- with its first newer location.
 -- Geofence membership (docs/geofences.md) moves only with the location
 -- that becomes the device's newest, in this same step, so two bridges,
 -- redeliveries and out-of-order fixes cannot decide one change twice. It
@@ -45,14 +47,9 @@
 -- or an alert tripped,
 -- 1 applied, 0 not newer than the stored one. The applied envelopes go out
 -- as one JSON array on the live channel.
--- Hot path: per update HMGET, HSET; per partition GEOADD; one SPUBLISH
--- per call.
+-- Hot path: per update HMGET, HSET; per partition GEOADD of the devices
+-- that changed cells; one SPUBLISH per call.
 local call, tonumber, unpack = redis.call, tonumber, unpack
-local SENT = {
-  ['0'] = 0, ['1'] = 1, ['2'] = 2, ['3'] = 3, ['4'] = 4,
-  ['0+'] = 0, ['1+'] = 1, ['2+'] = 2, ['3+'] = 3, ['4+'] = 4,
-  ['0-'] = 0, ['1-'] = 1, ['2-'] = 2, ['3-'] = 3, ['4-'] = 4,
-}
 local out, np = {}, 0
 local geo = {}
 local m = tonumber(ARGV[2])
@@ -63,24 +60,20 @@ local m2 = 3 * m
 local n = m2
 -- Bounds each transitions stream should the drain stop (PostgreSQL away
 -- for long); docs/geofences.md.
-local TRANSITIONS_MAX = '20000' 
+local TRANSITIONS_MAX = '20000'
 for p = 1, m do
   local g, added, na = 0, nil, 0
   for _ = 1, tonumber(ARGV[5 + p]) do
     n = n + 1
     local k = KEYS[n]
-    local id, tsa, lat, lon, shape = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-    local sent = SENT[shape]
-    -- Every field sent (the usual case): their 4 values follow, in order.
-    -- Else a + 7 .. j: the fields sent, j + 1 .. d: the names of those not.
-    local j = a + 6 + 2 * sent
-    local d = j + 4 - sent
+    local id, tsa, loc, cell = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 5]
+    -- 1 ts, 2 last_seen, 3 gc, then what geofences and alert rules
+    -- need, when loaded.
     local cur
-    if sent == 4 then
-      d = a + 10
-      cur = call('HMGET', k, 'ts', 'last_seen', 'gf', 'gv', 'os')
+    if ver > 0 then
+      cur = call('HMGET', k, 'ts', 'last_seen', 'gc', 'gf', 'gv', 'os')
     else
-      cur = call('HMGET', k, 'ts', 'last_seen', 'gf', 'gv', 'os', unpack(ARGV, j + 1, d))
+      cur = call('HMGET', k, 'ts', 'last_seen', 'gc')
     end
     local old, seen = cur[1], cur[2]
     if not seen then
@@ -94,40 +87,31 @@ for p = 1, m do
       out[n - m2] = 0
     else
       local moves_seen = not seen or seen == old or ts > tonumber(seen)
-      if sent == 4 then
-        if moves_seen then
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, 'alt', ARGV[a + 7],
-            'speed', ARGV[a + 8], 'heading', ARGV[a + 9], 'accuracy', ARGV[a + 10])
+      local moved = cell ~= cur[3]
+      if moves_seen then
+        if moved then
+          call('HSET', k, 'ts', tsa, 'loc', loc, 'last_seen', tsa, 'gc', cell)
         else
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'alt', ARGV[a + 7],
-            'speed', ARGV[a + 8], 'heading', ARGV[a + 9], 'accuracy', ARGV[a + 10])
+          call('HSET', k, 'ts', tsa, 'loc', loc, 'last_seen', tsa)
         end
+      elseif moved then
+        call('HSET', k, 'ts', tsa, 'loc', loc, 'gc', cell)
       else
-        if moves_seen then
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, 'last_seen', tsa, unpack(ARGV, a + 7, j))
-        else
-          call('HSET', k, 'ts', tsa, 'lat', lat, 'lon', lon, unpack(ARGV, a + 7, j))
-        end
-        -- Only the absent fields the hash holds: most devices send the
-        -- same fields every time.
-        for x = 6, 9 - sent do
-          if cur[x] then
-            call('HDEL', k, unpack(ARGV, j + 1, d))
-            break
-          end
-        end
+        call('HSET', k, 'ts', tsa, 'loc', loc)
       end
-      -- Redis geo cannot hold the poles; the exact position stays in the hash.
-      if #shape > 1 then
-        lat = string.byte(shape, 2) == 43 and '85.05112878' or '-85.05112878'
+      -- A location without its cell: the hash is from before `loc`.
+      if old and not cur[3] then
+        call('HDEL', k, 'lat', 'lon', 'alt', 'speed', 'heading', 'accuracy')
       end
-      geo[g + 1], geo[g + 2], geo[g + 3] = lon, lat, id
-      g = g + 3
+      if moved then
+        geo[g + 1], geo[g + 2], geo[g + 3] = ARGV[a + 3], ARGV[a + 4], id
+        g = g + 3
+      end
       np = np + 1
       out[n - m2] = 1
-      local gv = cur[4]
+      local gv = cur[5]
       if ver > 0 and (not gv or ver >= tonumber(gv)) then
-        local mem, was = ARGV[a + 5], cur[3] or ''
+        local mem, was = ARGV[a + 6], cur[4] or ''
         if mem ~= was then
           if mem == '' then
             call('HDEL', k, 'gf')
@@ -141,7 +125,7 @@ for p = 1, m do
         elseif gv ~= vera then
           call('HSET', k, 'gv', vera)
         end
-        local over, ep = ARGV[a + 6], cur[5]
+        local over, ep = ARGV[a + 7], cur[6]
         if over ~= '' or ep then
           local prev = {}
           if ep then
@@ -158,15 +142,8 @@ for p = 1, m do
             end
             if tripped == '0' and ts - tonumber(since) >= tonumber(hold) then
               tripped = '1'
-              local speed = ARGV[a + 8]
-              if sent < 4 then
-                speed = ''
-                for x = a + 7, j - 1, 2 do
-                  if ARGV[x] == 'speed' then
-                    speed = ARGV[x + 1]
-                  end
-                end
-              end
+              -- The 4th value of `loc`.
+              local speed = string.match(loc, '^[^,]*,[^,]*,[^,]*,([^,]*)') or ''
               call('XADD', KEYS[3 * p], 'MAXLEN', '~', TRANSITIONS_MAX, '*',
                 'd', id, 'ts', tsa, 'a', 'overspeed', 'r', r, 'since', since, 'speed', speed)
               out[n - m2] = 2
@@ -182,7 +159,7 @@ for p = 1, m do
         end
       end
     end
-    a = d + 1
+    a = a + 8
   end
   if added then
     call('SADD', KEYS[3 * p - 1], unpack(added, 1, na))
