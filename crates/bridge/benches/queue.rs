@@ -5,7 +5,7 @@
 //!
 //! One iteration = what happens to a burst of 10 000 accepted locations
 //! inside the queue: `push_location` of each (as the MQTT source does),
-//! then the live sink's `next_live(1000)` (`FIELDCAST_SINK_BATCH`'s
+//! then the live sink's `next_live(0, 1000)` (`FIELDCAST_SINK_BATCH`'s
 //! default) until the live lane is empty, and the batcher's
 //! `next_history`. Building the rows is not measured. The queue is created
 //! once per benchmark with the production capacities (README defaults) and
@@ -59,7 +59,7 @@ async fn push_and_drain(q: &Queue, rows: Vec<LocationRow>, devices: usize) {
     }
     let mut live = 0;
     while live < devices {
-        live += q.next_live(SINK_BATCH).await.unwrap().locations.len();
+        live += q.next_live(0, SINK_BATCH).await.unwrap().locations.len();
     }
     assert_eq!(q.next_history(n).await.unwrap().len(), n);
 }

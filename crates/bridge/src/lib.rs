@@ -184,7 +184,8 @@ impl Opened {
                 },
                 metrics.clone(),
             )
-            .wake_history_at(config.batch_rows),
+            .wake_history_at(config.batch_rows)
+            .with_live_shards(config.sink_workers),
         );
         let (health, broker) = match &config.nats.url {
             None => {
@@ -421,15 +422,18 @@ impl Running {
             health: o.health.clone(),
         };
         let (source, acker) = spawn_source(config, o.broker, &pipes, &stops, &tracker);
-        let live_sink = LiveSink {
-            queue: o.queue.clone(),
-            redis: redis.clone(),
-            health: o.health.clone(),
-            metrics: o.metrics.clone(),
-            batch_size: config.sink_batch,
-        };
         let live = (0..config.sink_workers)
-            .map(|_| tracker.spawn(live_sink.clone().run(stops.abandon.clone())))
+            .map(|shard| {
+                let sink = LiveSink {
+                    queue: o.queue.clone(),
+                    shard,
+                    redis: redis.clone(),
+                    health: o.health.clone(),
+                    metrics: o.metrics.clone(),
+                    batch_size: config.sink_batch,
+                };
+                tracker.spawn(sink.run(stops.abandon.clone()))
+            })
             .collect();
         let reliable = tracker.spawn(
             ReliableSink {

@@ -5,7 +5,12 @@
 //! - **live**: the newest pending location per device. A location for a
 //!   device that already has one pending replaces it (`coalesced`): the live
 //!   path is latest-wins. At `live_capacity` devices the oldest pending one
-//!   is dropped from the live path (`live_dropped`).
+//!   is dropped from the live path (`live_dropped`). The lane is split in
+//!   shards, one per live worker ([`Queue::with_live_shards`]), a device
+//!   always in the same one (CRC-16 of its id): one worker writes all of a
+//!   device's locations, one batch after the other, so they reach Redis
+//!   in the order they were taken, and a push wakes only the worker whose
+//!   shard it went to. Each shard holds its share of `live_capacity`.
 //! - **reliable**: status, events and the acknowledgements of every QoS 1
 //!   message, FIFO, so PUBACKs leave in the order the PUBLISHes came. Never
 //!   dropped: a producer waits for room. The broker's inflight window
@@ -29,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
+use fieldcast_core::partition::crc16;
 use fieldcast_core::DeviceId;
 
 use crate::metrics::{LaneLabel, Metrics};
@@ -109,7 +115,8 @@ impl LiveLane {
 
 #[derive(Default)]
 struct Inner {
-    live: LiveLane,
+    /// One per live worker (at least one).
+    live: Vec<LiveLane>,
     reliable: VecDeque<Reliable>,
     history: Vec<LocationRow>,
     deadletters: VecDeque<DeadLetter>,
@@ -128,8 +135,8 @@ struct Inner {
 pub struct Queue {
     inner: Mutex<Inner>,
     cap: Capacity,
-    /// Wakes the live sink (its only waiter).
-    live_wake: Notify,
+    /// Wakes the live worker of each shard (its only waiter).
+    live_wake: Vec<Notify>,
     /// Wakes the reliable sink (its only waiter).
     reliable_wake: Notify,
     /// Wakes the history batcher (its only waiter), once the history lane
@@ -149,9 +156,12 @@ pub struct Queue {
 impl Queue {
     pub fn new(cap: Capacity, metrics: Arc<Metrics>) -> Self {
         Queue {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                live: vec![LiveLane::default()],
+                ..Inner::default()
+            }),
             cap,
-            live_wake: Notify::new(),
+            live_wake: vec![Notify::new()],
             reliable_wake: Notify::new(),
             history_wake: Notify::new(),
             history_wake_rows: 1,
@@ -166,6 +176,27 @@ impl Queue {
         }
     }
 
+    /// Splits the live lane in `shards` (at least 1), one per live worker:
+    /// worker `i` takes shard `i` ([`Queue::next_live`]). Dead letters go
+    /// with shard 0.
+    pub fn with_live_shards(mut self, shards: usize) -> Self {
+        let shards = shards.max(1);
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        inner.live = (0..shards).map(|_| LiveLane::default()).collect();
+        self.live_wake = (0..shards).map(|_| Notify::new()).collect();
+        self
+    }
+
+    /// The shard of `device`'s live locations.
+    fn shard_of(&self, device: &DeviceId) -> usize {
+        usize::from(crc16(device.as_str().as_bytes())) % self.live_wake.len()
+    }
+
+    /// Devices one shard holds before its oldest is dropped.
+    fn shard_capacity(&self) -> usize {
+        self.cap.live.div_ceil(self.live_wake.len()).max(1)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A poisoned lock means a panic while holding it; the data (plain
         // collections) is still consistent, so keep going.
@@ -174,7 +205,7 @@ impl Queue {
 
     fn gauges(&self, g: &Inner) {
         let lens = [
-            g.live.len(),
+            g.live.iter().map(LiveLane::len).sum(),
             g.reliable.len(),
             g.history.len(),
             g.deadletters.len(),
@@ -197,14 +228,19 @@ impl Queue {
         }
     }
 
-    fn insert_location(&self, g: &mut Inner, row: LocationRow) {
+    /// Queues `row` for history and the live path; the live shard it went
+    /// to.
+    fn insert_location(&self, g: &mut Inner, row: LocationRow) -> usize {
         let live = LiveLocation {
             device: row.device.clone(),
             loc: row.loc.clone(),
             rx: row.received_at,
         };
         g.history.push(row);
-        match g.live.pending.get_mut(&live.device) {
+        let shard = self.shard_of(&live.device);
+        let cap = self.shard_capacity();
+        let lane = &mut g.live[shard];
+        match lane.pending.get_mut(&live.device) {
             Some(slot) => {
                 // Latest wins, by the device's own clock; on a tie the first
                 // accepted stays, as in Redis.
@@ -214,15 +250,16 @@ impl Queue {
                 self.metrics.coalesced.inc();
             }
             None => {
-                if g.live.len() >= self.cap.live {
-                    g.live.pop_oldest();
+                if lane.len() >= cap {
+                    lane.pop_oldest();
                     self.metrics.live_dropped.inc();
                 }
-                g.live.order.push_back(live.device.clone());
-                g.live.pending.insert(live.device.clone(), live);
+                lane.order.push_back(live.device.clone());
+                lane.pending.insert(live.device.clone(), live);
             }
         }
         self.gauges(g);
+        shard
     }
 
     /// Queues a reliable item, waiting for room.
@@ -244,10 +281,10 @@ impl Queue {
         if g.history.len() >= self.cap.history && !g.closed {
             return Err(row);
         }
-        self.insert_location(&mut g, row);
+        let shard = self.insert_location(&mut g, row);
         let batch_ready = g.history.len() >= self.history_wake_rows;
         drop(g);
-        self.live_wake.notify_one();
+        self.live_wake[shard].notify_one();
         if batch_ready {
             self.history_wake.notify_one();
         }
@@ -290,18 +327,22 @@ impl Queue {
         g.deadletters.push_back(dl);
         self.gauges(&g);
         drop(g);
-        self.live_wake.notify_one();
+        self.live_wake[0].notify_one();
     }
 
-    /// Takes up to `max` live locations and dead letters, waiting while
-    /// there are none. `None` once the queue is closed and they are drained.
-    pub async fn next_live(&self, max: usize) -> Option<Batch> {
-        self.next(max, &self.live_wake, |g, b, max| {
+    /// Takes up to `max` live locations of `shard` (and, for shard 0, dead
+    /// letters), waiting while there are none. `None` once the queue is
+    /// closed and they are drained. `shard` is taken modulo the number of
+    /// shards.
+    pub async fn next_live(&self, shard: usize, max: usize) -> Option<Batch> {
+        let shard = shard % self.live_wake.len();
+        self.next(max, &self.live_wake[shard], |g, b, max| {
+            let lane = &mut g.live[shard];
             while b.locations.len() < max {
-                let Some(l) = g.live.pop_oldest() else { break };
+                let Some(l) = lane.pop_oldest() else { break };
                 b.locations.push(l);
             }
-            if !g.deadletters_out && !g.deadletters.is_empty() {
+            if shard == 0 && !g.deadletters_out && !g.deadletters.is_empty() {
                 let n = g.deadletters.len().min(max.saturating_sub(b.len()).max(1));
                 b.deadletters.extend(g.deadletters.drain(..n));
                 g.deadletters_out = true;
@@ -314,7 +355,7 @@ impl Queue {
     /// given up on): the next worker may take the ones after them.
     pub fn deadletters_written(&self) {
         self.lock().deadletters_out = false;
-        self.live_wake.notify_one();
+        self.live_wake[0].notify_one();
     }
 
     /// Takes up to `max` reliable items, in order, waiting while there are
@@ -343,10 +384,8 @@ impl Queue {
                     self.gauges(&g);
                     drop(g);
                     self.room.notify_waiters();
-                    // Several live workers may wait on one lane: pass the
-                    // wake on in case more is pending (a spurious wake
-                    // costs one empty look).
-                    wake.notify_one();
+                    // No wake passed on: each lane (each live shard) has
+                    // one worker, which looks again before it waits.
                     return Some(b);
                 }
                 if g.closed {
@@ -411,12 +450,11 @@ impl Queue {
     /// No more input: consumers drain what is left and then get `None`.
     pub fn close(&self) {
         self.lock().closed = true;
-        for wake in [
-            &self.live_wake,
-            &self.reliable_wake,
-            &self.history_wake,
-            &self.room,
-        ] {
+        for wake in
+            self.live_wake
+                .iter()
+                .chain([&self.reliable_wake, &self.history_wake, &self.room])
+        {
             wake.notify_waiters();
             wake.notify_one();
         }
@@ -456,7 +494,7 @@ mod tests {
         same_ts.loc.lat = 9.0;
         q.push_location(same_ts).await;
         q.push_location(row("b", 1)).await;
-        let b = q.next_live(100).await.unwrap();
+        let b = q.next_live(0, 100).await.unwrap();
         let got: Vec<_> = b
             .locations
             .iter()
@@ -512,7 +550,7 @@ mod tests {
         for d in ["a", "b", "c"] {
             q.push_location(row(d, 1)).await;
         }
-        let b = q.next_live(100).await.unwrap();
+        let b = q.next_live(0, 100).await.unwrap();
         let devs: Vec<_> = b.locations.iter().map(|l| l.device.as_str()).collect();
         assert_eq!(devs, vec!["b", "c"]);
         assert_eq!(q.metrics.live_dropped.get(), 1);
@@ -543,6 +581,82 @@ mod tests {
         );
     }
 
+    /// Pins the sharded live lane: with a worker per shard, each taking a
+    /// batch and writing it in its own time, every device's locations are
+    /// taken by one worker and written in increasing `ts`, and its newest
+    /// one is written last; dead letters come only with shard 0.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_device_stays_on_one_worker_and_its_locations_in_order() {
+        const SHARDS: usize = 4;
+        let cap = Capacity {
+            live: 10_000,
+            reliable: 10,
+            // Every row of the run: nothing drains history here.
+            history: 10_000,
+            deadletters: 10,
+        };
+        let q = Arc::new(Queue::new(cap, Arc::new(Metrics::new())).with_live_shards(SHARDS));
+        let written = Arc::new(Mutex::new(Vec::<(usize, String, i64)>::new()));
+        let workers: Vec<_> = (0..SHARDS)
+            .map(|shard| {
+                let (q, written) = (q.clone(), written.clone());
+                tokio::spawn(async move {
+                    let mut dead = 0;
+                    while let Some(b) = q.next_live(shard, 7).await {
+                        dead += b.deadletters.len();
+                        // A write of its own length, as Redis takes.
+                        let pause = rand::random::<u64>() % 1_500;
+                        tokio::time::sleep(Duration::from_micros(pause)).await;
+                        let mut w = written.lock().unwrap();
+                        for l in &b.locations {
+                            w.push((shard, l.device.to_string(), l.loc.ts));
+                        }
+                        drop(w);
+                        if !b.deadletters.is_empty() {
+                            q.deadletters_written();
+                        }
+                    }
+                    (shard, dead)
+                })
+            })
+            .collect();
+        for ts in 1..=60 {
+            for d in 0..40 {
+                q.push_location(row(&format!("dev-{d}"), ts)).await;
+            }
+            if ts % 10 == 0 {
+                q.push_deadletter(DeadLetter::new("t", "bad_json", ts, b"x"));
+                tokio::time::sleep(Duration::from_micros(300)).await;
+            }
+        }
+        q.close();
+        for w in workers {
+            let (shard, dead) = w.await.unwrap();
+            if shard != 0 {
+                assert_eq!(dead, 0, "dead letters on shard {shard}");
+            }
+        }
+        let written = written.lock().unwrap();
+        let mut per_device: HashMap<&str, (usize, i64)> = HashMap::new();
+        for (shard, device, ts) in written.iter() {
+            match per_device.get_mut(device.as_str()) {
+                Some((s, last)) => {
+                    assert_eq!(s, shard, "{device} on two workers");
+                    assert!(ts > last, "{device}: {ts} written after {last}");
+                    *last = *ts;
+                }
+                None => {
+                    per_device.insert(device, (*shard, *ts));
+                }
+            }
+        }
+        assert_eq!(per_device.len(), 40);
+        assert!(per_device.values().all(|&(_, last)| last == 60));
+        let shards: std::collections::HashSet<usize> =
+            per_device.values().map(|&(s, _)| s).collect();
+        assert_eq!(shards.len(), SHARDS, "40 devices spread over every shard");
+    }
+
     /// The CI failure this pins: two live workers each took dead letters
     /// and the later ones reached the list first.
     #[tokio::test(start_paused = true)]
@@ -551,22 +665,23 @@ mod tests {
         for i in 0..2 {
             q.push_deadletter(DeadLetter::new("t", "bad_json", i, b"x"));
         }
-        let first = q.next_live(1).await.unwrap();
+        let first = q.next_live(0, 1).await.unwrap();
         assert_eq!(first.deadletters.len(), 1);
         q.push_location(row("a", 1)).await;
-        let second = q.next_live(2).await.unwrap();
+        let second = q.next_live(0, 2).await.unwrap();
         assert!(
             second.deadletters.is_empty(),
             "taken while the first are out"
         );
         assert_eq!(second.locations.len(), 1);
-        let waiting = tokio::time::timeout(std::time::Duration::from_secs(1), q.next_live(2)).await;
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_secs(1), q.next_live(0, 2)).await;
         assert!(
             waiting.is_err(),
             "nothing else to take until they are written"
         );
         q.deadletters_written();
-        let third = q.next_live(2).await.unwrap();
+        let third = q.next_live(0, 2).await.unwrap();
         let at: Vec<i64> = third.deadletters.iter().map(|d| d.received_at).collect();
         assert_eq!(at, vec![1]);
     }
@@ -579,9 +694,9 @@ mod tests {
         }
         assert_eq!(q.metrics.deadletter_dropped.get(), 1);
         q.close();
-        let b = q.next_live(10).await.unwrap();
+        let b = q.next_live(0, 10).await.unwrap();
         assert_eq!(b.deadletters.len(), 2);
-        assert!(q.next_live(10).await.is_none());
+        assert!(q.next_live(0, 10).await.is_none());
         assert!(q.next_reliable(10).await.is_none());
         assert!(q.next_history(10).await.is_none());
     }

@@ -14,13 +14,15 @@ use crate::sink::{dead_letter_refused, pause};
 use crate::store::redis::RedisSink;
 use fieldcast_core::{Backoff, LogLimiter};
 
-/// Takes the live and dead-letter lanes of the [`Queue`] to Redis. Several
-/// run side by side (`FIELDCAST_SINK_WORKERS`): each batch holds at most one
-/// location per device, so their order across workers does not matter;
-/// dead letters, whose list is ordered, go to one worker at a time.
+/// Takes one shard of the live lane of the [`Queue`] (and, for shard 0,
+/// the dead letters) to Redis. One runs per shard
+/// (`FIELDCAST_SINK_WORKERS`): a device's locations are all in one shard,
+/// so one worker writes them, batch after batch, in the order taken.
 #[derive(Clone)]
 pub struct LiveSink {
     pub queue: Arc<Queue>,
+    /// The live shard this worker takes ([`Queue::with_live_shards`]).
+    pub shard: usize,
     pub redis: Arc<RedisSink>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
@@ -33,7 +35,7 @@ impl LiveSink {
     /// dropped from the live path (history has its locations).
     pub async fn run(self, abandon: CancellationToken) {
         let mut log = LogLimiter::new(5, Duration::from_secs(10));
-        while let Some(batch) = self.queue.next_live(self.batch_size).await {
+        while let Some(batch) = self.queue.next_live(self.shard, self.batch_size).await {
             let written = self.write_redis(&batch, &abandon, &mut log).await;
             if !batch.deadletters.is_empty() {
                 self.queue.deadletters_written();
