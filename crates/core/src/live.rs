@@ -336,16 +336,24 @@ pub fn push_f64(out: &mut String, v: f64) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn packed_location_reads_back_as_the_location() {
-        let full = Location {
+    /// A location with every optional field.
+    fn full_location() -> Location {
+        Location {
             ts: 1_700_000_000_123,
             lat: 51.507_350_9,
             lon: -0.127_758,
             alt: Some(12.5),
             speed: Some(0.0),
             heading: Some(359.9),
+            accuracy: Some(3.0),
+        }
+    }
+
+    #[test]
+    fn packed_location_reads_back_as_the_location() {
+        let full = Location {
             accuracy: Some(1e-7),
+            ..full_location()
         };
         let bare = Location {
             alt: None,
@@ -429,15 +437,7 @@ mod tests {
 
     #[test]
     fn write_location_envelope_writes_what_envelope_gives() {
-        let full = Location {
-            ts: 1_700_000_000_123,
-            lat: 51.507_350_9,
-            lon: -0.127_758,
-            alt: Some(12.5),
-            speed: Some(0.0),
-            heading: Some(359.9),
-            accuracy: Some(3.0),
-        };
+        let full = full_location();
         let bare = Location {
             alt: None,
             speed: None,

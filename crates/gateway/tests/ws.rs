@@ -117,12 +117,7 @@ async fn token_scope_filters_everything() {
     // HTTP: same scope.
     let (s, list) = get_json(gw.addr, "/api/devices", &t).await;
     assert_eq!(s, 200);
-    let ids: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["device"].as_str().unwrap())
-        .collect();
+    let ids = device_ids(&list);
     assert_eq!(ids, ["truck-1"]);
     assert_eq!(get_json(gw.addr, "/api/devices/van-1", &t).await.0, 404);
     assert_eq!(
@@ -372,12 +367,7 @@ async fn bbox_enter_and_leave() {
 
     let (s, list) = get_json(gw.addr, "/api/devices?bbox=-1,51,1,52", &token(json!({}))).await;
     assert_eq!(s, 200);
-    let ids: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["device"].as_str().unwrap())
-        .collect();
+    let ids = device_ids(&list);
     assert_eq!(ids, ["out"]);
     assert_eq!(
         get_json(gw.addr, "/api/devices?bbox=1,2,3", &token(json!({})))
@@ -443,12 +433,7 @@ async fn bbox_finds_a_device_the_geo_index_lags_behind() {
     )
     .await;
     assert_eq!(s, 200);
-    let ids: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["device"].as_str().unwrap())
-        .collect();
+    let ids = device_ids(&list);
     assert_eq!(ids, ["lagging"]);
     gw.stop().await;
 }
@@ -526,4 +511,13 @@ async fn connection_closes_when_its_token_expires() {
     assert_eq!(codes, ["token_expired"]);
     assert_eq!(end, Ended::Close(4001));
     gw.stop().await;
+}
+
+/// The device ids of a `GET /api/devices` answer, in its order.
+fn device_ids(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device"].as_str().unwrap())
+        .collect()
 }
