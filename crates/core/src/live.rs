@@ -181,6 +181,10 @@ pub struct LiveHeader<'a> {
     pub ts: i64,
     pub lat: Option<f64>,
     pub lon: Option<f64>,
+    /// An event's id: with `device`, what a re-published event repeats.
+    /// Owned only when the JSON escapes a character in it.
+    #[serde(default, borrow)]
+    pub id: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// The current state of one device (PROTOCOL.md §4). Fields unknown so far

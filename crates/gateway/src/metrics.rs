@@ -61,6 +61,8 @@ fieldcast_service::metric_set! {
         pub coalesced: Counter = Counter::default(),
         /// Connections closed with 4008 slow_consumer by the hub
         pub slow_consumer_closes: Counter = Counter::default(),
+        /// Events not sent to a connection a second time (the bridge published one again, e.g. across a Redis failover)
+        pub duplicate_events_dropped: Counter = Counter::default(),
         /// Connections closed with 4008 because a reply waited too long for room
         pub reply_wait_closed: Counter = Counter::default(),
         /// Bridge receive to socket write of a live update
@@ -294,6 +296,7 @@ mod tests {
             "fieldcast_gateway_coalesced_total",
             "fieldcast_gateway_slow_consumer_closes_total",
             "fieldcast_gateway_reply_wait_closed_total",
+            "fieldcast_gateway_duplicate_events_dropped_total",
             "fieldcast_gateway_broadcast_latency_seconds_sum",
             "fieldcast_gateway_broadcast_latency_seconds_count",
             "fieldcast_gateway_broadcast_latency_seconds_bucket{le=\"0.001\"}",

@@ -362,3 +362,64 @@ async fn a_cursor_resumes_every_partition_exactly() {
     assert_eq!(ids, ["e1", "e6", "e11"]);
     gw.stop().await;
 }
+
+/// Pins: an event logged and published twice reaches a client watching
+/// throughout once (PROTOCOL.md §3), live and in a resync's replay. The
+/// second copy is what a Redis failover to a replica that had not yet
+/// received the event's dedup key leaves: the bridge, replaying its
+/// outbox on the new primary, logs the event again at a later position
+/// (docs/redis-layout.md). Here the key is deleted instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_logged_twice_reaches_a_watcher_once() {
+    let redis = RedisServer::start().await.unwrap();
+    let env = Env::with_redis(&redis.url).await;
+    let gw = env.gateway().await;
+    let mut watcher = gw.ws(&token(json!({}))).await;
+    watcher.subscribe(json!({"fleet": true})).await;
+    let seen = env.keys().of("d1").1.event_seen("d1", "e1");
+    assert!(env.event("d1", "e1", T0, json!({})).await);
+    assert_eq!(next_event(&mut watcher).await["id"], "e1");
+
+    // Live: the copy comes between e1 and e2.
+    let _: i64 = env.redis.del(&seen).await.unwrap();
+    assert!(
+        env.event("d1", "e1", T0, json!({})).await,
+        "not logged again"
+    );
+    assert!(env.event("d1", "e2", T0 + 1, json!({})).await);
+    let e2 = next_event(&mut watcher).await;
+    assert_eq!(e2["id"], "e2");
+
+    // In a replay: the feed's connection dropped (as in a failover), the
+    // copy logged while it is away; the resync replays from e2's cursor.
+    let _: fred::types::Value = env
+        .redis
+        .custom(
+            fred::types::CustomCommand::new_static("CLIENT", None, false),
+            vec!["KILL", "TYPE", "pubsub"],
+        )
+        .await
+        .unwrap();
+    let _: i64 = env.redis.del(&seen).await.unwrap();
+    assert!(
+        env.event("d1", "e1", T0, json!({})).await,
+        "not logged again"
+    );
+    assert!(env.event("d1", "e3", T0 + 3, json!({})).await);
+    let mut events = Vec::new();
+    while events.last() != Some(&json!("e3")) {
+        let v = watcher.recv().await;
+        match v["type"].as_str() {
+            Some("snapshot") if v.get("ref").is_none() => {}
+            Some("event") => events.push(v["id"].clone()),
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert_eq!(events, ["e3"], "events after e2");
+    assert_eq!(
+        gw.metric("fieldcast_gateway_duplicate_events_dropped_total")
+            .await,
+        2.0
+    );
+    gw.stop().await;
+}

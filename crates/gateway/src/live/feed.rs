@@ -28,6 +28,7 @@ use crate::cursor::{EventPos, Position};
 use crate::health::Health;
 use crate::live::hub::{Hub, Update};
 use crate::live::outbox::{Item, Kind, Out};
+use crate::live::sent::EventKey;
 use crate::metrics::Metrics;
 use fieldcast_core::Backoff;
 
@@ -372,12 +373,16 @@ fn from_envelope(
             partition: partitions.of(device.as_str()).index(),
             at,
         });
+    let event_key =
+        h.id.filter(|_| kind == Kind::Event)
+            .map(|id| EventKey::of(device.as_str(), &id));
     Some(Update {
         kind,
         device,
         ts: h.ts,
         pos,
         event,
+        event_key,
         prev_groups: None,
         item: Item {
             out: Out::Text(frame(env.msg.get())),

@@ -8,3 +8,4 @@ pub mod groups;
 pub mod hub;
 pub mod kind;
 pub mod outbox;
+pub mod sent;

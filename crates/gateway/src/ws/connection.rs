@@ -24,6 +24,7 @@ use crate::auth::Scope;
 use crate::cursor::{Cursor, EventPos, Mismatch, Position, StreamId};
 use crate::live::hub::{Activation, ConnId, ConnSignals, Hub, Mode, Selection};
 use crate::live::outbox::{Close, Item, Kind, Out, Outbox};
+use crate::live::sent::EventKey;
 use crate::metrics::{Metrics, Sent};
 use crate::store::redis::{LogBounds, Snap, Store, StoreError, REPLAY_BATCH};
 
@@ -648,7 +649,7 @@ impl Reader {
                         && (sel.fleet
                             || in_box.contains(device.as_str())
                             || crate::live::groups::overlap(&sel.groups, groups)));
-                if matches {
+                if matches && self.first_send(&device, &json) {
                     let frame = fieldcast_core::live::with_cursor(&json, &cursor.encode());
                     let item = Item {
                         out: Out::Text(frame.into()),
@@ -660,6 +661,24 @@ impl Reader {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether the logged event (`device`, its JSON) is one this
+    /// connection was not sent yet, recording it (see [`crate::live::sent`]).
+    /// An entry whose id does not read is sent: it cannot be matched.
+    fn first_send(&self, device: &str, json: &str) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Id<'a> {
+            #[serde(borrow)]
+            id: std::borrow::Cow<'a, str>,
+        }
+        match serde_json::from_str::<Id>(json) {
+            Ok(e) => self
+                .ctx
+                .hub
+                .first_send(self.id, EventKey::of(device, &e.id)),
+            Err(_) => true,
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::auth::Scope;
 use crate::cursor::Cursor;
 use crate::live::groups::Memberships;
 use crate::live::outbox::Outbox;
+use crate::live::sent::SentEvents;
 use crate::metrics::SubscriptionGauges;
 use fieldcast_core::geo::BBox;
 use fieldcast_core::DeviceId;
@@ -36,6 +37,7 @@ pub(super) struct Conn {
     /// moved by each event sent since. Each event frame carries it, and a
     /// resync resumes from it.
     pub(super) cursor: Option<Cursor>,
+    pub(super) sent_events: SentEvents,
 }
 
 impl Conn {
@@ -53,6 +55,7 @@ impl Conn {
             groups: HashSet::new(),
             pending: None,
             cursor: None,
+            sent_events: SentEvents::default(),
         }
     }
 
@@ -331,6 +334,7 @@ mod tests {
             ts,
             pos: Some((lon, lat)),
             event: None,
+            event_key: None,
             prev_groups: None,
             item: Item {
                 out: Out::Text(format!("{device}@{ts}").into()),

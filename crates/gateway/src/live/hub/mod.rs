@@ -31,6 +31,7 @@ use crate::auth::Scope;
 use crate::cursor::{Cursor, EventPos};
 use crate::live::groups::{groups_json, Groups, Memberships};
 use crate::live::outbox::{Close, Item, Kind, Out, Outbox, Push};
+use crate::live::sent::EventKey;
 use crate::metrics::Metrics;
 use fieldcast_core::geo::BBox;
 use fieldcast_core::DeviceId;
@@ -55,6 +56,8 @@ pub struct Update {
     pub pos: Option<(f64, f64)>,
     /// An event's position in its partition's log.
     pub event: Option<EventPos>,
+    /// An event's (`device`, `id`): a connection is sent it once.
+    pub event_key: Option<EventKey>,
     /// A membership change ([`Kind::Groups`]): the device's groups before
     /// it, so the change also reaches whoever saw the device by them.
     pub prev_groups: Option<Groups>,
@@ -102,8 +105,15 @@ pub struct Hub {
     /// Most updates a pending subscribe may buffer before the connection is
     /// treated as a slow consumer.
     pending_cap: usize,
+    counters: Counters,
+}
+
+/// The hub's metrics.
+struct Counters {
     /// `fieldcast_gateway_slow_consumer_closes_total`.
     slow_closes: Counter,
+    /// `fieldcast_gateway_duplicate_events_dropped_total`.
+    duplicate_events: Counter,
 }
 
 /// Removes its connection from the hub when dropped, so a connection task
@@ -130,7 +140,10 @@ impl Hub {
             }),
             next_id: AtomicU64::new(1),
             pending_cap,
-            slow_closes: metrics.slow_consumer_closes.clone(),
+            counters: Counters {
+                slow_closes: metrics.slow_consumer_closes.clone(),
+                duplicate_events: metrics.duplicate_events_dropped.clone(),
+            },
         })
     }
 
@@ -179,6 +192,20 @@ impl Hub {
     /// Number of connections registered (for tests and metrics).
     pub fn connections(&self) -> usize {
         self.lock().conns.len()
+    }
+
+    /// Records that connection `id` is sent the event `key` (a replay's);
+    /// `false`, counted, when it was sent that event already.
+    pub fn first_send(&self, id: ConnId, key: EventKey) -> bool {
+        let first = self
+            .lock()
+            .conns
+            .get_mut(&id)
+            .is_none_or(|c| c.sent_events.first(key));
+        if !first {
+            self.counters.duplicate_events.inc();
+        }
+        first
     }
 
     /// Where a resync of connection `id` resumes its events: the cursor
@@ -286,7 +313,7 @@ impl Hub {
                         continue;
                     }
                     if let Some(c) = st.conns.get_mut(&id) {
-                        offer(c, &u, &self.slow_closes);
+                        offer(c, &u, &self.counters);
                     }
                 }
             }
@@ -328,7 +355,7 @@ impl Hub {
         u: &Update,
         groups: &[Groups],
     ) {
-        let mut overflowed = deliver(st, receivers, u, self.pending_cap, &self.slow_closes);
+        let mut overflowed = deliver(st, receivers, u, self.pending_cap, &self.counters);
         overflowed.extend(buffer_pending(
             st,
             receivers,
@@ -344,7 +371,7 @@ impl Hub {
             || Buffered::Update(u.clone()),
             self.pending_cap,
         ));
-        close_overflowed(st, overflowed, &self.slow_closes);
+        close_overflowed(st, overflowed, &self.counters.slow_closes);
     }
 
     /// Every device's groups as the hub holds them now.
@@ -379,6 +406,7 @@ impl Hub {
             ts: fieldcast_core::time::now_ms(),
             pos: None,
             event: None,
+            event_key: None,
             prev_groups: Some(prev.clone()),
             item: Item {
                 out: Out::Text(groups_json(device.as_str(), &groups).into()),
@@ -431,7 +459,7 @@ impl Hub {
                 continue;
             }
             if c.outbox.push(item.clone(), None) == Push::Overflow {
-                self.slow_closes.inc();
+                self.counters.slow_closes.inc();
             }
         }
         overflowed.extend(buffer_pending(
@@ -441,7 +469,7 @@ impl Hub {
             || Buffered::Message(item.clone()),
             self.pending_cap,
         ));
-        close_overflowed(&mut st, overflowed, &self.slow_closes);
+        close_overflowed(&mut st, overflowed, &self.counters.slow_closes);
     }
 }
 
@@ -520,7 +548,7 @@ fn deliver(
     receivers: &[ConnId],
     u: &Update,
     pending_cap: usize,
-    slow_closes: &Counter,
+    counters: &Counters,
 ) -> Vec<ConnId> {
     let mut overflowed = Vec::new();
     let now = Instant::now();
@@ -543,7 +571,7 @@ fn deliver(
                 continue;
             }
         }
-        offer(c, u, slow_closes);
+        offer(c, u, counters);
     }
     overflowed
 }
@@ -636,8 +664,16 @@ fn close_overflowed(st: &mut State, overflowed: Vec<ConnId>, slow_closes: &Count
 /// cursor and goes out with it: a receiver's cursor says what *it* was
 /// sent up to in every partition, which no cursor shared by all receivers
 /// can (their floors differ, and a position another partition's event
-/// reached may be ahead of what this one has been sent).
-fn offer(c: &mut Conn, u: &Update, slow_closes: &Counter) {
+/// reached may be ahead of what this one has been sent). An event the
+/// connection was already sent (re-published; see [`crate::live::sent`])
+/// is dropped, and moves nothing.
+fn offer(c: &mut Conn, u: &Update, counters: &Counters) {
+    if let Some(key) = u.event_key {
+        if !c.sent_events.first(key) {
+            counters.duplicate_events.inc();
+            return;
+        }
+    }
     let device = (u.kind == Kind::Location).then_some(&u.device);
     let item = match (&u.event, c.cursor.as_mut(), &u.item.out) {
         (Some(e), Some(cursor), Out::Text(msg)) => {
@@ -651,6 +687,6 @@ fn offer(c: &mut Conn, u: &Update, slow_closes: &Counter) {
         _ => u.item.clone(),
     };
     if c.outbox.push(item, device) == Push::Overflow {
-        slow_closes.inc();
+        counters.slow_closes.inc();
     }
 }

@@ -3,6 +3,7 @@ use std::collections::HashMap;
 use super::*;
 use crate::cursor::Position;
 use crate::live::outbox::Out;
+use crate::live::sent::EventKey;
 
 fn id(s: &str) -> DeviceId {
     DeviceId::parse(s).unwrap()
@@ -15,6 +16,7 @@ fn loc(device: &str, ts: i64, lon: f64, lat: f64) -> Update {
         ts,
         pos: Some((lon, lat)),
         event: None,
+        event_key: None,
         prev_groups: None,
         item: Item {
             out: Out::Text(format!("{device}@{ts}").into()),
@@ -125,6 +127,8 @@ fn event(device: &str, pos: &str) -> Update {
             partition: 0,
             at: pos.parse().unwrap(),
         }),
+        // One event per position: the id its position.
+        event_key: Some(EventKey::of(device, pos)),
         prev_groups: None,
         item: Item {
             out: Out::Text(msg(device, pos).into()),
@@ -407,4 +411,73 @@ fn a_group_scope_follows_membership_for_fleet_and_viewport() {
             [r#"{"type":"groups","device":"a","groups":["south"]}"#]
         );
     }
+}
+
+/// Pins: an event the bridge published twice (its dedup key lost in a
+/// Redis failover, so logged again at a later position) reaches a
+/// connection once, live or after a resync, and does not move its cursor;
+/// another connection that was not sent it yet still gets it.
+#[test]
+fn an_event_published_twice_reaches_each_connection_once() {
+    let metrics = crate::metrics::Metrics::new();
+    let hub = Hub::new(1000, &metrics);
+    let sel = || Selection {
+        devices: vec![id("a")],
+        ..Default::default()
+    };
+    let activate = |id, floor: &str| {
+        hub.activate(
+            id,
+            Activation {
+                cursor_floor: Some(cur(floor)),
+                ..Default::default()
+            },
+        )
+    };
+    let (r, o) = conn(&hub);
+    hub.begin(r.id, sel(), Mode::Subscribe);
+    activate(r.id, &format!("{E1}:1-0"));
+    let (p2, p7, p8) = (
+        format!("{E1}:2-0"),
+        format!("{E1}:7-0"),
+        format!("{E1}:8-0"),
+    );
+    let copy = |pos: &str| Update {
+        event: Some(EventPos {
+            partition: 0,
+            at: pos.parse().unwrap(),
+        }),
+        ..event("a", &p2)
+    };
+    hub.dispatch(event("a", &p2));
+    // The copy, live: dropped, the cursor stays at the first.
+    hub.dispatch(copy(&p7));
+    hub.dispatch(event("a", &p8));
+    assert_eq!(texts(&o), [sent("a", &p2, &p2), sent("a", &p8, &p8)]);
+    assert_eq!(metrics.duplicate_events_dropped.get(), 1);
+
+    // Across a resync: the copy buffered while the snapshot is read.
+    hub.begin(r.id, sel(), Mode::Resync);
+    hub.dispatch(copy(&format!("{E1}:9-0")));
+    activate(r.id, &p8);
+    assert_eq!(texts(&o), Vec::<String>::new());
+    assert_eq!(metrics.duplicate_events_dropped.get(), 2);
+    // And in a replay.
+    assert!(!hub.first_send(r.id, EventKey::of("a", &p2)));
+    assert!(hub.first_send(r.id, EventKey::of("a", "new")));
+    assert_eq!(metrics.duplicate_events_dropped.get(), 3);
+
+    // A connection that subscribed between the two copies, its floor
+    // before the copy, was never sent the event: it gets the copy.
+    let (r2, o2) = conn(&hub);
+    hub.begin(r2.id, sel(), Mode::Subscribe);
+    hub.activate(
+        r2.id,
+        Activation {
+            cursor_floor: Some(cur(&p2)),
+            ..Default::default()
+        },
+    );
+    hub.dispatch(copy(&p7));
+    assert_eq!(texts(&o2), [sent("a", &p2, &p7)]);
 }
