@@ -134,6 +134,15 @@ pub struct Config {
     #[arg(long, env = "FIELDCAST_WS_MAX_SUBSCRIPTIONS", default_value = "10000")]
     pub ws_max_subscriptions: NonZeroUsize,
 
+    /// How long a connection's writer waits, once a frame is queued on an
+    /// idle connection, for more to write with it: one socket write (and
+    /// one wake-up of the client) for all of them. 0 (the default) writes
+    /// at once; a few ms cut the gateway's CPU per delivery when clients
+    /// get many frames a second (docs/benchmarks.md) at that much latency.
+    /// At most 1s.
+    #[arg(long, env = "FIELDCAST_WS_WRITE_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub ws_write_delay: Duration,
+
     /// A connection silent this long gets a ping; silent twice as long is dropped.
     #[arg(long, env = "FIELDCAST_WS_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub ws_ping_interval: Duration,
@@ -214,6 +223,8 @@ pub enum ConfigError {
     PingInterval,
     #[error("FIELDCAST_WS_SEND_BUFFER must be at most 64 MiB (0 = kernel autotuning)")]
     SendBuffer,
+    #[error("FIELDCAST_WS_WRITE_DELAY must be at most 1s")]
+    WriteDelay,
     /// A local tile archive that cannot be opened or is not valid.
     #[error("FIELDCAST_MAP_TILES: {0}")]
     MapTiles(String),
@@ -239,6 +250,9 @@ impl Config {
         }
         if self.ws_send_buffer > 64 << 20 {
             return Err(ConfigError::SendBuffer);
+        }
+        if self.ws_write_delay > Duration::from_secs(1) {
+            return Err(ConfigError::WriteDelay);
         }
         self.validate_token_keys()?;
         if let Some(url) = self.login_url.as_deref() {
@@ -338,6 +352,11 @@ mod tests {
         let c = Config::try_parse_from(["g", "--auth", "none", "--ws-send-buffer", "1000000000"])
             .unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::SendBuffer)));
+        let c = Config::try_parse_from(["g", "--auth", "none", "--ws-write-delay", "2s"]).unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::WriteDelay)));
+        let c = Config::try_parse_from(["g", "--auth", "none", "--ws-write-delay", "2ms"]).unwrap();
+        assert_eq!(c.ws_write_delay, Duration::from_millis(2));
+        assert!(c.validate().is_ok());
     }
 
     #[test]

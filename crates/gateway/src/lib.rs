@@ -204,6 +204,7 @@ fn app_state(
             rate_per_sec: config.ws_rate_limit.get(),
             max_subscriptions: config.ws_max_subscriptions.get(),
             ping_interval: config.ws_ping_interval,
+            write_delay: config.ws_write_delay,
         },
         max_frame: config.ws_max_frame.get(),
         allowed_origins: config

@@ -39,6 +39,8 @@ pub struct Limits {
     pub rate_per_sec: u32,
     pub max_subscriptions: usize,
     pub ping_interval: Duration,
+    /// `FIELDCAST_WS_WRITE_DELAY`: see [`write_loop`].
+    pub write_delay: Duration,
 }
 
 /// What a connection needs from the rest of the gateway.
@@ -94,6 +96,7 @@ pub async fn run(socket: WebSocket, scope: Scope, ctx: Ctx) {
         sink,
         outbox.clone(),
         ctx.sent.clone(),
+        ctx.limits.write_delay,
         ctx.shutdown.clone()
     ));
     let reader = Reader {
@@ -169,12 +172,17 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
 }
 
 /// Sends queued frames, write-combined: every frame available is fed, then
-/// one flush. Returns the close it sent. Generic over the sink (the
-/// socket's write half), so tests can drive it with a channel.
+/// one flush. With a `delay`, a frame that finds the connection idle waits
+/// that long first, so that what comes meanwhile leaves in the same write;
+/// frames that queue while a write is under way go at once with the next
+/// (a busy connection is combined already). Returns the close it sent.
+/// Generic over the sink (the socket's write half), so tests can drive it
+/// with a channel.
 async fn write_loop<S>(
     mut sink: S,
     outbox: Arc<Outbox>,
     sent: Arc<Sent>,
+    delay: Duration,
     shutdown: CancellationToken,
 ) -> Close
 where
@@ -191,6 +199,13 @@ where
                 tokio::select! {
                     () = ready => {}
                     () = shutdown.cancelled() => outbox.close(Close::GOING_AWAY),
+                }
+                if !delay.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = outbox.closing_now() => {}
+                        () = shutdown.cancelled() => outbox.close(Close::GOING_AWAY),
+                    }
                 }
                 continue;
             }
@@ -732,6 +747,7 @@ mod tests {
             socket,
             outbox.clone(),
             Arc::new(metrics.sent()),
+            Duration::ZERO,
             CancellationToken::new(),
         ));
         outbox.push(Item::reply("a".to_owned()), None);
@@ -752,6 +768,92 @@ mod tests {
             "still waiting past the close-frame wait"
         );
         assert_eq!(writer.await.unwrap(), Close::SLOW_CONSUMER);
+    }
+
+    /// A sink that records what each flush wrote.
+    #[derive(Clone, Default)]
+    struct Writes(Arc<std::sync::Mutex<Written>>);
+
+    /// Frames fed since the last flush, then those of each flush.
+    type Written = (Vec<String>, Vec<Vec<String>>);
+
+    impl futures::Sink<Message> for Writes {
+        type Error = axum::Error;
+        fn poll_ready(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn start_send(self: std::pin::Pin<&mut Self>, m: Message) -> Result<(), Self::Error> {
+            if let Message::Text(t) = m {
+                self.0.lock().unwrap().0.push(t.as_str().to_owned());
+            }
+            Ok(())
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            let mut w = self.0.lock().unwrap();
+            let pending = std::mem::take(&mut w.0);
+            if !pending.is_empty() {
+                w.1.push(pending);
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    /// Pins `FIELDCAST_WS_WRITE_DELAY`: without it each frame that finds
+    /// the connection idle is its own write; with it, what comes within the
+    /// delay leaves in one write, and not before the delay.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_delay_combines_the_frames_that_come_within_it() {
+        for (delay, expected) in [
+            (Duration::ZERO, vec![vec!["a"], vec!["b"], vec!["c"]]),
+            (Duration::from_millis(5), vec![vec!["a", "b"], vec!["c"]]),
+        ] {
+            let metrics = Arc::new(Metrics::new());
+            let outbox = Arc::new(Outbox::new(16, metrics.clone()));
+            let writes = Writes::default();
+            let shutdown = CancellationToken::new();
+            let writer = tokio::spawn(write_loop(
+                writes.clone(),
+                outbox.clone(),
+                Arc::new(metrics.sent()),
+                delay,
+                shutdown.clone(),
+            ));
+            let step = |ms| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+            };
+            step(1).await;
+            outbox.push(Item::reply("a".to_owned()), None);
+            step(1).await;
+            outbox.push(Item::reply("b".to_owned()), None);
+            step(1).await;
+            if !delay.is_zero() {
+                assert!(
+                    writes.0.lock().unwrap().1.is_empty(),
+                    "written before the delay"
+                );
+            }
+            step(10).await;
+            outbox.push(Item::reply("c".to_owned()), None);
+            step(10).await;
+            assert_eq!(writes.0.lock().unwrap().1, expected, "delay {delay:?}");
+            shutdown.cancel();
+            writer.await.unwrap();
+        }
     }
 
     #[test]
