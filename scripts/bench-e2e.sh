@@ -26,7 +26,9 @@
 # PORT..PORT+2 with the fleet spread over them, client ports
 # NATS_PORT..+2, routes NATS_PORT+100..+102, monitoring NATS_PORT+200..,
 # every node's CPU watched), FENCES (0; N: N polygon geofences loaded
-# into the bridges before the run, see below). Each Redis node's
+# into the bridges before the run, see below), SVC_THREADS (unset: tokio's
+# default, a worker thread per core; N: TOKIO_WORKER_THREADS=N for the
+# bridges and gateways only, not the load generator). Each Redis node's
 # `INFO commandstats` over the gateway run goes to $base-redis-<port>.txt
 # (where its CPU went, command by command). PERF (unset; N: `perf record
 # -e cpu-clock -g` of the first bridge, the first gateway and the Redis
@@ -38,6 +40,8 @@
 # removes them afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+svc_env=()
+if [ -n "${SVC_THREADS:-}" ]; then svc_env=(TOKIO_WORKER_THREADS="$SVC_THREADS"); fi
 PROFILE=${PROFILE:-release}; GATEWAYS=${GATEWAYS:-1}; FLOOR=${FLOOR:-1}
 RSS_EVERY=${RSS_EVERY:-0}; OUT=${OUT:-target/bench}
 PORT=${PORT:-18831}; ADMIN_PORT=${ADMIN_PORT:-19465}; GW_PORT=${GW_PORT:-18090}
@@ -163,7 +167,7 @@ watch=(); bridge_pids=()
 for i in $(seq 0 $((BRIDGES - 1))); do
   admin=127.0.0.1:$((ADMIN_PORT + i))
   FIELDCAST_MQTT_CLIENT_ID="bench-bridge-$$-$i" FIELDCAST_ADMIN_ADDR="$admin" \
-    FIELDCAST_SPOOL_DIR="$tmp/spool-$i" "$T/fieldcast-bridge" & p=$!; pids+=("$p"); bridge_pids+=("$p")
+    FIELDCAST_SPOOL_DIR="$tmp/spool-$i" env "${svc_env[@]}" "$T/fieldcast-bridge" & p=$!; pids+=("$p"); bridge_pids+=("$p")
   for _ in $(seq 1 150); do curl -sf "http://$admin/readyz" >/dev/null && break; sleep 0.2; done
   watch+=(--watch-pid "$p")
 done
@@ -211,7 +215,7 @@ gateways=(); gw_pids=()
 for i in $(seq 0 $((GATEWAYS - 1))); do
   addr=127.0.0.1:$((GW_PORT + i))
   # No load balancer to drain from (README, "Gateways behind HAProxy").
-  FIELDCAST_DRAIN_GRACE=0s FIELDCAST_LISTEN="$addr" "$T/fieldcast-gateway" & p=$!; pids+=("$p"); gw_pids+=("$p")
+  FIELDCAST_DRAIN_GRACE=0s FIELDCAST_LISTEN="$addr" env "${svc_env[@]}" "$T/fieldcast-gateway" & p=$!; pids+=("$p"); gw_pids+=("$p")
   for _ in $(seq 1 150); do curl -sf "http://$addr/readyz" >/dev/null && break; sleep 0.2; done
   gateways+=(--gateway "ws://$addr/ws"); watch+=(--watch-pid "$p")
 done
