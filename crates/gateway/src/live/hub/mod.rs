@@ -41,7 +41,7 @@ use index::{
     add_selection, clear_in_box, remove_selection, set_in_box, wants, Conn, FastMap, State,
 };
 pub use pending::{Activation, Mode};
-use pending::{Buffered, Floors, Pending, FLOOR_TTL};
+use pending::{Buffered, Floors, Pending};
 
 /// A connection's id, unique within the process.
 pub type ConnId = u64;
@@ -276,7 +276,7 @@ impl Hub {
         };
         let sel = pending.selection;
         let resync = pending.mode == Mode::Resync;
-        let floors = new_floors(&st, id, &sel, &mut act, resync);
+        let mut floors = new_floors(&st, id, &sel, &mut act, resync);
         if resync {
             // The snapshot is the truth for the viewport.
             clear_in_box(&mut st, id);
@@ -564,10 +564,12 @@ fn deliver(
         }
         // An update the last snapshot already showed, arriving late on the
         // feed's connection: not sent again (see `Floors`).
-        if let Some(f) = &c.floors {
-            if f.until <= now {
+        if let Some(f) = &mut c.floors {
+            let stale = f.until > now && f.stale(u);
+            if f.spent(now) {
                 c.floors = None;
-            } else if f.stale(u) {
+            }
+            if stale {
                 continue;
             }
         }
@@ -588,8 +590,7 @@ fn new_floors(
     act: &mut Activation,
     resync: bool,
 ) -> Floors {
-    let mut ts: FastMap<_, _> = std::mem::take(&mut act.snapshot_ts).into_iter().collect();
-    let mut events: FastMap<DeviceId, Cursor> = act
+    let events: FastMap<DeviceId, Cursor> = act
         .cursor_floor
         .as_ref()
         .map(|floor| {
@@ -600,21 +601,15 @@ fn new_floors(
                 .collect()
         })
         .unwrap_or_default();
-    let mut fleet_events = act.cursor_floor.clone().filter(|_| sel.fleet);
+    let fleet_events = act.cursor_floor.clone().filter(|_| sel.fleet);
+    let mut floors = Floors::new(std::mem::take(&mut act.snapshot_ts), events, fleet_events);
     if let Some(c) = st.conns.get(&id).filter(|_| !resync) {
-        let live = |d: &DeviceId| c.selects(d, st.members.of(d.as_str())) || c.in_box.contains(d);
-        ts.retain(|d, _| !live(d));
-        events.retain(|d, _| !live(d));
+        floors.retain(|d| !(c.selects(d, st.members.of(d.as_str())) || c.in_box.contains(d)));
         if c.fleet {
-            fleet_events = None;
+            floors.fleet_events = None;
         }
     }
-    Floors {
-        ts,
-        events,
-        fleet_events,
-        until: Instant::now() + FLOOR_TTL,
-    }
+    floors
 }
 
 /// The one pending-buffer path of both dispatches: every pending subscribe

@@ -481,3 +481,63 @@ fn an_event_published_twice_reaches_each_connection_once() {
     hub.dispatch(copy(&p7));
     assert_eq!(texts(&o2), [sent("a", &p2, &p7)]);
 }
+
+fn status(device: &str, ts: i64) -> Update {
+    let mut u = loc(device, ts, 0.0, 0.0);
+    u.kind = Kind::Status;
+    u.pos = None;
+    u.item.kind = Kind::Status;
+    u.item.out = Out::Text(format!("{device}!{ts}").into());
+    u
+}
+
+/// A snapshot's floors last only until the feed has passed them: each
+/// device's location and status floor goes with the first newer update,
+/// and the connection stops paying a look-up per update once all have.
+#[test]
+fn floors_go_as_the_feed_passes_them() {
+    let hub = Hub::new(1000, &Default::default());
+    let (r, o) = conn(&hub);
+    let sel = Selection {
+        devices: vec![id("a"), id("b")],
+        ..Default::default()
+    };
+    hub.begin(r.id, sel, Mode::Subscribe);
+    let mut snapshot_ts = HashMap::new();
+    snapshot_ts.insert(id("a"), (Some(5), Some(3)));
+    snapshot_ts.insert(id("b"), (Some(5), None));
+    hub.activate(
+        r.id,
+        Activation {
+            snapshot_ts,
+            ..Default::default()
+        },
+    );
+    let floors = |f: fn(&Floors) -> usize| hub.lock().conns[&r.id].floors.as_ref().map(f);
+    hub.dispatch(loc("a", 5, 0.0, 0.0));
+    hub.dispatch(loc("a", 6, 0.0, 0.0));
+    assert_eq!(
+        floors(|f| f.location.len()),
+        Some(1),
+        "b's location floor stays"
+    );
+    hub.dispatch(loc("b", 4, 0.0, 0.0));
+    hub.dispatch(loc("b", 7, 0.0, 0.0));
+    assert_eq!(floors(|f| f.location.len()), Some(0));
+    assert_eq!(
+        floors(|f| f.status.len()),
+        Some(1),
+        "a's status floor stays"
+    );
+    hub.dispatch(status("a", 3));
+    hub.dispatch(status("a", 4));
+    assert_eq!(
+        floors(|f| f.status.len()),
+        None,
+        "all passed: the floors are gone"
+    );
+    // Updates behind a passed floor cannot come (the feed is in order per
+    // device), so what is sent is what a connection without floors gets.
+    hub.dispatch(loc("a", 8, 0.0, 0.0));
+    assert_eq!(texts(&o), ["a@6", "b@7", "a!4", "a@8"]);
+}
